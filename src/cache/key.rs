@@ -1,0 +1,310 @@
+//! Request paths → validated cache keys.
+//!
+//! Every object a Nix client reads or writes has a fixed shape (`<hash>.narinfo`,
+//! `nar/<filehash>.nar.zst`, …). A path is accepted only if it matches one of them
+//! exactly, so a valid key can never name anything outside the cache directory: no
+//! component can be `..`, no percent-encoding is ever needed, and every character is
+//! drawn from a small allow-list.
+
+use nix_derivation::StorePath;
+
+/// The alphabet of Nix's base-32 ("nix32"): digits and letters without e, o, u, t.
+const NIX32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+/// Length of a store-path hash part (20 bytes in nix32).
+const STORE_HASH_LEN: usize = 32;
+/// Length of a SHA-256 in nix32.
+const FILE_HASH_LEN: usize = 52;
+
+/// What kind of object a key names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `nix-cache-info`, generated from configuration.
+    CacheInfo,
+    /// `<hash>.narinfo`.
+    NarInfo,
+    /// `nar/<filehash>.nar[.ext]`.
+    Nar,
+    /// `<hash>.ls`, a NAR listing.
+    Listing,
+    /// `log/<drv>`, a build log.
+    Log,
+    /// `debuginfo/<build-id>.debug`.
+    DebugInfo,
+    /// `realisations/…doi` or `build-trace-v2/…/….doi`.
+    Realisation,
+}
+
+impl Kind {
+    /// The `Content-Type` this kind of object is served with.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Kind::CacheInfo => "text/x-nix-cache-info",
+            Kind::NarInfo => "text/x-nix-narinfo",
+            Kind::Nar => "application/x-nix-nar",
+            Kind::Listing | Kind::DebugInfo | Kind::Realisation => "application/json",
+            Kind::Log => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Whether an object of this kind never changes once written. NARs are named by
+    /// their own hash; everything else may legitimately be overwritten.
+    pub fn immutable(self) -> bool {
+        self == Kind::Nar
+    }
+}
+
+/// A validated cache key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectKey {
+    kind: Kind,
+    path: String,
+}
+
+/// Why a path is not a cache key. The message is one line, meant for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct KeyError(String);
+
+fn bad(msg: impl Into<String>) -> KeyError {
+    KeyError(msg.into())
+}
+
+/// The NAR file extensions Nix writes, by store-URL `compression=` value.
+pub const NAR_EXTENSIONS: &[&str] = &["", ".xz", ".zst", ".bz2", ".br", ".lz4", ".lzip"];
+
+impl ObjectKey {
+    /// Parses a request path (as sent, still percent-encoded, with or without the
+    /// leading `/`, without the query string).
+    pub fn parse(path: &str) -> Result<Self, KeyError> {
+        let path = path.strip_prefix('/').unwrap_or(path);
+        if path.contains('%') {
+            return Err(bad(
+                "percent-encoded characters are never part of a cache key",
+            ));
+        }
+        if path.len() > 512 {
+            return Err(bad("key is too long"));
+        }
+        let kind = match path.split_once('/') {
+            None => parse_top_level(path)?,
+            Some(("nar", rest)) => parse_nar(rest)?,
+            Some(("log", rest)) => parse_log(rest)?,
+            Some(("debuginfo", rest)) => parse_debuginfo(rest)?,
+            Some(("realisations", rest)) => parse_realisation(rest)?,
+            Some(("build-trace-v2", rest)) => parse_build_trace(rest)?,
+            Some((dir, _)) => return Err(bad(format!("unknown folder {dir:?}"))),
+        };
+        Ok(ObjectKey {
+            kind,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The kind of object.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+
+    /// The relative storage path, e.g. `nar/<filehash>.nar.xz`.
+    pub fn as_str(&self) -> &str {
+        &self.path
+    }
+
+    /// For a NAR key, the nix32 SHA-256 of the file named in it.
+    pub fn nar_file_hash(&self) -> Option<&str> {
+        (self.kind == Kind::Nar).then(|| &self.path[4..4 + FILE_HASH_LEN])
+    }
+
+    /// For a NAR key, its extension after `.nar` (`""`, `".xz"`, …).
+    pub fn nar_extension(&self) -> Option<&str> {
+        (self.kind == Kind::Nar).then(|| &self.path[4 + FILE_HASH_LEN + 4..])
+    }
+
+    /// For a narinfo or listing key, the store-path hash part.
+    pub fn store_hash(&self) -> Option<&str> {
+        matches!(self.kind, Kind::NarInfo | Kind::Listing).then(|| &self.path[..STORE_HASH_LEN])
+    }
+}
+
+fn is_nix32(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| NIX32.contains(&b))
+}
+
+/// A nix32 SHA-256: 52 characters whose top 4 bits (beyond 256) are zero, as Nix
+/// requires when decoding, so the first character is `0` or `1`.
+fn is_nix32_sha256(s: &str) -> bool {
+    is_nix32(s, FILE_HASH_LEN) && matches!(s.as_bytes()[0], b'0' | b'1')
+}
+
+fn parse_top_level(name: &str) -> Result<Kind, KeyError> {
+    if name == "nix-cache-info" {
+        return Ok(Kind::CacheInfo);
+    }
+    let (hash, kind) = if let Some(hash) = name.strip_suffix(".narinfo") {
+        (hash, Kind::NarInfo)
+    } else if let Some(hash) = name.strip_suffix(".ls") {
+        (hash, Kind::Listing)
+    } else {
+        return Err(bad(format!("{name:?} is not a cache object")));
+    };
+    if !is_nix32(hash, STORE_HASH_LEN) {
+        return Err(bad(format!(
+            "{hash:?} is not a store path hash (32 nix32 characters)"
+        )));
+    }
+    Ok(kind)
+}
+
+fn parse_nar(name: &str) -> Result<Kind, KeyError> {
+    let (hash, ext) = name
+        .split_once('.')
+        .ok_or_else(|| bad("a NAR key is nar/<filehash>.nar[.ext]"))?;
+    if !is_nix32_sha256(hash) {
+        return Err(bad(format!(
+            "{hash:?} is not a file hash (52 nix32 characters of a SHA-256)"
+        )));
+    }
+    let ext = ext
+        .strip_prefix("nar")
+        .ok_or_else(|| bad("a NAR key is nar/<filehash>.nar[.ext]"))?;
+    if !NAR_EXTENSIONS.contains(&ext) {
+        return Err(bad(format!("unknown NAR extension {ext:?}")));
+    }
+    Ok(Kind::Nar)
+}
+
+/// A derivation's base name, `<hash>-<name>.drv`, as Nix itself validates it.
+fn is_drv_basename(name: &str) -> bool {
+    name.ends_with(".drv")
+        && StorePath::from_basename(name.as_bytes()).is_ok()
+        && is_nix32(&name[..STORE_HASH_LEN], STORE_HASH_LEN)
+}
+
+fn parse_log(name: &str) -> Result<Kind, KeyError> {
+    if !is_drv_basename(name) {
+        return Err(bad("a log key is log/<hash>-<name>.drv"));
+    }
+    Ok(Kind::Log)
+}
+
+fn parse_debuginfo(name: &str) -> Result<Kind, KeyError> {
+    let id = name
+        .strip_suffix(".debug")
+        .ok_or_else(|| bad("a debuginfo key is debuginfo/<40 hex>.debug"))?;
+    if id.len() != 40
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return Err(bad("a debuginfo key is debuginfo/<40 hex>.debug"));
+    }
+    Ok(Kind::DebugInfo)
+}
+
+/// A derivation output name: what Nix accepts in a store path name, and never
+/// starting with a dot.
+fn is_output_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 211
+        && !name.starts_with('.')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+-._?=".contains(&b))
+}
+
+fn parse_realisation(name: &str) -> Result<Kind, KeyError> {
+    const SHAPE: &str = "a realisation key is realisations/sha256:<64 hex>!<output>.doi";
+    let id = name.strip_suffix(".doi").ok_or_else(|| bad(SHAPE))?;
+    let (hash, output) = id.split_once('!').ok_or_else(|| bad(SHAPE))?;
+    let hex = hash.strip_prefix("sha256:").ok_or_else(|| bad(SHAPE))?;
+    let hex_ok = hex.len() == 64
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !hex_ok || !is_output_name(output) {
+        return Err(bad(SHAPE));
+    }
+    Ok(Kind::Realisation)
+}
+
+fn parse_build_trace(rest: &str) -> Result<Kind, KeyError> {
+    const SHAPE: &str = "a build trace key is build-trace-v2/<hash>-<name>.drv/<output>.doi";
+    let (drv, file) = rest.split_once('/').ok_or_else(|| bad(SHAPE))?;
+    let output = file.strip_suffix(".doi").ok_or_else(|| bad(SHAPE))?;
+    if !is_drv_basename(drv) || !is_output_name(output) {
+        return Err(bad(SHAPE));
+    }
+    Ok(Kind::Realisation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "nx73vzmbhpb3836sq4af0c7y7rlw5z6y";
+    const FH: &str = "1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p";
+
+    #[test]
+    fn accepts_every_object_a_client_uses() {
+        let cases = [
+            ("/nix-cache-info".to_owned(), Kind::CacheInfo),
+            (format!("/{H}.narinfo"), Kind::NarInfo),
+            (format!("/{H}.ls"), Kind::Listing),
+            (format!("/log/{H}-hello-1.0.drv"), Kind::Log),
+            (
+                "/debuginfo/02623eda209c26a59b1a8638ff7752f6b945c26b.debug".to_owned(),
+                Kind::DebugInfo,
+            ),
+            (
+                format!("/realisations/sha256:{}!out.doi", "a".repeat(64)),
+                Kind::Realisation,
+            ),
+            (
+                format!("/build-trace-v2/{H}-x.drv/dev.doi"),
+                Kind::Realisation,
+            ),
+        ];
+        for (path, kind) in cases {
+            assert_eq!(ObjectKey::parse(&path).unwrap().kind(), kind, "{path}");
+        }
+        for ext in NAR_EXTENSIONS {
+            let key = ObjectKey::parse(&format!("/nar/{FH}.nar{ext}")).unwrap();
+            assert_eq!(key.kind(), Kind::Nar);
+            assert_eq!(key.nar_file_hash(), Some(FH));
+            assert_eq!(key.nar_extension(), Some(*ext));
+        }
+    }
+
+    #[test]
+    fn rejects_everything_else() {
+        let bad_paths = [
+            "/".to_owned(),
+            "".to_owned(),
+            "/../etc/passwd".to_owned(),
+            format!("/nar/../{H}.narinfo"),
+            format!("/nar/%2e%2e/{FH}.nar"),
+            format!("/nar%2F{FH}.nar"),
+            format!("/{}.narinfo", &H[..31]),
+            format!("/{}e.narinfo", &H[..31]),
+            format!("/{}.narinfo", H.to_uppercase()),
+            format!("/nar/{FH}.nar.gz"),
+            format!("/nar/{FH}.nar/"),
+            format!("/nar/{FH}"),
+            format!("/nar/2{}.nar", &FH[1..]),
+            format!("/log/{H}-x"),
+            format!("/log/../{H}-x.drv"),
+            format!("/log/{H}-x.drv\0"),
+            format!("/log//{H}-x.drv"),
+            "/debuginfo/xyz.debug".to_owned(),
+            format!("/realisations/sha256:{}!.doi", "a".repeat(64)),
+            format!("/realisations/sha256:{}!..doi", "a".repeat(64)),
+            format!("/build-trace-v2/{H}-x.drv/../out.doi"),
+            format!("/build-trace-v2/{H}-x.drv/sub/out.doi"),
+            format!("/other/{H}.narinfo"),
+            format!("/.tmp/{H}.narinfo"),
+        ];
+        for path in bad_paths {
+            assert!(ObjectKey::parse(&path).is_err(), "{path:?} was accepted");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! Cache logic between the HTTP edge and storage: which keys exist, what an upload
+//! must satisfy before it becomes visible, and what `nix-cache-info` says.
+
+pub mod ingest;
+pub mod key;
+pub mod narinfo;
+
+use std::sync::Arc;
+
+use nix_derivation::StoreDir;
+use nix_narinfo::TrustedPublicKey;
+
+use crate::storage::{ObjectMeta, ObjectReader, Storage, StorageError};
+use key::{Kind, ObjectKey};
+
+/// How the cache behaves, independent of where it stores objects.
+#[derive(Debug, Clone)]
+pub struct CacheSettings {
+    /// The store directory clients use, e.g. `/nix/store`.
+    pub store_dir: StoreDir,
+    /// The `Priority` advertised in `nix-cache-info` (lower is preferred).
+    pub priority: i64,
+    /// The largest upload accepted, in bytes.
+    pub max_upload_size: u64,
+    /// Keys a narinfo must be signed by; empty means no signature is required.
+    pub trusted_keys: Vec<TrustedPublicKey>,
+}
+
+/// Errors of the cache layer. `http::error` maps each to a status code.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The path is not a cache key.
+    #[error("invalid key: {0}")]
+    BadKey(#[from] key::KeyError),
+    /// The upload broke a verification rule; nothing was stored.
+    #[error("{0}")]
+    Rejected(String),
+    /// The upload is larger than allowed.
+    #[error("upload of {size} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Declared or received size.
+        size: u64,
+        /// The applicable limit.
+        limit: u64,
+    },
+    /// The client stopped sending the body.
+    #[error("the request body was idle for too long")]
+    BodyTimeout,
+    /// The body could not be read (client gone, malformed framing).
+    #[error("the request body could not be read: {0}")]
+    BodyBroken(String),
+    /// The storage backend failed.
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+}
+
+/// The cache: validated access to a storage backend.
+pub struct Cache {
+    storage: Arc<dyn Storage>,
+    settings: CacheSettings,
+    cache_info: String,
+}
+
+impl Cache {
+    /// Creates the cache over `storage`.
+    pub fn new(storage: Arc<dyn Storage>, settings: CacheSettings) -> Self {
+        let cache_info = format!(
+            "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
+            settings.store_dir.as_str(),
+            settings.priority
+        );
+        Cache {
+            storage,
+            settings,
+            cache_info,
+        }
+    }
+
+    /// The `nix-cache-info` document, generated from the settings.
+    pub fn cache_info(&self) -> &str {
+        &self.cache_info
+    }
+
+    /// The settings this cache runs with.
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// Metadata of an object, `None` when absent.
+    pub async fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
+        Ok(self.storage.stat(key.as_str()).await?)
+    }
+
+    /// Opens an object from `offset`, `None` when absent.
+    pub async fn open(
+        &self,
+        key: &ObjectKey,
+        offset: u64,
+    ) -> Result<Option<ObjectReader>, CacheError> {
+        Ok(self.storage.open(key.as_str(), offset).await?)
+    }
+
+    /// The largest body accepted for this kind of object.
+    pub fn upload_limit(&self, kind: Kind) -> u64 {
+        match kind {
+            // Small documents are read whole into memory to be validated.
+            Kind::NarInfo | Kind::Realisation | Kind::DebugInfo => narinfo::MAX_NARINFO_SIZE as u64,
+            _ => self.settings.max_upload_size,
+        }
+    }
+
+    /// Checks what can be checked before reading an upload's body, so that a client
+    /// can be refused before it sends (and loses) the body.
+    pub fn precheck_upload(
+        &self,
+        key: &ObjectKey,
+        declared: Option<u64>,
+    ) -> Result<(), CacheError> {
+        let limit = self.upload_limit(key.kind());
+        match declared {
+            Some(size) if size > limit => Err(CacheError::TooLarge { size, limit }),
+            _ => Ok(()),
+        }
+    }
+}

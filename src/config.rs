@@ -1,0 +1,402 @@
+//! Configuration: every setting is an environment variable (names compatible with the
+//! original Go nix-stored) and a command-line flag.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::Parser;
+use nix_derivation::StoreDir;
+use nix_narinfo::TrustedPublicKey;
+
+/// Command line and environment of the server.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nix-stored",
+    version,
+    about = "A Nix binary cache server: takes uploads from `nix copy --to http://…`, verifies them, serves them back."
+)]
+pub struct Args {
+    /// Directory holding the cache (itself a valid `file://` binary cache).
+    #[arg(long, env = "NIX_STORED_PATH", default_value = "/var/lib/nixStored")]
+    pub path: PathBuf,
+
+    /// Address and port to listen on (port 0 picks a free port).
+    #[arg(
+        long,
+        env = "NIX_STORED_LISTEN_INTERFACE",
+        default_value = "127.0.0.1:8100"
+    )]
+    pub listen_interface: String,
+
+    /// User name allowed to read. Unset: reads are public.
+    #[arg(long, env = "NIX_STORED_USER_READ")]
+    pub user_read: Option<String>,
+    /// Password of the read user.
+    #[arg(long, env = "NIX_STORED_USER_READ_PASS", hide_env_values = true)]
+    pub user_read_pass: Option<String>,
+    /// File holding the password of the read user (one trailing newline is ignored).
+    #[arg(long, env = "NIX_STORED_USER_READ_PASSFILE")]
+    pub user_read_passfile: Option<PathBuf>,
+
+    /// User name allowed to upload (and read). Unset: anonymous uploads, only on a loopback address.
+    #[arg(long, env = "NIX_STORED_USER_WRITE")]
+    pub user_write: Option<String>,
+    /// Password of the write user.
+    #[arg(long, env = "NIX_STORED_USER_WRITE_PASS", hide_env_values = true)]
+    pub user_write_pass: Option<String>,
+    /// File holding the password of the write user (one trailing newline is ignored).
+    #[arg(long, env = "NIX_STORED_USER_WRITE_PASSFILE")]
+    pub user_write_passfile: Option<PathBuf>,
+
+    /// Log level: debug, info, warning or error.
+    #[arg(long, env = "NIX_STORED_LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Priority advertised in nix-cache-info (lower is preferred; cache.nixos.org uses 40).
+    #[arg(long, env = "NIX_STORED_PRIORITY", default_value = "30")]
+    pub priority: String,
+
+    /// Largest accepted upload, in bytes or with a K, M, G or T suffix (powers of 1024).
+    #[arg(long, env = "NIX_STORED_MAX_UPLOAD_SIZE", default_value = "32G")]
+    pub max_upload_size: String,
+
+    /// Space-separated public keys (`name:base64`, as in nix.conf's trusted-public-keys).
+    /// When set, a narinfo upload must carry a valid signature by one of them.
+    #[arg(long, env = "NIX_STORED_TRUSTED_PUBLIC_KEYS", default_value = "")]
+    pub trusted_public_keys: String,
+
+    /// Nix store directory of the paths in this cache.
+    #[arg(long, env = "NIX_STORED_STORE_DIR", default_value = "/nix/store")]
+    pub store_dir: String,
+
+    /// Seconds a request body may stay idle before the upload is aborted.
+    #[arg(long, env = "NIX_STORED_BODY_TIMEOUT", default_value = "60")]
+    pub body_timeout: u64,
+
+    /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
+    #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
+    pub shutdown_timeout: u64,
+}
+
+/// A user name and its password.
+#[derive(Clone)]
+pub struct Credentials {
+    /// User name.
+    pub user: String,
+    /// Password.
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (password redacted)", self.user)
+    }
+}
+
+/// Log verbosity.
+#[derive(Debug, Clone, Copy)]
+pub enum LogLevel {
+    /// Everything, including per-request details.
+    Debug,
+    /// One line per request and the lifecycle.
+    Info,
+    /// Problems only.
+    Warning,
+    /// Failures only.
+    Error,
+}
+
+/// The validated configuration the server runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Cache directory.
+    pub path: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Read user, if any.
+    pub read_user: Option<Credentials>,
+    /// Write user, if any.
+    pub write_user: Option<Credentials>,
+    /// Log level.
+    pub log_level: LogLevel,
+    /// nix-cache-info priority.
+    pub priority: i64,
+    /// Upload size limit in bytes.
+    pub max_upload_size: u64,
+    /// Keys uploads must be signed by.
+    pub trusted_keys: Vec<TrustedPublicKey>,
+    /// Nix store directory.
+    pub store_dir: StoreDir,
+    /// Idle body timeout.
+    pub body_timeout: std::time::Duration,
+    /// Grace period on shutdown.
+    pub shutdown_timeout: std::time::Duration,
+}
+
+/// A configuration problem, reported as one line before exiting.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+fn err(msg: impl Into<String>) -> ConfigError {
+    ConfigError(msg.into())
+}
+
+impl Config {
+    /// Validates parsed arguments.
+    pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let listen: SocketAddr = args.listen_interface.parse().map_err(|_| {
+            err(format!(
+                "NIX_STORED_LISTEN_INTERFACE {:?} is not an address like 127.0.0.1:8100 or [::1]:8100",
+                args.listen_interface
+            ))
+        })?;
+        let read_user = credentials(
+            "READ",
+            args.user_read,
+            args.user_read_pass,
+            args.user_read_passfile.as_deref(),
+        )?;
+        let write_user = credentials(
+            "WRITE",
+            args.user_write,
+            args.user_write_pass,
+            args.user_write_passfile.as_deref(),
+        )?;
+        let log_level = match args.log_level.to_ascii_lowercase().as_str() {
+            "debug" | "trace" => LogLevel::Debug,
+            "info" => LogLevel::Info,
+            "warning" | "warn" => LogLevel::Warning,
+            "error" => LogLevel::Error,
+            other => {
+                return Err(err(format!(
+                    "NIX_STORED_LOG_LEVEL {other:?} is not one of debug, info, warning, error"
+                )))
+            }
+        };
+        let priority: i64 = args.priority.trim().parse().map_err(|_| {
+            err(format!(
+                "NIX_STORED_PRIORITY {:?} is not an integer (Nix clients abort on a non-numeric priority)",
+                args.priority
+            ))
+        })?;
+        let max_upload_size = parse_size(&args.max_upload_size).ok_or_else(|| {
+            err(format!(
+                "NIX_STORED_MAX_UPLOAD_SIZE {:?} is not a size like 1073741824, 512M or 32G",
+                args.max_upload_size
+            ))
+        })?;
+        let trusted_keys = args
+            .trusted_public_keys
+            .split_whitespace()
+            .map(|k| {
+                TrustedPublicKey::parse(k).map_err(|e| {
+                    err(format!(
+                        "NIX_STORED_TRUSTED_PUBLIC_KEYS: {k:?} is not a public key ({e})"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store_dir = StoreDir::new(args.store_dir.clone()).map_err(|e| {
+            err(format!(
+                "NIX_STORED_STORE_DIR {:?} is not a store directory ({e})",
+                args.store_dir
+            ))
+        })?;
+        if args.body_timeout == 0 {
+            return Err(err("NIX_STORED_BODY_TIMEOUT must be at least 1 second"));
+        }
+        Ok(Config {
+            path: args.path,
+            listen,
+            read_user,
+            write_user,
+            log_level,
+            priority,
+            max_upload_size,
+            trusted_keys,
+            store_dir,
+            body_timeout: std::time::Duration::from_secs(args.body_timeout),
+            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+        })
+    }
+
+    /// Whether anonymous clients may upload: only when no write user is configured and
+    /// the server is reachable from this machine alone.
+    pub fn anonymous_writes(&self) -> bool {
+        self.write_user.is_none() && self.listen.ip().is_loopback()
+    }
+
+    /// One line describing the effective configuration, secrets redacted.
+    pub fn summary(&self) -> String {
+        let user = |c: &Option<Credentials>| {
+            c.as_ref().map_or("none".to_owned(), |c| {
+                format!("{} (password redacted)", c.user)
+            })
+        };
+        format!(
+            "path={} listen={} read_user={} write_user={} anonymous_writes={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s",
+            self.path.display(),
+            self.listen,
+            user(&self.read_user),
+            user(&self.write_user),
+            self.anonymous_writes(),
+            self.priority,
+            self.max_upload_size,
+            self.trusted_keys.len(),
+            self.store_dir.as_str(),
+            self.body_timeout.as_secs(),
+            self.shutdown_timeout.as_secs(),
+        )
+    }
+}
+
+fn credentials(
+    role: &str,
+    user: Option<String>,
+    pass: Option<String>,
+    passfile: Option<&Path>,
+) -> Result<Option<Credentials>, ConfigError> {
+    let var = format!("NIX_STORED_USER_{role}");
+    let password = match (pass, passfile) {
+        (Some(_), Some(_)) => {
+            return Err(err(format!(
+                "{var}_PASS and {var}_PASSFILE are both set; use one"
+            )))
+        }
+        (Some(p), None) => Some(p),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                err(format!(
+                    "{var}_PASSFILE {}: cannot read it: {e}",
+                    file.display()
+                ))
+            })?;
+            Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
+        }
+        (None, None) => None,
+    };
+    match (user, password) {
+        (None, None) => Ok(None),
+        (Some(user), Some(password)) => {
+            if user.is_empty() || user.contains(':') {
+                return Err(err(format!("{var} must be a non-empty name without ':'")));
+            }
+            if password.is_empty() {
+                return Err(err(format!("{var}: the password is empty")));
+            }
+            Ok(Some(Credentials { user, password }))
+        }
+        (Some(_), None) => Err(err(format!(
+            "{var} is set but has no password: set {var}_PASS or {var}_PASSFILE"
+        ))),
+        (None, Some(_)) => Err(err(format!(
+            "a password is set but {var} (the user name) is not"
+        ))),
+    }
+}
+
+/// Parses `1234`, `512K`, `64M`, `32G`, `1T` (powers of 1024; a trailing `B`/`iB` is accepted).
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let s = s
+        .strip_suffix("iB")
+        .or_else(|| s.strip_suffix('B'))
+        .unwrap_or(s);
+    let (digits, shift) = match s.chars().last()? {
+        'K' | 'k' => (&s[..s.len() - 1], 10),
+        'M' | 'm' => (&s[..s.len() - 1], 20),
+        'G' | 'g' => (&s[..s.len() - 1], 30),
+        'T' | 't' => (&s[..s.len() - 1], 40),
+        _ => (s, 0),
+    };
+    let n: u64 = digits.trim().parse().ok()?;
+    n.checked_mul(1u64 << shift)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["nix-stored"];
+        all.extend_from_slice(args);
+        Config::from_args(Args::try_parse_from(all).unwrap())
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1024"), Some(1024));
+        assert_eq!(parse_size("32G"), Some(32 << 30));
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("x"), None);
+        assert_eq!(parse_size(""), None);
+        assert_eq!(parse_size("99999999999T"), None);
+    }
+
+    #[test]
+    fn users_need_exactly_one_password_source() {
+        assert!(parse(&["--user-read", "r"])
+            .unwrap_err()
+            .0
+            .contains("no password"));
+        assert!(parse(&["--user-write-pass", "p"])
+            .unwrap_err()
+            .0
+            .contains("user name"));
+        let both = parse(&[
+            "--user-read",
+            "r",
+            "--user-read-pass",
+            "p",
+            "--user-read-passfile",
+            "/x",
+        ]);
+        assert!(both.unwrap_err().0.contains("both set"));
+        let missing = parse(&["--user-read", "r", "--user-read-passfile", "/nonexistent/x"]);
+        assert!(missing.unwrap_err().0.contains("cannot read"));
+    }
+
+    #[test]
+    fn passfile_drops_one_trailing_newline() {
+        let file = std::env::temp_dir().join(format!("nix-stored-pass-{}", std::process::id()));
+        std::fs::write(&file, "secret\n\n").unwrap();
+        let c = parse(&[
+            "--user-write",
+            "w",
+            "--user-write-passfile",
+            file.to_str().unwrap(),
+        ])
+        .unwrap();
+        assert_eq!(c.write_user.unwrap().password, "secret\n");
+    }
+
+    #[test]
+    fn anonymous_writes_only_on_loopback() {
+        assert!(parse(&[]).unwrap().anonymous_writes());
+        assert!(parse(&["--listen-interface", "[::1]:1"])
+            .unwrap()
+            .anonymous_writes());
+        assert!(!parse(&["--listen-interface", "0.0.0.0:1"])
+            .unwrap()
+            .anonymous_writes());
+        let w = parse(&["--user-write", "w", "--user-write-pass", "p"]).unwrap();
+        assert!(!w.anonymous_writes());
+    }
+
+    #[test]
+    fn summary_redacts_passwords() {
+        let c = parse(&["--user-write", "w", "--user-write-pass", "hunter2"]).unwrap();
+        assert!(!c.summary().contains("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        assert!(parse(&["--listen-interface", "localhost"]).is_err());
+        assert!(parse(&["--priority", "high"]).is_err());
+        assert!(parse(&["--log-level", "loud"]).is_err());
+        assert!(parse(&["--trusted-public-keys", "k:notbase64"]).is_err());
+        assert!(parse(&["--store-dir", "relative"]).is_err());
+    }
+}

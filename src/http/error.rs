@@ -1,0 +1,99 @@
+//! The one place where errors become HTTP answers.
+//!
+//! Rules from the protocol: absent is always 404 (never 5xx); auth failures are 401
+//! with a Basic challenge, or 403; upload rejections are 4xx with a one-line reason;
+//! nothing an upload did wrong ever yields a 5xx (old Nix clients cannot retry a PUT).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::AuthError;
+use crate::cache::CacheError;
+use crate::storage::StorageError;
+
+/// An error answer of the HTTP layer.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// Authentication or authorisation failed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    /// The cache layer refused or failed.
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    /// The object does not exist (or the path names no object).
+    #[error("{0}")]
+    NotFound(String),
+    /// A method other than GET, HEAD and PUT.
+    #[error("method not allowed; this cache supports GET, HEAD and PUT")]
+    MethodNotAllowed,
+    /// A range that starts at or past the end of the object.
+    #[error("requested range starts beyond the {0} bytes of the object")]
+    RangeNotSatisfiable(u64),
+    /// An upload whose body is content-encoded.
+    #[error("uploads with Content-Encoding are not supported; upload without narinfo-compression/ls-compression/log-compression")]
+    UnsupportedEncoding,
+}
+
+impl HttpError {
+    fn status(&self) -> StatusCode {
+        match self {
+            HttpError::Auth(AuthError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
+            HttpError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
+            HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
+            HttpError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HttpError::Cache(e) => match e {
+                CacheError::BadKey(_) | CacheError::Rejected(_) | CacheError::BodyBroken(_) => {
+                    StatusCode::BAD_REQUEST
+                }
+                CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
+                CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
+        }
+    }
+}
+
+impl IntoResponse for HttpError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!("{self}");
+        }
+        let mut body = self.to_string().replace('\n', " ");
+        body.push('\n');
+        let mut resp = (status, body).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        match &self {
+            HttpError::Auth(AuthError::Unauthorized(_)) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"nix-stored\""),
+                );
+            }
+            HttpError::MethodNotAllowed => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+            }
+            HttpError::RangeNotSatisfiable(size) => {
+                if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                    h.insert(header::CONTENT_RANGE, v);
+                }
+            }
+            // An unread or half-read body cannot be resumed on this connection.
+            HttpError::Cache(
+                CacheError::BodyTimeout | CacheError::BodyBroken(_) | CacheError::TooLarge { .. },
+            ) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        resp
+    }
+}

@@ -1,0 +1,226 @@
+//! GET, HEAD and PUT of cache objects.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+
+use super::auth::{Access, Principal};
+use super::error::HttpError;
+use super::range::{self, RangeRequest};
+use super::AppState;
+use crate::cache::ingest::{BodyError, PutOutcome};
+use crate::cache::key::{Kind, ObjectKey};
+use crate::storage::ObjectMeta;
+
+/// How long CDNs and proxies may keep objects that can change (narinfos are re-PUT
+/// with new signatures; a path uploaded later must show up soon).
+const MUTABLE_MAX_AGE: u32 = 60;
+/// NARs are named by their content hash and never change.
+const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
+
+/// Handles every request: authorises it, validates the key, dispatches on the method.
+pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let access = match parts.method {
+        Method::GET | Method::HEAD => Access::Read,
+        Method::PUT => Access::Write,
+        _ => return HttpError::MethodNotAllowed.into_response(),
+    };
+    let principal = match app.auth.check(&parts.headers, access) {
+        Ok(p) => p,
+        Err(e) => return HttpError::from(e).into_response(),
+    };
+    let mut resp = match dispatch(&app, &parts.method, parts.uri.path(), &parts.headers, body).await
+    {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    };
+    resp.extensions_mut().insert(principal);
+    resp
+}
+
+async fn dispatch(
+    app: &AppState,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let key = match ObjectKey::parse(path) {
+        Ok(k) => k,
+        // For reads, a malformed key is simply something this cache does not have.
+        Err(e) if *method != Method::PUT => {
+            return Err(HttpError::NotFound(format!("not found: {e}")))
+        }
+        Err(e) => return Err(HttpError::Cache(e.into())),
+    };
+    match *method {
+        Method::PUT => put(app, &key, headers, body).await,
+        Method::HEAD => head(app, &key).await,
+        _ => get(app, &key, headers).await,
+    }
+}
+
+fn cache_control(app: &AppState, kind: Kind) -> HeaderValue {
+    let scope = if app.auth.reads_are_private() {
+        "private"
+    } else {
+        "public"
+    };
+    let value = if kind.immutable() {
+        format!("{scope}, max-age={IMMUTABLE_MAX_AGE}, immutable")
+    } else {
+        format!("{scope}, max-age={MUTABLE_MAX_AGE}")
+    };
+    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("no-cache"))
+}
+
+/// Headers shared by GET and HEAD of a stored object.
+fn object_headers(app: &AppState, key: &ObjectKey, meta: &ObjectMeta, h: &mut HeaderMap) {
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(key.kind().content_type()),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, cache_control(app, key.kind()));
+    // A NAR's name is its content hash: the best validator there is, and the same on
+    // every server and backend. Other objects use the backend's version.
+    let tag = match key.nar_file_hash() {
+        Some(fh) => format!("\"{fh}\""),
+        None => format!("\"{}\"", meta.version),
+    };
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+fn not_found(key: &ObjectKey) -> HttpError {
+    HttpError::NotFound(format!("{} is not in this cache", key.as_str()))
+}
+
+fn cache_info(app: &AppState, with_body: bool) -> Response {
+    let text = app.cache.cache_info().to_owned();
+    let len = text.len();
+    let mut resp = if with_body {
+        Response::new(Body::from(text))
+    } else {
+        Response::new(Body::empty())
+    };
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(Kind::CacheInfo.content_type()),
+    );
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CACHE_CONTROL, cache_control(app, Kind::CacheInfo));
+    resp
+}
+
+async fn head(app: &AppState, key: &ObjectKey) -> Result<Response, HttpError> {
+    if key.kind() == Kind::CacheInfo {
+        return Ok(cache_info(app, false));
+    }
+    let meta = app.cache.stat(key).await?.ok_or_else(|| not_found(key))?;
+    let mut resp = Response::new(Body::empty());
+    object_headers(app, key, &meta, resp.headers_mut());
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
+    Ok(resp)
+}
+
+async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Response, HttpError> {
+    if key.kind() == Kind::CacheInfo {
+        return Ok(cache_info(app, true));
+    }
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(range::parse);
+    let (offset, end) = match range {
+        None => (0, None),
+        Some(RangeRequest::From { start, end }) => (start, end),
+        Some(RangeRequest::Suffix(n)) => {
+            let meta = app.cache.stat(key).await?.ok_or_else(|| not_found(key))?;
+            (meta.size.saturating_sub(n), None)
+        }
+    };
+    let reader = app
+        .cache
+        .open(key, offset)
+        .await?
+        .ok_or_else(|| not_found(key))?;
+    let size = reader.meta.size;
+    let mut resp;
+    if range.is_some() {
+        if offset >= size {
+            return Err(HttpError::RangeNotSatisfiable(size));
+        }
+        let last = end.map_or(size - 1, |e| e.min(size - 1));
+        let len = last - offset + 1;
+        resp = Response::new(Body::from_stream(range::take_bytes(reader.body, len)));
+        *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+        if let Ok(v) = HeaderValue::from_str(&format!("bytes {offset}-{last}/{size}")) {
+            h.insert(header::CONTENT_RANGE, v);
+        }
+    } else {
+        resp = Response::new(Body::from_stream(reader.body));
+        resp.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+    }
+    object_headers(app, key, &reader.meta, resp.headers_mut());
+    Ok(resp)
+}
+
+async fn put(
+    app: &AppState,
+    key: &ObjectKey,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, HttpError> {
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().is_empty() && v.as_bytes() != b"identity");
+    if encoded {
+        return Err(HttpError::UnsupportedEncoding);
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    // Everything decidable without the body is decided before reading it: a client
+    // that sent `Expect: 100-continue` then keeps its body and can retry.
+    app.cache.precheck_upload(key, declared)?;
+
+    let timeout = app.body_timeout;
+    let stream = body.into_data_stream();
+    let body = Box::pin(futures_util::stream::unfold(
+        Some(stream),
+        move |state| async move {
+            let mut stream = state?;
+            match tokio::time::timeout(timeout, stream.next()).await {
+                Ok(Some(Ok(chunk))) => Some((Ok(chunk), Some(stream))),
+                Ok(Some(Err(e))) => Some((Err(BodyError::Broken(e.to_string())), None)),
+                Ok(None) => None,
+                Err(_) => Some((Err(BodyError::Idle), None)),
+            }
+        },
+    ));
+    let status = match app.cache.put(key, body).await? {
+        PutOutcome::Created => StatusCode::CREATED,
+        PutOutcome::Replaced | PutOutcome::Ignored => StatusCode::NO_CONTENT,
+    };
+    Ok(status.into_response())
+}
+
+/// The principal of a request, for the access log.
+pub fn principal_of(resp: &Response) -> &str {
+    resp.extensions()
+        .get::<Principal>()
+        .map_or("-", Principal::log_name)
+}

@@ -1,0 +1,69 @@
+//! nix-stored: a Nix binary cache server.
+//!
+//! Layers, each only calling the one below: [`http`] (routing, auth, errors) →
+//! [`cache`] (keys, validation, ingest) → [`storage`] (backends behind one trait).
+
+pub mod cache;
+pub mod config;
+pub mod http;
+pub mod server;
+pub mod storage;
+
+use std::sync::Arc;
+
+use cache::{Cache, CacheSettings};
+use config::Config;
+use http::auth::Auth;
+use http::AppState;
+use storage::fs::FsStorage;
+
+/// A startup failure, reported as one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StartError(String);
+
+/// Opens the storage, binds the address and serves until a termination signal.
+pub async fn run(config: Config) -> Result<(), StartError> {
+    let storage = FsStorage::open(&config.path, config.store_dir.as_str()).map_err(|e| {
+        StartError(format!(
+            "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
+            config.path.display()
+        ))
+    })?;
+    tracing::info!("storage: {}", storage::Storage::describe(&storage));
+    let cache = Cache::new(
+        Arc::new(storage),
+        CacheSettings {
+            store_dir: config.store_dir.clone(),
+            priority: config.priority,
+            max_upload_size: config.max_upload_size,
+            trusted_keys: config.trusted_keys.clone(),
+        },
+    );
+    let auth = Auth::new(
+        config.read_user.as_ref(),
+        config.write_user.as_ref(),
+        config.anonymous_writes(),
+    );
+    if config.write_user.is_none() && !config.anonymous_writes() {
+        tracing::warn!(
+            "uploads are refused: {} is not a loopback address and no write user is configured; set NIX_STORED_USER_WRITE and NIX_STORED_USER_WRITE_PASSFILE to accept uploads",
+            config.listen
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+    tracing::info!("listening on http://{addr}");
+    let app = http::router(Arc::new(AppState {
+        cache,
+        auth,
+        body_timeout: config.body_timeout,
+    }));
+    server::serve(listener, app, config.shutdown_timeout)
+        .await
+        .map_err(|e| StartError(format!("server failed: {e}")))
+}

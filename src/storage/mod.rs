@@ -1,0 +1,85 @@
+//! Storage backends: where cache objects live.
+//!
+//! The rest of the server only sees [`Storage`]. Keys are relative, validated paths
+//! (`nar/<hash>.nar.zst`, `<hash>.narinfo`, …) produced by `cache::key`; a backend
+//! never has to defend against traversal itself, but the filesystem one still refuses
+//! anything that is not a plain relative path.
+
+pub mod fs;
+
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::Stream;
+
+/// A stream of object bytes, as handed to the HTTP layer.
+pub type ByteStream = Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>;
+
+/// What a backend knows about a stored object without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// Size in bytes.
+    pub size: u64,
+    /// A validator that changes whenever the object's bytes may have changed.
+    pub version: String,
+}
+
+/// An object opened for reading from `offset` to its end.
+pub struct ObjectReader {
+    /// Metadata of the object at the moment it was opened.
+    pub meta: ObjectMeta,
+    /// The bytes from the requested offset on.
+    pub body: ByteStream,
+}
+
+/// Errors of the storage layer.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// The backend ran out of space.
+    #[error("the cache storage is full")]
+    Full,
+    /// Any other I/O failure.
+    #[error("storage I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl StorageError {
+    /// Classifies an I/O error, so a full disk is reported as such.
+    pub fn from_io(err: std::io::Error) -> Self {
+        // ENOSPC and EDQUOT both mean "no room for this write".
+        match err.raw_os_error() {
+            Some(28) | Some(122) => StorageError::Full,
+            _ => StorageError::Io(err),
+        }
+    }
+}
+
+/// Result type of the storage layer.
+pub type Result<T> = std::result::Result<T, StorageError>;
+
+/// An upload in progress. Nothing is visible under the key until [`Upload::commit`]
+/// succeeds; dropping the upload without committing discards everything written.
+#[async_trait]
+pub trait Upload: Send {
+    /// Appends bytes to the pending object.
+    async fn write(&mut self, chunk: &[u8]) -> Result<()>;
+    /// Makes the object visible under its key, atomically replacing any previous version.
+    /// Returns `true` when the key did not exist before.
+    async fn commit(self: Box<Self>) -> Result<bool>;
+}
+
+/// A place to keep cache objects.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Metadata of an object, or `None` when it does not exist.
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>>;
+    /// Opens an object for reading from `offset`, or `None` when it does not exist.
+    async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>>;
+    /// Reads a small object whole (narinfos), or `None` when it does not exist.
+    async fn read_small(&self, key: &str, limit: usize) -> Result<Option<Bytes>>;
+    /// Starts an upload to `key`; see [`Upload`].
+    async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>>;
+    /// A short human description for the startup log.
+    fn describe(&self) -> String;
+}
