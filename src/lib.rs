@@ -58,10 +58,12 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
     tracing::info!("listening on http://{addr}");
+    let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let app = http::router(Arc::new(AppState {
         cache,
         auth,
         body_timeout: config.body_timeout,
+        cache_policy,
     }));
     server::serve(listener, app, config.shutdown_timeout)
         .await

@@ -35,10 +35,12 @@ pub async fn log_request(req: Request, next: Next) -> Response {
             .exact()
             .unwrap_or_else(|| content_length(resp.headers()))
     };
+    // The request line parser only lets printable ASCII through, so the path needs
+    // no escaping.
     tracing::info!(
-        "{method} {path:?} {} in={bytes_in} out={bytes_out} {:.3}ms user={} id={id:x}",
+        "{method} {path} {} in={bytes_in} out={bytes_out} {}us user={} id={id:x}",
         resp.status().as_u16(),
-        started.elapsed().as_secs_f64() * 1000.0,
+        started.elapsed().as_micros(),
         principal_of(&resp),
     );
     resp

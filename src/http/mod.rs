@@ -23,6 +23,8 @@ pub struct AppState {
     pub auth: Auth,
     /// How long an upload body may stay idle.
     pub body_timeout: Duration,
+    /// `Cache-Control` header values.
+    pub cache_policy: objects::CachePolicy,
 }
 
 /// The application: every path goes to the object handler, which validates it.

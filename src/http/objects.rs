@@ -14,7 +14,7 @@ use super::range::{self, RangeRequest};
 use super::AppState;
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{Kind, ObjectKey};
-use crate::storage::ObjectMeta;
+use crate::storage::{ObjectBody, ObjectMeta};
 
 /// How long CDNs and proxies may keep objects that can change (narinfos are re-PUT
 /// with new signatures; a path uploaded later must show up soon).
@@ -65,18 +65,31 @@ async fn dispatch(
     }
 }
 
+/// `Cache-Control` values, computed once.
+pub struct CachePolicy {
+    immutable: HeaderValue,
+    mutable: HeaderValue,
+}
+
+impl CachePolicy {
+    /// Shared caches (CDNs) may keep answers unless reads need credentials.
+    pub fn new(private: bool) -> Self {
+        let scope = if private { "private" } else { "public" };
+        let value =
+            |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("no-cache"));
+        CachePolicy {
+            immutable: value(format!("{scope}, max-age={IMMUTABLE_MAX_AGE}, immutable")),
+            mutable: value(format!("{scope}, max-age={MUTABLE_MAX_AGE}")),
+        }
+    }
+}
+
 fn cache_control(app: &AppState, kind: Kind) -> HeaderValue {
-    let scope = if app.auth.reads_are_private() {
-        "private"
+    if kind.immutable() {
+        app.cache_policy.immutable.clone()
     } else {
-        "public"
-    };
-    let value = if kind.immutable() {
-        format!("{scope}, max-age={IMMUTABLE_MAX_AGE}, immutable")
-    } else {
-        format!("{scope}, max-age={MUTABLE_MAX_AGE}")
-    };
-    HeaderValue::from_str(&value).unwrap_or(HeaderValue::from_static("no-cache"))
+        app.cache_policy.mutable.clone()
+    }
 }
 
 /// Headers shared by GET and HEAD of a stored object.
@@ -161,7 +174,10 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
         }
         let last = end.map_or(size - 1, |e| e.min(size - 1));
         let len = last - offset + 1;
-        resp = Response::new(Body::from_stream(range::take_bytes(reader.body, len)));
+        resp = Response::new(match reader.body {
+            ObjectBody::Bytes(b) => Body::from(b.slice(..(len as usize).min(b.len()))),
+            ObjectBody::Stream(s) => Body::from_stream(range::take_bytes(s, len)),
+        });
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let h = resp.headers_mut();
         h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
@@ -169,7 +185,10 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
             h.insert(header::CONTENT_RANGE, v);
         }
     } else {
-        resp = Response::new(Body::from_stream(reader.body));
+        resp = Response::new(match reader.body {
+            ObjectBody::Bytes(b) => Body::from(b),
+            ObjectBody::Stream(s) => Body::from_stream(s),
+        });
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }

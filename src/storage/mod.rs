@@ -25,12 +25,30 @@ pub struct ObjectMeta {
     pub version: String,
 }
 
-/// An object opened for reading from `offset` to its end.
+/// The bytes of an opened object, from the requested offset to its end.
+pub enum ObjectBody {
+    /// Small objects, read whole: sent with the response headers in one write.
+    Bytes(Bytes),
+    /// Anything larger, streamed.
+    Stream(ByteStream),
+}
+
+impl ObjectBody {
+    /// The body as a stream, whatever its form.
+    pub fn into_stream(self) -> ByteStream {
+        match self {
+            ObjectBody::Bytes(b) => Box::pin(futures_util::stream::iter([Ok(b)])),
+            ObjectBody::Stream(s) => s,
+        }
+    }
+}
+
+/// An object opened for reading.
 pub struct ObjectReader {
     /// Metadata of the object at the moment it was opened.
     pub meta: ObjectMeta,
-    /// The bytes from the requested offset on.
-    pub body: ByteStream,
+    /// Its bytes from the requested offset on.
+    pub body: ObjectBody,
 }
 
 /// Errors of the storage layer.
@@ -76,8 +94,6 @@ pub trait Storage: Send + Sync + 'static {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>>;
     /// Opens an object for reading from `offset`, or `None` when it does not exist.
     async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>>;
-    /// Reads a small object whole (narinfos), or `None` when it does not exist.
-    async fn read_small(&self, key: &str, limit: usize) -> Result<Option<Bytes>>;
     /// Starts an upload to `key`; see [`Upload`].
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>>;
     /// A short human description for the startup log.
