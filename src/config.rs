@@ -366,8 +366,9 @@ mod tests {
             "w",
             "--user-write-passfile",
             file.to_str().unwrap(),
-        ])
-        .unwrap();
+        ]);
+        std::fs::remove_file(&file).unwrap();
+        let c = c.unwrap();
         assert_eq!(c.write_user.unwrap().password, "secret\n");
     }
 

@@ -242,7 +242,23 @@ impl Drop for FsUpload {
 mod tests {
     use super::*;
 
-    fn temp_root(tag: &str) -> PathBuf {
+    /// A fresh directory, removed when the guard drops.
+    struct TempRoot(PathBuf);
+
+    impl Drop for TempRoot {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    impl std::ops::Deref for TempRoot {
+        type Target = Path;
+        fn deref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    fn temp_root(tag: &str) -> TempRoot {
         let dir = std::env::temp_dir().join(format!(
             "nix-stored-fs-{tag}-{}-{}",
             std::process::id(),
@@ -252,7 +268,7 @@ mod tests {
                 .as_nanos()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        dir
+        TempRoot(dir)
     }
 
     #[tokio::test]
