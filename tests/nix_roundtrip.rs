@@ -1,0 +1,524 @@
+//! End to end with the real Nix client (Debian's nix-bin): uploads with `nix copy --to`,
+//! substitution back with signature checks, logs, basic auth through a netrc file, and
+//! the directory as a `file://` cache in both directions.
+//!
+//! Skipped (with a message) when `nix` is missing, unless NIX_STORED_REQUIRE_NIX=1,
+//! which the project's test command sets so that CI can never skip them silently.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+
+use support::*;
+
+/// Nix store mutations (builds, deletions) of parallel tests would contend for the
+/// store's locks; the tests take turns.
+static STORE: Mutex<()> = Mutex::new(());
+
+const NIX_CONF: &str = "build-users-group =
+experimental-features = nix-command
+substituters =
+require-sigs = true
+sandbox = false
+connect-timeout = 5
+stalled-download-timeout = 60
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0
+";
+
+/// A closure of three paths (app -> lib -> data) built with a static busybox.
+const CLOSURE_NIX: &str = r#"{ tag }:
+let
+  bb = builtins.path { path = ./bb; name = "busybox-${tag}"; };
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "${bb}/bin/sh";
+    args = [ "-c" script ];
+    PATH = "${bb}/bin";
+  };
+  data = mk "data-${tag}" "echo data-${tag} > $out";
+  lib = mk "lib-${tag}" "mkdir $out; echo building lib-${tag}; echo ${data} > $out/ref";
+  app = mk "app-${tag}" "mkdir -p $out/bin; echo building app-${tag}; echo 'uses ${lib}' > $out/bin/app; head -c 8192 /dev/zero >> $out/bin/app";
+in app
+"#;
+
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// A Nix client configured for the tests: its own nix.conf, a fresh client-side
+/// cache for every call (Nix remembers hits and misses across calls otherwise).
+struct Nix {
+    work: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// A built closure.
+struct Closure {
+    drv: String,
+    app: String,
+    /// Every output path of the closure (not the busybox source).
+    paths: Vec<String>,
+    tag: String,
+}
+
+impl Nix {
+    fn new() -> Option<Nix> {
+        let have_nix = Command::new("nix").arg("--version").output().is_ok();
+        if !have_nix {
+            assert!(
+                std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() != Ok("1"),
+                "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
+            );
+            eprintln!(
+                "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
+            );
+            return None;
+        }
+        let turn = STORE.lock().unwrap_or_else(|e| e.into_inner());
+        let work = temp_dir("nix");
+        std::fs::create_dir_all(work.join("conf")).unwrap();
+        std::fs::write(work.join("conf/nix.conf"), NIX_CONF).unwrap();
+        let bin = work.join("bb/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed");
+        for applet in ["sh", "mkdir", "head"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
+        Some(Nix { work, _turn: turn })
+    }
+
+    fn run(&self, prog: &str, args: &[&str]) -> Output {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let out = Command::new(prog)
+            .args(args)
+            .current_dir(&self.work)
+            .env("NIX_CONF_DIR", self.work.join("conf"))
+            .env("XDG_CACHE_HOME", self.work.join(format!("xdg-{n}")))
+            .output()
+            .unwrap();
+        eprintln!(
+            "$ {prog} {} -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        out
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.run(prog, args);
+        assert!(out.status.success(), "{prog} {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Runs a command that must fail; returns its stderr.
+    fn fails(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.run(prog, args);
+        assert!(!out.status.success(), "{prog} {args:?} succeeded");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn build(&self) -> Closure {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let tag = format!(
+            "t{}x{n}x{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+                % 1_000_000_007
+        );
+        let drv = self.ok("nix-instantiate", &["closure.nix", "--argstr", "tag", &tag]);
+        let app = self.ok("nix-store", &["-r", &drv]);
+        let paths = self
+            .ok("nix-store", &["-qR", &app])
+            .lines()
+            .filter(|p| !p.contains("busybox"))
+            .map(str::to_owned)
+            .collect();
+        Closure {
+            drv,
+            app,
+            paths,
+            tag,
+        }
+    }
+
+    /// A signing key pair: (secret key file, public key).
+    fn keys(&self) -> (String, String) {
+        let sk = self.ok("nix", &["key", "generate-secret", "--key-name", "test-1"]);
+        let file = self.work.join("sk");
+        std::fs::write(&file, &sk).unwrap();
+        let out = Command::new("nix")
+            .args(["key", "convert-secret-to-public"])
+            .env("NIX_CONF_DIR", self.work.join("conf"))
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            file.display().to_string(),
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        )
+    }
+
+    fn delete(&self, c: &Closure) {
+        let mut args = vec!["--delete"];
+        args.extend(c.paths.iter().map(String::as_str));
+        self.ok("nix-store", &args);
+        assert!(!self.valid(&c.app));
+    }
+
+    fn valid(&self, path: &str) -> bool {
+        self.run("nix-store", &["--check-validity", path])
+            .status
+            .success()
+    }
+
+    fn write(&self, name: &str, text: &str) -> String {
+        let p = self.work.join(name);
+        std::fs::write(&p, text).unwrap();
+        p.display().to_string()
+    }
+}
+
+impl Drop for Nix {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+fn app_contents(c: &Closure) -> String {
+    std::fs::read_to_string(Path::new(&c.app).join("bin/app")).unwrap()
+}
+
+#[test]
+fn zstd_upload_with_listings_and_log_then_substitution() {
+    let Some(nix) = Nix::new() else { return };
+    let s = ServerBuilder::new().start();
+    let c = nix.build();
+    let (sk, pk) = nix.keys();
+    let url = s.url();
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("{url}?compression=zstd&write-nar-listing=true&secret-key={sk}"),
+            &c.app,
+        ],
+    );
+    nix.ok("nix", &["store", "copy-log", "--to", &url, &c.drv]);
+    let files = files_below(&s.dir);
+    assert_eq!(
+        files.iter().filter(|f| f.ends_with(".narinfo")).count(),
+        3,
+        "{files:?}"
+    );
+    assert_eq!(files.iter().filter(|f| f.ends_with(".ls")).count(), 3);
+    assert_eq!(files.iter().filter(|f| f.ends_with(".nar.zst")).count(), 3);
+    assert!(files
+        .iter()
+        .any(|f| f.starts_with("log/") && f.ends_with(".drv")));
+
+    let before = app_contents(&c);
+    nix.delete(&c);
+    nix.ok(
+        "nix-store",
+        &[
+            "-r",
+            &c.app,
+            "--option",
+            "substituters",
+            &url,
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert_eq!(app_contents(&c), before);
+    let log = nix.ok("nix", &["log", "--store", &url, &c.app]);
+    assert!(log.contains(&format!("building app-{}", c.tag)), "{log}");
+}
+
+#[test]
+fn xz_and_uncompressed_round_trips_with_copy_from() {
+    let Some(nix) = Nix::new() else { return };
+    let (sk, pk) = nix.keys();
+    for (compression, ext) in [("xz", ".nar.xz"), ("none", ".nar")] {
+        let s = ServerBuilder::new().start();
+        let c = nix.build();
+        let before = app_contents(&c);
+        nix.ok(
+            "nix",
+            &[
+                "copy",
+                "--to",
+                &format!("{}?compression={compression}&secret-key={sk}", s.url()),
+                &c.app,
+            ],
+        );
+        let nars: Vec<String> = files_below(&s.dir)
+            .into_iter()
+            .filter(|f| f.starts_with("nar/"))
+            .collect();
+        assert_eq!(nars.len(), 3);
+        assert!(
+            nars.iter()
+                .all(|f| f.ends_with(ext) && (ext != ".nar" || !f.ends_with(".nar.xz"))),
+            "{nars:?}"
+        );
+        nix.delete(&c);
+        nix.ok(
+            "nix",
+            &[
+                "copy",
+                "--from",
+                &s.url(),
+                &c.app,
+                "--option",
+                "trusted-public-keys",
+                &pk,
+            ],
+        );
+        assert!(nix.valid(&c.app));
+        assert_eq!(app_contents(&c), before);
+    }
+}
+
+#[test]
+fn unsigned_uploads_are_not_substituted_with_require_sigs() {
+    let Some(nix) = Nix::new() else { return };
+    let s = ServerBuilder::new().start();
+    let c = nix.build();
+    let (_, pk) = nix.keys();
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("{}?compression=zstd", s.url()),
+            &c.app,
+        ],
+    );
+    nix.delete(&c);
+    nix.fails(
+        "nix-store",
+        &[
+            "-r",
+            &c.app,
+            "--option",
+            "substituters",
+            &s.url(),
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert!(!nix.valid(&c.app));
+}
+
+#[test]
+fn basic_auth_through_a_netrc_file() {
+    let Some(nix) = Nix::new() else { return };
+    let passfile = nix.write("write-pass", "w-secret\n");
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_USER_READ", "reader")
+        .env("NIX_STORED_USER_READ_PASS", "r-secret")
+        .env("NIX_STORED_USER_WRITE", "writer")
+        .env("NIX_STORED_USER_WRITE_PASSFILE", &passfile)
+        .start();
+    let writer = nix.write(
+        "netrc-writer",
+        "machine 127.0.0.1 login writer password w-secret\n",
+    );
+    let reader = nix.write(
+        "netrc-reader",
+        "machine 127.0.0.1 login reader password r-secret\n",
+    );
+    let (sk, pk) = nix.keys();
+    let url = s.url();
+    let to = format!("{url}?compression=zstd&secret-key={sk}");
+    let c = nix.build();
+
+    nix.fails("nix", &["copy", "--to", &to, &c.app]);
+    nix.fails(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &to,
+            &c.app,
+            "--option",
+            "netrc-file",
+            &reader,
+        ],
+    );
+    assert_eq!(
+        files_below(&s.dir),
+        vec!["nix-cache-info"],
+        "a refused upload stored something"
+    );
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &to,
+            &c.app,
+            "--option",
+            "netrc-file",
+            &writer,
+        ],
+    );
+    assert_eq!(
+        files_below(&s.dir)
+            .iter()
+            .filter(|f| f.ends_with(".narinfo"))
+            .count(),
+        3
+    );
+
+    nix.delete(&c);
+    let subst = [
+        "-r",
+        c.app.as_str(),
+        "--option",
+        "substituters",
+        url.as_str(),
+        "--option",
+        "trusted-public-keys",
+        pk.as_str(),
+    ];
+    nix.fails("nix-store", &subst);
+    let mut with_reader = subst.to_vec();
+    with_reader.extend(["--option", "netrc-file", reader.as_str()]);
+    nix.ok("nix-store", &with_reader);
+    assert!(nix.valid(&c.app));
+}
+
+#[test]
+fn the_store_directory_is_a_file_cache_both_ways() {
+    let Some(nix) = Nix::new() else { return };
+    let (sk, pk) = nix.keys();
+
+    // What the server stored, read by Nix as a file:// cache.
+    let s = ServerBuilder::new().start();
+    let c = nix.build();
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("{}?compression=zstd&secret-key={sk}", s.url()),
+            &c.app,
+        ],
+    );
+    nix.delete(&c);
+    let file_url = format!("file://{}", s.dir.display());
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--from",
+            &file_url,
+            &c.app,
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert!(nix.valid(&c.app));
+
+    // What Nix wrote to a directory, served as it is.
+    let dir = temp_dir("filecache");
+    let c2 = nix.build();
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("file://{}?compression=xz&secret-key={sk}", dir.display()),
+            &c2.app,
+        ],
+    );
+    let s2 = ServerBuilder::new().dir(&dir).start();
+    nix.delete(&c2);
+    nix.ok(
+        "nix-store",
+        &[
+            "-r",
+            &c2.app,
+            "--option",
+            "substituters",
+            &s2.url(),
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert!(nix.valid(&c2.app));
+    drop(s2);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A 2 GiB path up and down through the server: its memory must not grow with the
+/// NAR (the server streams). Nix 2.8 itself holds the whole NAR in memory to upload.
+#[test]
+fn two_gib_nar_streams_through_in_constant_memory() {
+    if std::env::var("NIX_STORED_LARGE_TESTS").as_deref() != Ok("1") {
+        eprintln!("SKIPPED: set NIX_STORED_LARGE_TESTS=1 for the 2 GiB round trip");
+        return;
+    }
+    let Some(nix) = Nix::new() else { return };
+    let s = ServerBuilder::new().start();
+    let big = nix.work.join(format!("big-{}", std::process::id()));
+    let status = Command::new("head")
+        .args(["-c", "2G", "/dev/urandom"])
+        .stdout(std::fs::File::create(&big).unwrap())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let path = nix.ok("nix-store", &["--add", big.to_str().unwrap()]);
+    std::fs::remove_file(&big).unwrap();
+    let started = std::time::Instant::now();
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("{}?compression=none", s.url()),
+            &path,
+        ],
+    );
+    let up = started.elapsed();
+    let after_upload = s.peak_rss_kib();
+    nix.ok("nix-store", &["--delete", &path]);
+    let started = std::time::Instant::now();
+    // Content-addressed: valid without a signature.
+    nix.ok(
+        "nix-store",
+        &["-r", &path, "--option", "substituters", &s.url()],
+    );
+    let down = started.elapsed();
+    let peak = s.peak_rss_kib();
+    eprintln!(
+        "2 GiB NAR: upload {:.1}s, download+import {:.1}s, server peak RSS {} KiB after upload, {} KiB after download",
+        up.as_secs_f64(),
+        down.as_secs_f64(),
+        after_upload,
+        peak
+    );
+    assert!(nix.valid(&path));
+    nix.ok("nix-store", &["--delete", &path]);
+    assert!(
+        peak < 200 * 1024,
+        "server peak RSS {peak} KiB for a 2 GiB NAR"
+    );
+}
