@@ -12,7 +12,7 @@ use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
 use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
@@ -165,14 +165,14 @@ impl Storage for FsStorage {
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         let target = self.path_of(key)?;
         let temp = self.temp_path();
-        let file = tokio::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&temp)
-            .await
             .map_err(StorageError::from_io)?;
         Ok(Box::new(FsUpload {
             file: Some(file),
+            buf: Vec::with_capacity(WRITE_BLOCK),
             temp,
             target,
             committed: false,
@@ -184,35 +184,62 @@ impl Storage for FsStorage {
     }
 }
 
+/// Request bodies arrive in chunks of a few KiB; writing each one through the
+/// blocking pool would cost a thread hop per chunk. Batch them into blocks this big.
+const WRITE_BLOCK: usize = 1024 * 1024;
+
 /// An upload staged in `<root>/.tmp/`.
 struct FsUpload {
-    file: Option<tokio::fs::File>,
+    file: Option<std::fs::File>,
+    buf: Vec<u8>,
     temp: PathBuf,
     target: PathBuf,
     committed: bool,
 }
 
-#[async_trait]
-impl Upload for FsUpload {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        let file = self
-            .file
-            .as_mut()
-            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
-        file.write_all(chunk).await.map_err(StorageError::from_io)
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<bool> {
+impl FsUpload {
+    /// Writes the buffered block in the blocking pool.
+    async fn flush_block(&mut self) -> Result<()> {
         let mut file = self
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
-        file.flush().await.map_err(StorageError::from_io)?;
-        file.sync_all().await.map_err(StorageError::from_io)?;
-        drop(file);
+        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BLOCK));
+        let file = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            file.write_all(&block).map(|()| file)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map_err(StorageError::from_io)?;
+        self.file = Some(file);
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Upload for FsUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.buf.extend_from_slice(chunk);
+        if self.buf.len() >= WRITE_BLOCK {
+            self.flush_block().await?;
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<bool> {
+        if !self.buf.is_empty() {
+            self.flush_block().await?;
+        }
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
         let temp = self.temp.clone();
         let target = self.target.clone();
         let created = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+            file.sync_all()?;
+            drop(file);
             let parent = target.parent().unwrap_or(Path::new("/"));
             std::fs::create_dir_all(parent)?;
             let existed = std::fs::symlink_metadata(&target).is_ok();
