@@ -236,6 +236,25 @@ fn bad_keys_and_traversal_touch_nothing() {
     assert!(get(&s, "/../etc/passwd").text().lines().count() <= 1);
 }
 
+/// Sends the headers of a PUT with `Expect: 100-continue`, and no body yet.
+fn open_put_expecting_continue(
+    s: &Server,
+    path: &str,
+    len: usize,
+) -> (TcpStream, BufReader<TcpStream>) {
+    let mut stream = TcpStream::connect(s.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+    )
+    .unwrap();
+    let reader = BufReader::new(stream.try_clone().unwrap());
+    (stream, reader)
+}
+
 #[test]
 fn expect_continue_is_answered_and_rejections_come_before_the_body() {
     let s = ServerBuilder::new()
@@ -243,17 +262,7 @@ fn expect_continue_is_answered_and_rejections_come_before_the_body() {
         .start();
     let nar = nar_of(b"expect");
     let path = format!("/nar/{}.nar", nix32_sha256(&nar));
-    let mut stream = TcpStream::connect(s.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        nar.len()
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let (mut stream, mut reader) = open_put_expecting_continue(&s, &path, nar.len());
     let mut line = String::new();
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
     assert!(line.starts_with("HTTP/1.1 100"), "{line}");
@@ -264,17 +273,7 @@ fn expect_continue_is_answered_and_rejections_come_before_the_body() {
     assert_eq!(read_response(&mut reader, false).status, 201);
 
     // Too large: refused with the final status, no 100 Continue, body never sent.
-    let mut stream = TcpStream::connect(s.addr).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    write!(
-        stream,
-        "PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        2 << 20
-    )
-    .unwrap();
-    let mut reader = BufReader::new(stream);
+    let (_stream, mut reader) = open_put_expecting_continue(&s, &path, 2 << 20);
     let mut line = String::new();
     std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
     assert!(line.starts_with("HTTP/1.1 413"), "{line}");

@@ -168,6 +168,11 @@ impl Nix {
         )
     }
 
+    /// `nix copy --to URL PATH`, which must succeed.
+    fn copy_to(&self, url: &str, path: &str) {
+        self.ok("nix", &["copy", "--to", url, path]);
+    }
+
     fn delete(&self, c: &Closure) {
         let mut args = vec!["--delete"];
         args.extend(c.paths.iter().map(String::as_str));
@@ -205,14 +210,9 @@ fn zstd_upload_with_listings_and_log_then_substitution() {
     let c = nix.build();
     let (sk, pk) = nix.keys();
     let url = s.url();
-    nix.ok(
-        "nix",
-        &[
-            "copy",
-            "--to",
-            &format!("{url}?compression=zstd&write-nar-listing=true&secret-key={sk}"),
-            &c.app,
-        ],
+    nix.copy_to(
+        &format!("{url}?compression=zstd&write-nar-listing=true&secret-key={sk}"),
+        &c.app,
     );
     nix.ok("nix", &["store", "copy-log", "--to", &url, &c.drv]);
     let files = files_below(&s.dir);
@@ -255,14 +255,9 @@ fn xz_and_uncompressed_round_trips_with_copy_from() {
         let s = ServerBuilder::new().start();
         let c = nix.build();
         let before = app_contents(&c);
-        nix.ok(
-            "nix",
-            &[
-                "copy",
-                "--to",
-                &format!("{}?compression={compression}&secret-key={sk}", s.url()),
-                &c.app,
-            ],
+        nix.copy_to(
+            &format!("{}?compression={compression}&secret-key={sk}", s.url()),
+            &c.app,
         );
         let nars: Vec<String> = files_below(&s.dir)
             .into_iter()
@@ -298,15 +293,7 @@ fn unsigned_uploads_are_not_substituted_with_require_sigs() {
     let s = ServerBuilder::new().start();
     let c = nix.build();
     let (_, pk) = nix.keys();
-    nix.ok(
-        "nix",
-        &[
-            "copy",
-            "--to",
-            &format!("{}?compression=zstd", s.url()),
-            &c.app,
-        ],
-    );
+    nix.copy_to(&format!("{}?compression=zstd", s.url()), &c.app);
     nix.delete(&c);
     nix.fails(
         "nix-store",
@@ -411,14 +398,9 @@ fn the_store_directory_is_a_file_cache_both_ways() {
     // What the server stored, read by Nix as a file:// cache.
     let s = ServerBuilder::new().start();
     let c = nix.build();
-    nix.ok(
-        "nix",
-        &[
-            "copy",
-            "--to",
-            &format!("{}?compression=zstd&secret-key={sk}", s.url()),
-            &c.app,
-        ],
+    nix.copy_to(
+        &format!("{}?compression=zstd&secret-key={sk}", s.url()),
+        &c.app,
     );
     nix.delete(&c);
     let file_url = format!("file://{}", s.dir.display());
@@ -439,14 +421,9 @@ fn the_store_directory_is_a_file_cache_both_ways() {
     // What Nix wrote to a directory, served as it is.
     let dir = temp_dir("filecache");
     let c2 = nix.build();
-    nix.ok(
-        "nix",
-        &[
-            "copy",
-            "--to",
-            &format!("file://{}?compression=xz&secret-key={sk}", dir.display()),
-            &c2.app,
-        ],
+    nix.copy_to(
+        &format!("file://{}?compression=xz&secret-key={sk}", dir.display()),
+        &c2.app,
     );
     let s2 = ServerBuilder::new().dir(&dir).start();
     nix.delete(&c2);
@@ -488,15 +465,7 @@ fn two_gib_nar_streams_through_in_constant_memory() {
     let path = nix.ok("nix-store", &["--add", big.to_str().unwrap()]);
     std::fs::remove_file(&big).unwrap();
     let started = std::time::Instant::now();
-    nix.ok(
-        "nix",
-        &[
-            "copy",
-            "--to",
-            &format!("{}?compression=none", s.url()),
-            &path,
-        ],
-    );
+    nix.copy_to(&format!("{}?compression=none", s.url()), &path);
     let up = started.elapsed();
     let after_upload = s.peak_rss_kib();
     nix.ok("nix-store", &["--delete", &path]);
