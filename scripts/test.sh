@@ -19,3 +19,7 @@ cargo clippy --all-targets -- -D warnings
 # The Nix tests fail instead of skipping when nix is missing, and the large
 # (2 GiB) round trip is part of the suite.
 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
+
+# The benchmark harness in its one-second-per-workload mode, so it never rots. It
+# fails only when the harness or a server breaks, never on a missed target.
+bench/run.sh --quick --out "${TMPDIR:-/tmp}/nix-stored-bench-quick.md"
