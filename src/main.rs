@@ -2,7 +2,17 @@ use clap::Parser;
 use nix_stored::config::{Args, Config, LogLevel};
 
 fn main() {
-    let config = match Config::from_args(Args::parse()) {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        // --help and --version print and exit 0 as clap does.
+        Err(e) if !e.use_stderr() => e.exit(),
+        Err(e) => {
+            let text = e.to_string();
+            let line = text.lines().next().unwrap_or("invalid arguments");
+            fail(line.strip_prefix("error: ").unwrap_or(line))
+        }
+    };
+    let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
     };

@@ -5,14 +5,14 @@
 //! Skipped (with a message) when `nix` is missing, unless NIX_STORED_REQUIRE_NIX=1,
 //! which the project's test command sets so that CI can never skip them silently.
 
-mod support;
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
-use support::*;
+use common::*;
 
 /// Nix store mutations (builds, deletions) of parallel tests would contend for the
 /// store's locks; the tests take turns.
@@ -197,6 +197,16 @@ impl Drop for Nix {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+/// Peak resident memory (VmHWM) of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 fn app_contents(c: &Closure) -> String {
@@ -467,7 +477,7 @@ fn two_gib_nar_streams_through_in_constant_memory() {
     let started = std::time::Instant::now();
     nix.copy_to(&format!("{}?compression=none", s.url()), &path);
     let up = started.elapsed();
-    let after_upload = s.peak_rss_kib();
+    let after_upload = peak_rss_kib(s.pid());
     nix.ok("nix-store", &["--delete", &path]);
     let started = std::time::Instant::now();
     // Content-addressed: valid without a signature.
@@ -476,7 +486,7 @@ fn two_gib_nar_streams_through_in_constant_memory() {
         &["-r", &path, "--option", "substituters", &s.url()],
     );
     let down = started.elapsed();
-    let peak = s.peak_rss_kib();
+    let peak = peak_rss_kib(s.pid());
     eprintln!(
         "2 GiB NAR: upload {:.1}s, download+import {:.1}s, server peak RSS {} KiB after upload, {} KiB after download",
         up.as_secs_f64(),

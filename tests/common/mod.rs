@@ -1,0 +1,733 @@
+//! Shared helpers of the black-box tests: start the real `nix-stored` binary on an
+//! ephemeral port and talk to it over a raw HTTP/1.1 socket.
+//!
+//! The client is deliberately a plain `TcpStream`: request targets such as
+//! `/../etc/passwd`, `/nar/%2e%2e/x` or a NUL byte must reach the server exactly as
+//! written, which ordinary HTTP clients would normalise or refuse.
+//!
+//! Nothing here re-implements server logic: fixtures (NAR bytes, narinfo text,
+//! signatures) are built directly from the formats Nix documents.
+#![allow(dead_code)]
+
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+/// How long a server gets to print its listening line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Read timeout of the raw client (a hung server fails the test instead of hanging it).
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A unique, empty directory under `std::env::temp_dir()`.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    let dir = std::env::temp_dir().join(format!(
+        "nix-stored-it-{tag}-{}-{n}-{nanos}",
+        std::process::id()
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Configuration of one server process.
+pub struct ServerBuilder {
+    env: Vec<(String, String)>,
+    args: Vec<String>,
+    dir: Option<PathBuf>,
+}
+
+impl Default for ServerBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ServerBuilder {
+    /// Fresh temporary store dir, log level info, listening on 127.0.0.1:0.
+    pub fn new() -> Self {
+        ServerBuilder {
+            env: vec![
+                ("NIX_STORED_LOG_LEVEL".into(), "info".into()),
+                ("NIX_STORED_LISTEN_INTERFACE".into(), "127.0.0.1:0".into()),
+            ],
+            args: Vec::new(),
+            dir: None,
+        }
+    }
+
+    /// Sets (or replaces) one environment variable of the server.
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// Removes an environment variable (including the defaults set by `new`).
+    pub fn env_remove(mut self, key: &str) -> Self {
+        self.env.retain(|(k, _)| k != key);
+        self
+    }
+
+    /// Adds a command-line argument.
+    pub fn arg(mut self, arg: &str) -> Self {
+        self.args.push(arg.to_owned());
+        self
+    }
+
+    /// Uses `dir` as the store directory instead of a fresh one (it is not removed).
+    pub fn dir(mut self, dir: &Path) -> Self {
+        self.dir = Some(dir.to_path_buf());
+        self
+    }
+
+    fn command(&self, dir: &Path) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nix-stored"));
+        // Settings of the environment the tests run in must not leak into the server.
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("NIX_STORED_") {
+                cmd.env_remove(k);
+            }
+        }
+        cmd.env("NIX_STORED_PATH", dir)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .args(&self.args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    }
+
+    /// Spawns the server and waits (at most 20 s) for its `listening on http://` line;
+    /// panics with the log otherwise.
+    pub fn start(self) -> Server {
+        let owns_dir = self.dir.is_none();
+        let dir = self.dir.clone().unwrap_or_else(|| temp_dir("store"));
+        let mut child = self.command(&dir).spawn().expect("spawn nix-stored");
+        let log = Arc::new(Mutex::new(Vec::<String>::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let stderr = child.stderr.take().expect("piped stderr");
+        let sink = Arc::clone(&log);
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stderr);
+            let mut buf = Vec::new();
+            loop {
+                buf.clear();
+                match reader.read_until(b'\n', &mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let line = String::from_utf8_lossy(&buf)
+                            .trim_end_matches(['\n', '\r'])
+                            .to_owned();
+                        if let Some(rest) = line.split("listening on http://").nth(1) {
+                            let addr: String = rest
+                                .chars()
+                                .take_while(|c| !c.is_whitespace() && *c != '/')
+                                .collect();
+                            let _ = tx.send(addr);
+                        }
+                        sink.lock().unwrap().push(line);
+                    }
+                }
+            }
+        });
+        let mut addr = match rx.recv_timeout(START_TIMEOUT) {
+            Ok(a) => a
+                .parse::<SocketAddr>()
+                .unwrap_or_else(|e| panic!("bad listening address {a:?}: {e}")),
+            Err(_) => {
+                let _ = child.kill();
+                let status = child.wait();
+                // Give the reader thread a moment to collect the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                panic!(
+                    "server did not report `listening on http://` (exit: {status:?}); log:\n{}",
+                    log.lock().unwrap().join("\n")
+                );
+            }
+        };
+        // Listening on every address (`0.0.0.0`, `[::]`): connect through loopback.
+        if addr.ip().is_unspecified() {
+            let ip: std::net::IpAddr = if addr.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            addr.set_ip(ip);
+        }
+        Server {
+            addr,
+            dir,
+            owns_dir,
+            child: Some(child),
+            log,
+        }
+    }
+
+    /// Runs a server that is expected to refuse its configuration: waits for it to
+    /// exit (killing it after 20 s) and returns its exit status and stderr.
+    pub fn start_expect_failure(self) -> (ExitStatus, String) {
+        let owns_dir = self.dir.is_none();
+        let dir = self.dir.clone().unwrap_or_else(|| temp_dir("store"));
+        let mut child = self.command(&dir).spawn().expect("spawn nix-stored");
+        let mut stderr = child.stderr.take().expect("piped stderr");
+        let reader = std::thread::spawn(move || {
+            let mut out = Vec::new();
+            let _ = stderr.read_to_end(&mut out);
+            String::from_utf8_lossy(&out).into_owned()
+        });
+        let deadline = std::time::Instant::now() + START_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                let err = reader.join().unwrap_or_default();
+                panic!("server was expected to exit but kept running; log:\n{err}");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let err = reader.join().unwrap_or_default();
+        if owns_dir {
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        (status, err)
+    }
+}
+
+/// A running server; killed (and its own temp dir removed) on drop.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub dir: PathBuf,
+    owns_dir: bool,
+    child: Option<Child>,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// `http://127.0.0.1:PORT` (loopback even when listening on every address).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Process id (0 once stopped).
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Every stderr line so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// SIGKILL and wait.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for the exit status.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.sigterm();
+        self.wait()
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn sigterm(&self) {
+        let pid = self.pid();
+        assert_ne!(pid, 0, "server already stopped");
+        let ok = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(ok.success(), "kill -TERM failed");
+    }
+
+    /// Waits for the server to exit (after a signal) and returns its status.
+    pub fn wait(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("server already stopped");
+        c.wait().expect("wait for server")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill9();
+        if self.owns_dir {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// One HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header named `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as (lossy) UTF-8.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+fn bad(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+fn read_line(reader: &mut impl BufRead) -> io::Result<String> {
+    let mut buf = Vec::new();
+    let n = reader.read_until(b'\n', &mut buf)?;
+    if n == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a complete line",
+        ));
+    }
+    Ok(String::from_utf8_lossy(&buf)
+        .trim_end_matches(['\n', '\r'])
+        .to_owned())
+}
+
+/// Reads a status line and headers (no body). Interim `1xx` answers are returned too.
+pub fn read_head(reader: &mut impl BufRead) -> io::Result<Response> {
+    let status_line = read_line(reader)?;
+    let mut parts = status_line.split_whitespace();
+    let version = parts.next().unwrap_or("");
+    if !version.starts_with("HTTP/1.") {
+        return Err(bad(format!("bad status line {status_line:?}")));
+    }
+    let status = parts
+        .next()
+        .and_then(|s| s.parse::<u16>().ok())
+        .ok_or_else(|| bad(format!("bad status line {status_line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        let line = read_line(reader)?;
+        if line.is_empty() {
+            break;
+        }
+        let (k, v) = line
+            .split_once(':')
+            .ok_or_else(|| bad(format!("bad header line {line:?}")))?;
+        headers.push((k.trim().to_owned(), v.trim().to_owned()));
+    }
+    Ok(Response {
+        status,
+        headers,
+        body: Vec::new(),
+    })
+}
+
+/// Reads the body of `resp` (whose head was just read) according to its framing.
+pub fn read_body(
+    reader: &mut impl BufRead,
+    resp: &mut Response,
+    head_request: bool,
+) -> io::Result<()> {
+    if head_request || resp.status < 200 || resp.status == 204 || resp.status == 304 {
+        return Ok(());
+    }
+    let chunked = resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
+    if chunked {
+        loop {
+            let size_line = read_line(reader)?;
+            let size = size_line.split(';').next().unwrap_or("").trim();
+            let n = usize::from_str_radix(size, 16)
+                .map_err(|_| bad(format!("bad chunk size {size_line:?}")))?;
+            if n == 0 {
+                // Trailers, then the empty line.
+                loop {
+                    if read_line(reader)?.is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let start = resp.body.len();
+            resp.body.resize(start + n, 0);
+            reader.read_exact(&mut resp.body[start..])?;
+            let mut crlf = [0u8; 2];
+            reader.read_exact(&mut crlf)?;
+        }
+    } else if let Some(len) = resp.header("content-length") {
+        let len: usize = len
+            .parse()
+            .map_err(|_| bad(format!("bad Content-Length {len:?}")))?;
+        resp.body.resize(len, 0);
+        reader.read_exact(&mut resp.body)?;
+    } else {
+        reader.read_to_end(&mut resp.body)?;
+    }
+    Ok(())
+}
+
+/// Reads one final answer, skipping interim `1xx` answers.
+pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Result<Response> {
+    loop {
+        let mut resp = read_head(reader)?;
+        if (100..200).contains(&resp.status) {
+            continue;
+        }
+        read_body(reader, &mut resp, head_request)?;
+        return Ok(resp);
+    }
+}
+
+/// Opens a connection with read and write timeouts set.
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+    stream
+}
+
+/// Sends `request` byte for byte and reads the answer.
+pub fn try_raw_request(addr: SocketAddr, request: &[u8]) -> io::Result<Response> {
+    let mut stream = connect(addr);
+    let written = stream.write_all(request);
+    let head = request.starts_with(b"HEAD ");
+    // A server may answer (413, 401, …) and close before reading the whole body: the
+    // answer is what counts, so read it even when the rest of the body could not be sent.
+    match read_response(&mut BufReader::new(stream), head) {
+        Ok(r) => Ok(r),
+        Err(e) => Err(written.err().unwrap_or(e)),
+    }
+}
+
+/// Sends `request` byte for byte and reads the answer (panics on I/O errors).
+pub fn raw_request(addr: SocketAddr, request: &[u8]) -> Response {
+    try_raw_request(addr, request).unwrap_or_else(|e| {
+        panic!(
+            "request {:?} failed: {e}",
+            String::from_utf8_lossy(&request[..request.len().min(200)])
+        )
+    })
+}
+
+/// The head of a request: request line, `Host`, `Connection: close`, `headers`, and
+/// `Content-Length` for a PUT or a non-empty body (unless `headers` has one).
+pub fn request_head(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body_len: Option<u64>,
+) -> Vec<u8> {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let has_length = headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("content-length"));
+    if let (Some(len), false) = (body_len, has_length) {
+        req.push_str(&format!("Content-Length: {len}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// Sends one request with the usual framing (`Host`, `Content-Length` for PUT,
+/// `Connection: close`) and reads the answer.
+pub fn send(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let len = (method == "PUT" || !body.is_empty()).then_some(body.len() as u64);
+    let mut bytes = request_head(addr, method, path, headers, len);
+    bytes.extend_from_slice(body);
+    raw_request(addr, &bytes)
+}
+
+pub fn get(s: &Server, path: &str) -> Response {
+    send(s.addr, "GET", path, &[], b"")
+}
+
+pub fn head(s: &Server, path: &str) -> Response {
+    send(s.addr, "HEAD", path, &[], b"")
+}
+
+pub fn put(s: &Server, path: &str, body: &[u8]) -> Response {
+    send(s.addr, "PUT", path, &[], body)
+}
+
+/// `Authorization` value for HTTP Basic: `Basic base64(user:pass)`.
+pub fn basic(user: &str, pass: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+    )
+}
+
+/// 52-character nix32 rendering of the SHA-256 of `bytes`.
+pub fn nix32_sha256(bytes: &[u8]) -> String {
+    nix_derivation::nixbase32::encode(&Sha256::digest(bytes))
+}
+
+// ---------------------------------------------------------------------------------
+// Fixtures.
+
+/// Appends a NAR string: 64-bit LE length, bytes, zero padding to 8.
+fn nar_str(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
+    out.extend_from_slice(b);
+    out.resize(out.len() + (8 - b.len() % 8) % 8, 0);
+}
+
+/// A NAR whose root is one regular file holding `contents`.
+pub fn nar_of(contents: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for tok in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"regular",
+        b"contents",
+    ] {
+        nar_str(&mut out, tok);
+    }
+    nar_str(&mut out, contents);
+    nar_str(&mut out, b")");
+    out
+}
+
+/// The store-path hash alphabet (nix32: no e, o, u, t).
+pub const NIX32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+
+/// A valid 32-character store-path hash part derived from `seed`.
+pub fn store_hash(seed: &str) -> String {
+    let digest = Sha256::digest(seed.as_bytes());
+    nix_derivation::nixbase32::encode(&digest[..20])
+}
+
+/// Fields of a narinfo, rendered in Nix's order. Tests tweak fields to break one rule.
+#[derive(Clone, Debug)]
+pub struct NarInfo {
+    pub store_path: String,
+    pub url: String,
+    pub compression: Option<String>,
+    pub file_hash: Option<String>,
+    pub file_size: Option<String>,
+    pub nar_hash: String,
+    pub nar_size: String,
+    pub references: Vec<String>,
+    pub deriver: Option<String>,
+    pub sigs: Vec<String>,
+    pub ca: Option<String>,
+}
+
+impl NarInfo {
+    /// A `Compression: none` narinfo for `<store_dir>/<hash>-<name>` whose NAR is `nar`
+    /// (stored at `nar/<fh>.nar`), with the given reference base names.
+    pub fn uncompressed(
+        store_dir: &str,
+        hash: &str,
+        name: &str,
+        nar: &[u8],
+        refs: &[&str],
+    ) -> Self {
+        let fh = nix32_sha256(nar);
+        NarInfo {
+            store_path: format!("{store_dir}/{hash}-{name}"),
+            url: format!("nar/{fh}.nar"),
+            compression: Some("none".into()),
+            file_hash: Some(format!("sha256:{fh}")),
+            file_size: Some(nar.len().to_string()),
+            nar_hash: format!("sha256:{fh}"),
+            nar_size: nar.len().to_string(),
+            references: refs.iter().map(|r| r.to_string()).collect(),
+            deriver: None,
+            sigs: Vec::new(),
+            ca: None,
+        }
+    }
+
+    /// A narinfo whose file at `nar/<fh>.nar<ext>` is `file` (compressed with
+    /// `compression`) and whose uncompressed NAR is `nar`.
+    pub fn compressed(
+        store_dir: &str,
+        hash: &str,
+        name: &str,
+        nar: &[u8],
+        file: &[u8],
+        compression: &str,
+        ext: &str,
+    ) -> Self {
+        let fh = nix32_sha256(file);
+        let mut info = Self::uncompressed(store_dir, hash, name, nar, &[]);
+        info.url = format!("nar/{fh}.nar{ext}");
+        info.compression = Some(compression.into());
+        info.file_hash = Some(format!("sha256:{fh}"));
+        info.file_size = Some(file.len().to_string());
+        info
+    }
+
+    /// Nix's signature fingerprint:
+    /// `1;<StorePath>;<NarHash>;<NarSize>;<sorted full reference paths, comma-separated>`.
+    /// (`nar_hash` is already written as `sha256:<nix32>` by the constructors.)
+    pub fn fingerprint(&self, store_dir: &str) -> String {
+        let mut refs: Vec<String> = self
+            .references
+            .iter()
+            .map(|r| format!("{store_dir}/{r}"))
+            .collect();
+        refs.sort();
+        format!(
+            "1;{};{};{};{}",
+            self.store_path,
+            self.nar_hash,
+            self.nar_size,
+            refs.join(",")
+        )
+    }
+
+    /// Adds `Sig: <name>:<base64 ed25519 signature of the fingerprint>`.
+    pub fn sign(&mut self, store_dir: &str, name: &str, key: &ed25519_dalek::SigningKey) {
+        use base64::Engine as _;
+        use ed25519_dalek::Signer as _;
+        let sig = key.sign(self.fingerprint(store_dir).as_bytes());
+        self.sigs.push(format!(
+            "{name}:{}",
+            base64::engine::general_purpose::STANDARD.encode(sig.to_bytes())
+        ));
+    }
+
+    /// The narinfo text, `Key: value\n` lines in Nix's order.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("StorePath: {}\n", self.store_path));
+        s.push_str(&format!("URL: {}\n", self.url));
+        if let Some(c) = &self.compression {
+            s.push_str(&format!("Compression: {c}\n"));
+        }
+        if let Some(h) = &self.file_hash {
+            s.push_str(&format!("FileHash: {h}\n"));
+        }
+        if let Some(n) = &self.file_size {
+            s.push_str(&format!("FileSize: {n}\n"));
+        }
+        s.push_str(&format!("NarHash: {}\n", self.nar_hash));
+        s.push_str(&format!("NarSize: {}\n", self.nar_size));
+        s.push_str(&format!("References: {}\n", self.references.join(" ")));
+        if let Some(d) = &self.deriver {
+            s.push_str(&format!("Deriver: {d}\n"));
+        }
+        for sig in &self.sigs {
+            s.push_str(&format!("Sig: {sig}\n"));
+        }
+        if let Some(ca) = &self.ca {
+            s.push_str(&format!("CA: {ca}\n"));
+        }
+        s
+    }
+}
+
+/// `name:base64(public key)` as written in `trusted-public-keys`.
+pub fn public_key_line(name: &str, key: &ed25519_dalek::SigningKey) -> String {
+    use base64::Engine as _;
+    format!(
+        "{name}:{}",
+        base64::engine::general_purpose::STANDARD.encode(key.verifying_key().to_bytes())
+    )
+}
+
+/// A deterministic signing key from a seed byte.
+pub fn signing_key(seed: u8) -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[seed; 32])
+}
+
+// ---------------------------------------------------------------------------------
+// Directory inspection.
+
+/// Every regular file (and symlink) below `dir`, as relative paths, sorted.
+pub fn files_below(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let ft = entry.file_type().unwrap();
+            if ft.is_dir() {
+                walk(base, &path, out);
+            } else {
+                out.push(path.strip_prefix(base).unwrap().display().to_string());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Every entry (files and directories) below `dir`, relative, sorted; directories end in `/`.
+pub fn entries_below(dir: &Path) -> Vec<String> {
+    fn walk(base: &Path, dir: &Path, out: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let rel = path.strip_prefix(base).unwrap().display().to_string();
+            if entry.file_type().unwrap().is_dir() {
+                out.push(format!("{rel}/"));
+                walk(base, &path, out);
+            } else {
+                out.push(rel);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// Polls `f` every 50 ms for at most `limit` (waits for a state, never asserts timing).
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}

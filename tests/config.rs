@@ -1,0 +1,346 @@
+//! Configuration: bad settings stop the server with one `nix-stored: error:` line,
+//! `--help` documents every variable, flags work, and the startup log shows the
+//! effective configuration without secrets.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Every setting of the contract.
+const VARIABLES: &[&str] = &[
+    "NIX_STORED_PATH",
+    "NIX_STORED_LISTEN_INTERFACE",
+    "NIX_STORED_USER_READ",
+    "NIX_STORED_USER_READ_PASS",
+    "NIX_STORED_USER_READ_PASSFILE",
+    "NIX_STORED_USER_WRITE",
+    "NIX_STORED_USER_WRITE_PASS",
+    "NIX_STORED_USER_WRITE_PASSFILE",
+    "NIX_STORED_LOG_LEVEL",
+    "NIX_STORED_PRIORITY",
+    "NIX_STORED_MAX_UPLOAD_SIZE",
+    "NIX_STORED_TRUSTED_PUBLIC_KEYS",
+    "NIX_STORED_STORE_DIR",
+    "NIX_STORED_BODY_TIMEOUT",
+    "NIX_STORED_SHUTDOWN_TIMEOUT",
+];
+
+const SECRET: &str = "Sup3r-s3cret-frobozz";
+
+/// Runs a server with `env` and asserts it refuses to start the documented way.
+fn refuses(what: &str, builder: ServerBuilder) -> String {
+    let (status, stderr) = builder.start_expect_failure();
+    assert!(
+        !status.success(),
+        "{what}: exit status {status:?}\n{stderr}"
+    );
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("nix-stored: error:"))
+        .collect();
+    assert_eq!(
+        errors.len(),
+        1,
+        "{what}: expected exactly one `nix-stored: error:` line, stderr:\n{stderr}"
+    );
+    assert!(
+        errors[0].len() > "nix-stored: error: ".len(),
+        "{what}: the line gives a reason"
+    );
+    assert!(
+        !stderr.contains("listening on"),
+        "{what}: must not start listening:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{what}: panicked:\n{stderr}");
+    stderr
+}
+
+fn with_user(role: &str) -> ServerBuilder {
+    ServerBuilder::new().env(&format!("NIX_STORED_USER_{role}"), "someone")
+}
+
+#[test]
+fn a_user_without_a_password() {
+    for role in ["READ", "WRITE"] {
+        refuses(&format!("{role} user without password"), with_user(role));
+        let empty = temp_dir("empty-pass");
+        let file = empty.join("pass");
+        std::fs::write(&file, "\n").unwrap();
+        refuses(
+            &format!("{role} user with an empty password file"),
+            with_user(role).env(
+                &format!("NIX_STORED_USER_{role}_PASSFILE"),
+                file.to_str().unwrap(),
+            ),
+        );
+        refuses(
+            &format!("{role} user with an empty password"),
+            with_user(role).env(&format!("NIX_STORED_USER_{role}_PASS"), ""),
+        );
+        let _ = std::fs::remove_dir_all(&empty);
+    }
+}
+
+#[test]
+fn both_a_password_and_a_password_file() {
+    let dir = temp_dir("both");
+    let file = dir.join("pass");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    for role in ["READ", "WRITE"] {
+        let err = refuses(
+            &format!("{role} with both"),
+            with_user(role)
+                .env(&format!("NIX_STORED_USER_{role}_PASS"), SECRET)
+                .env(
+                    &format!("NIX_STORED_USER_{role}_PASSFILE"),
+                    file.to_str().unwrap(),
+                ),
+        );
+        assert!(
+            !err.contains(SECRET),
+            "the error shows the password:\n{err}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unreadable_password_file() {
+    let dir = temp_dir("unreadable");
+    for role in ["READ", "WRITE"] {
+        let var = format!("NIX_STORED_USER_{role}_PASSFILE");
+        let missing = dir.join("does-not-exist");
+        refuses(
+            &format!("{role} passfile missing"),
+            with_user(role).env(&var, missing.to_str().unwrap()),
+        );
+        refuses(
+            &format!("{role} passfile is a directory"),
+            with_user(role).env(&var, dir.to_str().unwrap()),
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_unparsable_listen_address() {
+    for addr in [
+        "not-an-address",
+        "127.0.0.1",
+        "127.0.0.1:99999",
+        "127.0.0.1:-1",
+        ":8100",
+        "",
+        "256.0.0.1:80",
+        "[::1:80",
+    ] {
+        refuses(
+            &format!("listen {addr:?}"),
+            ServerBuilder::new().env("NIX_STORED_LISTEN_INTERFACE", addr),
+        );
+    }
+}
+
+#[test]
+fn a_store_path_that_cannot_be_created() {
+    let base = temp_dir("badpath");
+    let file = base.join("regular-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    refuses(
+        "store under a regular file",
+        ServerBuilder::new().dir(&file.join("store")),
+    );
+    refuses("store is a regular file", ServerBuilder::new().dir(&file));
+    assert_eq!(
+        std::fs::read(&file).unwrap(),
+        b"not a directory",
+        "the file was modified"
+    );
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn a_bad_priority() {
+    for p in ["high", "", "1.5", "30x", "99999999999999999999999"] {
+        refuses(
+            &format!("priority {p:?}"),
+            ServerBuilder::new().env("NIX_STORED_PRIORITY", p),
+        );
+    }
+}
+
+#[test]
+fn other_bad_values() {
+    let cases: &[(&str, &str)] = &[
+        ("NIX_STORED_LOG_LEVEL", "verbose"),
+        ("NIX_STORED_MAX_UPLOAD_SIZE", "12Q"),
+        ("NIX_STORED_MAX_UPLOAD_SIZE", "lots"),
+        ("NIX_STORED_TRUSTED_PUBLIC_KEYS", "no-colon"),
+        ("NIX_STORED_TRUSTED_PUBLIC_KEYS", "name:!!!not-base64"),
+        ("NIX_STORED_TRUSTED_PUBLIC_KEYS", "name:AAAA"),
+        ("NIX_STORED_STORE_DIR", "relative/store"),
+        ("NIX_STORED_BODY_TIMEOUT", "0"),
+    ];
+    for (var, value) in cases {
+        refuses(
+            &format!("{var}={value:?}"),
+            ServerBuilder::new().env(var, value),
+        );
+    }
+}
+
+#[test]
+fn timeouts_that_are_not_numbers() {
+    // Values the argument parser itself rejects are bad configuration too, reported
+    // the same way.
+    let cases: &[(&str, &str)] = &[
+        ("NIX_STORED_BODY_TIMEOUT", "abc"),
+        ("NIX_STORED_BODY_TIMEOUT", "-5"),
+        ("NIX_STORED_SHUTDOWN_TIMEOUT", "soon"),
+    ];
+    for (var, value) in cases {
+        refuses(
+            &format!("{var}={value:?}"),
+            ServerBuilder::new().env(var, value),
+        );
+    }
+}
+
+#[test]
+fn help_lists_every_variable_without_secrets() {
+    let out = Command::new(env!("CARGO_BIN_EXE_nix-stored"))
+        .arg("--help")
+        .env("NIX_STORED_USER_WRITE", "writer")
+        .env("NIX_STORED_USER_WRITE_PASS", SECRET)
+        .env("NIX_STORED_USER_READ", "reader")
+        .env("NIX_STORED_USER_READ_PASS", SECRET)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let help =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    for var in VARIABLES {
+        assert!(help.contains(var), "--help does not mention {var}:\n{help}");
+    }
+    for flag in [
+        "--path",
+        "--listen-interface",
+        "--user-read",
+        "--user-read-pass",
+        "--user-read-passfile",
+        "--user-write",
+        "--user-write-pass",
+        "--user-write-passfile",
+        "--log-level",
+        "--priority",
+        "--max-upload-size",
+        "--trusted-public-keys",
+        "--store-dir",
+        "--body-timeout",
+        "--shutdown-timeout",
+    ] {
+        assert!(help.contains(flag), "--help does not mention {flag}");
+    }
+    assert!(
+        !help.contains(SECRET),
+        "--help shows a password from the environment:\n{help}"
+    );
+}
+
+#[test]
+fn flags_configure_the_server() {
+    let s = ServerBuilder::new()
+        .env_remove("NIX_STORED_LISTEN_INTERFACE")
+        .arg("--listen-interface")
+        .arg("127.0.0.1:0")
+        .arg("--priority")
+        .arg("12")
+        .arg("--store-dir")
+        .arg("/opt/store")
+        .start();
+    assert_eq!(
+        get(&s, "/nix-cache-info").text(),
+        "StoreDir: /opt/store\nWantMassQuery: 1\nPriority: 12\n"
+    );
+}
+
+#[test]
+fn startup_log_shows_the_configuration_without_passwords() {
+    let base = temp_dir("startup-log");
+    let file = base.join("read-pass");
+    let file_secret = "F1le-s3cret-zorkmid";
+    std::fs::write(&file, format!("{file_secret}\n")).unwrap();
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_USER_READ", "reader")
+        .env("NIX_STORED_USER_READ_PASSFILE", file.to_str().unwrap())
+        .env("NIX_STORED_USER_WRITE", "writer")
+        .env("NIX_STORED_USER_WRITE_PASS", SECRET)
+        .env("NIX_STORED_PRIORITY", "17")
+        .env("NIX_STORED_LOG_LEVEL", "debug")
+        .start();
+    // Exercise the credentials once, so a request log line exists too.
+    let auth = basic("writer", SECRET);
+    let r = send(
+        s.addr,
+        "GET",
+        "/nix-cache-info",
+        &[("Authorization", &auth)],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    let r = send(
+        s.addr,
+        "GET",
+        "/nix-cache-info",
+        &[("Authorization", &basic("reader", file_secret))],
+        b"",
+    );
+    assert_eq!(r.status, 200);
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || s
+            .log()
+            .matches("nix-cache-info")
+            .count()
+            >= 2),
+        "requests are logged:\n{}",
+        s.log()
+    );
+
+    let log = s.log();
+    let startup = log
+        .lines()
+        .find(|l| l.contains("reader") && l.contains("writer"))
+        .unwrap_or_else(|| panic!("no startup line naming both users:\n{log}"));
+    assert!(
+        startup.contains(s.dir.to_str().unwrap()),
+        "the startup line shows the path: {startup}"
+    );
+    assert!(
+        startup.contains("17"),
+        "the startup line shows the priority: {startup}"
+    );
+    for secret in [SECRET, file_secret, &auth[6..]] {
+        assert!(
+            !log.contains(secret),
+            "the log shows a secret {secret:?}:\n{log}"
+        );
+    }
+    drop(s);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+#[test]
+fn the_store_directory_is_created() {
+    let base = temp_dir("create");
+    let dir = base.join("a").join("b").join("cache");
+    let s = ServerBuilder::new().dir(&dir).start();
+    assert!(dir.join("nix-cache-info").is_file());
+    let nar = nar_of(b"created");
+    let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
+    assert_eq!(r.status, 201, "{}", r.text());
+    drop(s);
+    let _ = std::fs::remove_dir_all(&base);
+}
