@@ -1,89 +1,261 @@
 #!/usr/bin/env python3
-"""Runs the read/write workloads against nix-stored and nginx on one directory.
+"""Benchmarks nix-stored against its peers on one synthetic cache, in one run.
 
-Each server is pinned to core 0 and wrk to core 1; every workload runs `runs` times
-and the median is reported, with the ratio nix-stored/nginx measured in the same run.
-Exits non-zero when the harness itself breaks (a server does not start, wrk fails,
-an answer that must be 2xx is not): missed targets are reported, not failures.
+Peers: nginx serving the same directory as static files with WebDAV PUT, with
+`open_file_cache` off ("nginx") and on ("nginx+ofc"), and harmonia when HARMONIA_BIN
+names a `harmonia-cache` binary (it serves the local Nix store, so the synthetic paths
+are imported into it first). Every server runs pinned to core 0 and the load generator
+(wrk, or bench/loadgen.rs for HEAD requests, or the Nix client) to core 1; every
+workload runs `runs` times for a fixed duration and the median is reported, with the
+ratio nix-stored/peer measured in the same run.
+
+Workloads: narinfo hits, GET and HEAD misses, nix-cache-info, NAR GET (small and large,
+1 and 16 connections), NAR PUT; growth (hits, misses, start-up time and memory at
+several cache sizes); end to end (`nix copy --to` and substitution of a closure with
+the real Nix client). Writes a markdown report (RESULTS.md) and a chart of the ratios.
+
+Exit status: 0 when the harness worked, whatever the figures (missed targets are
+reported, not failures); 1 when something broke: a server did not start or crashed,
+the load generator failed, an answer was wrong (a non-2xx where 2xx is expected, a
+miss that is not a 404, a body that does not match the cache).
+Python standard library only; the chart is drawn by bench/chart.py with matplotlib.
 """
 import argparse
+import hashlib
+import http.client
+import json
 import os
+import random
 import re
+import resource
 import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+NIX_STORED = os.path.join(REPO, "target", "release", "nix-stored")
 MIB = 1 << 20
+ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+sys.path.insert(0, HERE)
+from gen_cache import nix32  # noqa: E402
 
 
-def wait_port(port: int, proc: subprocess.Popen, limit: float = 20.0) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < limit:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode} before listening on {port}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as s:
-                s.sendall(b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-                if s.recv(12).startswith(b"HTTP/1.1 200"):
-                    if proc.poll() is not None:
-                        sys.exit(f"port {port} is answered by another process")
-                    return time.monotonic() - start
-        except OSError:
-            time.sleep(0.02)
-    sys.exit(f"nothing answered on port {port} within {limit}s")
+class Broken(Exception):
+    """The harness or a server broke: the run fails."""
+
+
+def log(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def cpu_snapshot() -> tuple[float, float, float]:
+    """(wall clock, CPU seconds busy on the whole machine, CPU seconds of this process and its reaped children)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:9]]
+    busy = (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")
+    t = os.times()
+    return time.monotonic(), busy, t.user + t.system + t.children_user + t.children_system
+
+
+def foreign_share(start: tuple, end: tuple) -> float:
+    """The share of the machine's CPU time used by others (and by kernel threads) between two snapshots."""
+    wall = end[0] - start[0]
+    return max(0.0, (end[1] - start[1]) - (end[2] - start[2])) / (wall * (os.cpu_count() or 1))
+
+
+def others_busy(window: float = 1.0) -> list[str]:
+    """Processes of others using more than a tenth of a core over `window` seconds (builds, benchmarks)."""
+    def sample() -> dict[int, tuple[str, int]]:
+        out = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) != os.getpid():
+                try:
+                    with open(f"/proc/{entry}/stat") as f:
+                        head, tail = f.read().rsplit(")", 1)
+                    fields = tail.split()
+                    out[int(entry)] = (head.split("(", 1)[1], int(fields[11]) + int(fields[12]))
+                except (OSError, IndexError, ValueError):
+                    pass
+        return out
+    a = sample()
+    time.sleep(window)
+    b = sample()
+    tick = os.sysconf("SC_CLK_TCK")
+    return [f"{name}[{pid}] {100 * (t - a[pid][1]) / tick / window:.0f}%"
+            for pid, (name, t) in b.items() if pid in a and (t - a[pid][1]) / tick > 0.1 * window]
+
+
+def run(argv: list[str], what: str, **kw) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, capture_output=True, text=True, **kw)
+    if out.returncode != 0:
+        raise Broken(f"{what} failed ({out.returncode}): {' '.join(argv)[:300]}\n{out.stdout[-2000:]}{out.stderr[-3000:]}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Servers
 
 
 class Server:
-    def __init__(self, name: str, argv: list[str], env: dict, port: int, work: str):
-        self.name, self.port = name, port
-        self.log = open(os.path.join(work, f"{name}.log"), "w")
-        self.proc = subprocess.Popen(["taskset", "-c", "0", *argv], env=env, stdout=self.log, stderr=self.log)
-        self.startup = wait_port(port, self.proc)
+    """One server process, pinned to core 0, its output in a log file."""
+
+    def __init__(self, name: str, argv: list[str], env: dict, port: int, log_path: str, probe: str):
+        self.name, self.port, self.log_path = name, port, log_path
+        self.logf = open(log_path, "ab")
+        self.log_start = self.logf.tell()
+        self._pid = None
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen(["taskset", "-c", "0", *argv], env=env, stdout=self.logf, stderr=self.logf,
+                                     stdin=subprocess.DEVNULL)
+        try:
+            self.startup = self._wait(probe, t0)
+        except Broken:
+            self.stop()
+            raise
+
+    def _wait(self, probe: str, t0: float, limit: float = 60.0) -> float:
+        """Seconds from exec until `GET probe` is answered 200 by this process."""
+        request = f"GET {probe} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n".encode()
+        while time.monotonic() - t0 < limit:
+            if self.proc.poll() is not None:
+                raise Broken(f"{self.name} exited with {self.proc.returncode} at start:\n{self.tail()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=5) as s:
+                    s.sendall(request)
+                    status = s.recv(12)
+                    elapsed = time.monotonic() - t0
+                    if status.startswith(b"HTTP/1.1 200") or status.startswith(b"HTTP/1.0 200"):
+                        if self.proc.poll() is not None:
+                            raise Broken(f"port {self.port} is answered by another process than {self.name}")
+                        return elapsed
+                    time.sleep(0.01)
+            except OSError:
+                time.sleep(0.002)
+        raise Broken(f"{self.name}: GET {probe} not answered 200 within {limit:.0f}s:\n{self.tail()}")
+
+    def tail(self, n: int = 3000) -> str:
+        self.logf.flush()
+        with open(self.log_path, "rb") as f:
+            f.seek(max(self.log_start, os.path.getsize(self.log_path) - n))
+            return f.read().decode(errors="replace")
 
     def pid(self) -> int:
-        # nginx: the one worker process serves; its master only supervises.
-        children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
-        return int(children[0]) if children else self.proc.pid
+        """The serving process: nginx's one worker, or the server itself."""
+        if self._pid is None:
+            kids = children(self.proc.pid)
+            self._pid = kids[0] if kids else self.proc.pid
+        return self._pid
+
+    def status(self, field: str) -> float:
+        """A /proc/PID/status memory figure, in MiB."""
+        with open(f"/proc/{self.pid()}/status") as f:
+            return int(re.search(rf"{field}:\s+(\d+)", f.read()).group(1)) / 1024
 
     def reset_peak(self) -> None:
         with open(f"/proc/{self.pid()}/clear_refs", "w") as f:
             f.write("5")
 
-    def peak_mib(self) -> float:
-        with open(f"/proc/{self.pid()}/status") as f:
-            kib = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
-        return kib / 1024
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise Broken(f"{self.name} died (exit {self.proc.returncode}):\n{self.tail()}")
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.logf.close()
+        return self.proc.returncode
 
 
-def nginx_conf(work: str, root: str, port: int, open_file_cache: bool) -> str:
-    cache = "open_file_cache max=200000 inactive=60s; open_file_cache_valid 60s;" if open_file_cache else "open_file_cache off;"
-    path = os.path.join(work, f"nginx-{port}.conf")
-    with open(path, "w") as f:
-        f.write(f"""user root;
+class Kind:
+    """How to start one server under test on a directory."""
+
+    def __init__(self, name: str, work: str):
+        self.name, self.work = name, work
+
+    def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
+        raise NotImplementedError
+
+    def check_stopped(self, code: int, srv: Server) -> None:
+        if code != 0:
+            raise Broken(f"{self.name} exited with {code} after SIGTERM:\n{srv.tail()}")
+
+
+class NixStored(Kind):
+    def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
+        port = free_port()
+        env = dict(os.environ, NIX_STORED_PATH=root, NIX_STORED_LISTEN_INTERFACE=f"127.0.0.1:{port}",
+                   NIX_STORED_LOG_LEVEL="info")
+        return Server(self.name, [NIX_STORED], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
+
+    def check_stopped(self, code: int, srv: Server) -> None:
+        super().check_stopped(code, srv)
+        with open(srv.log_path, errors="replace") as f:
+            f.seek(srv.log_start)
+            for line in f:
+                if "panicked" in line or " ERROR " in line:
+                    raise Broken(f"{self.name} logged: {line.strip()}")
+
+
+class Nginx(Kind):
+    def __init__(self, name: str, work: str, open_file_cache: bool):
+        super().__init__(name, work)
+        self.ofc = open_file_cache
+
+    def conf(self, root: str, port: int) -> str:
+        w = os.path.join(self.work, "nginx", f"{self.name}-{port}")
+        os.makedirs(os.path.join(w, "body"), exist_ok=True)
+        cache = (f"open_file_cache max={self.ofc_max()} inactive=60s; open_file_cache_valid 60s;"
+                 if self.ofc else "open_file_cache off;")
+        path = os.path.join(w, "nginx.conf")
+        with open(path, "w") as f:
+            f.write(f"""user root;
 worker_processes 1;
+worker_rlimit_nofile {self.nofile()};
 daemon off;
-pid {work}/nginx-{port}.pid;
-error_log {work}/nginx-{port}-error.log;
+pid {w}/nginx.pid;
+error_log {self.work}/logs/{self.name}-error.log;
 events {{ worker_connections 4096; }}
 http {{
-  access_log {work}/nginx-{port}-access.log;
+  types {{ text/x-nix-narinfo narinfo; application/x-nix-archive nar; text/plain ls; }}
+  default_type application/octet-stream;
+  access_log {self.work}/logs/{self.name}-access.log;
+  log_not_found off;
   sendfile on; tcp_nopush on; tcp_nodelay on;
   keepalive_timeout 65; keepalive_requests 1000000;
-  client_body_temp_path {root}/.nginx-tmp;
+  # Upload bodies are staged on the same filesystem (rename, no copy), outside the cache.
+  client_body_temp_path {w}/body;
+  proxy_temp_path {w}/proxy; fastcgi_temp_path {w}/fastcgi; uwsgi_temp_path {w}/uwsgi; scgi_temp_path {w}/scgi;
   {cache}
   server {{
     listen 127.0.0.1:{port};
@@ -92,14 +264,59 @@ http {{
   }}
 }}
 """)
-    return path
+        return path
+
+    @staticmethod
+    def nofile() -> int:
+        """File descriptors the worker may have: as many as the hard limit allows, up to 400 000."""
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        return 400_000 if hard == resource.RLIM_INFINITY else min(hard, 400_000)
+
+    @classmethod
+    def ofc_max(cls) -> int:
+        """open_file_cache entries: 200 000, or fewer when the descriptor limit is lower (each holds one)."""
+        return max(1000, min(200_000, cls.nofile() - 4096 - 1000))
+
+    def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
+        port = free_port()
+        conf = self.conf(root, port)
+        return Server(self.name, ["nginx", "-e", os.path.join(self.work, "logs", f"{self.name}-error.log"), "-c", conf],
+                      dict(os.environ), port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
 
 
-def lua(work: str, name: str, body: str) -> str:
-    path = os.path.join(work, f"{name}.lua")
-    with open(path, "w") as f:
-        f.write(body)
-    return path
+class Harmonia(Kind):
+    """harmonia-cache serves the local Nix store through the Nix daemon."""
+
+    def __init__(self, name: str, work: str, binary: str, nix_env: dict):
+        super().__init__(name, work)
+        self.binary, self.nix_env, self.daemon = binary, nix_env, None
+
+    def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
+        sock = "/nix/var/nix/daemon-socket/socket"
+        if self.daemon is None and not os.path.exists(sock):
+            # The daemon does harmonia's store queries: it runs on the server's core too.
+            self.daemon = subprocess.Popen(["taskset", "-c", "0", "nix-daemon"], env=self.nix_env,
+                                           stdout=subprocess.DEVNULL,
+                                           stderr=open(os.path.join(self.work, "logs", "nix-daemon.log"), "ab"))
+            for _ in range(500):
+                if os.path.exists(sock):
+                    break
+                time.sleep(0.01)
+        port = free_port()
+        conf = os.path.join(self.work, f"harmonia-{port}.toml")
+        with open(conf, "w") as f:
+            f.write(f'bind = "127.0.0.1:{port}"\nworkers = 1\nmax_connection_rate = 1024\npriority = 30\n')
+        env = dict(os.environ, CONFIG_FILE=conf, RUST_LOG="info")
+        return Server(self.name, [self.binary], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
+
+    def close(self) -> None:
+        if self.daemon is not None:
+            self.daemon.terminate()
+            self.daemon.wait()
+
+
+# ---------------------------------------------------------------------------------------
+# Load generators
 
 
 def unit(value: str, scale: dict) -> float:
@@ -109,202 +326,763 @@ def unit(value: str, scale: dict) -> float:
     return float(m.group(1)) * scale.get(m.group(2), 1)
 
 
-def wrk(port: int, script: str | None, conns: int, duration: float, path: str = "/") -> dict:
-    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency", "--timeout", "30s"]
-    if script:
-        argv += ["-s", script]
-    out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
-    if out.returncode != 0 or "Requests/sec" not in out.stdout:
-        sys.exit(f"wrk failed: {out.stdout}{out.stderr}")
-    try:
-        return parse_wrk(out.stdout)
-    except (AttributeError, ValueError) as e:
-        sys.exit(f"cannot read wrk's output ({e}):\n{out.stdout}")
-
-
 def parse_wrk(t: str) -> dict:
-    lat = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-    size = {"B": 1 / MIB, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0}
+    lat = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+    size = {"B": 1 / MIB, "KB": 1 / 1024, "MB": 1.0, "GB": 1024.0, "TB": 1024.0 * 1024}
     return {
         "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", t).group(1)),
         "mbps": unit(re.search(r"Transfer/sec:\s+(\S+)", t).group(1), size),
         "p50": unit(re.search(r"^\s+50%\s+(\S+)", t, re.M).group(1), lat),
         "p99": unit(re.search(r"^\s+99%\s+(\S+)", t, re.M).group(1), lat),
         "non2xx": int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", t)) else 0,
-        "errors": "Socket errors" in t,
+        "socket_errors": m.group(0) if (m := re.search(r"Socket errors:.*", t)) else "",
         "requests": int(re.search(r"(\d+) requests in", t).group(1)),
     }
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--paths", type=int)
-    p.add_argument("--runs", type=int)
-    p.add_argument("--duration", type=float)
-    p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"))
-    a = p.parse_args()
-    paths = a.paths or (200 if a.quick else 100_000)
-    runs = a.runs or (1 if a.quick else 3)
-    duration = a.duration or (1 if a.quick else 5)
-    big = 16 * MIB if a.quick else 256 * MIB
-    put_size = 8 * MIB if a.quick else 64 * MIB
+def wrk(port: int, script: str | None, conns: int, duration: float, path: str) -> dict:
+    argv = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration:g}s", "--latency", "--timeout", "60s"]
+    if script:
+        argv += ["-s", script]
+    out = subprocess.run(argv + [f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True)
+    if out.returncode != 0 or "Requests/sec" not in out.stdout:
+        raise Broken(f"wrk failed: {out.stdout}{out.stderr}")
+    try:
+        r = parse_wrk(out.stdout)
+    except (AttributeError, ValueError) as e:
+        raise Broken(f"cannot read wrk's output ({e}):\n{out.stdout}")
+    r["raw"] = out.stdout
+    return r
 
-    work = os.path.join("/tmp", f"nix-stored-bench-{os.getpid()}")
-    shutil.rmtree(work, ignore_errors=True)
-    os.makedirs(work)
-    root = os.path.join(work, "cache")
-    subprocess.run([sys.executable, os.path.join(HERE, "gen_cache.py"), root, "--paths", str(paths),
-                    "--nar-sizes", f"{MIB},{big},{put_size}"], check=True)
-    os.makedirs(os.path.join(root, ".nginx-tmp"), exist_ok=True)
-    nars = [line.split() for line in open(os.path.join(work, "nars.txt"))]
-    nar_1m, nar_big, nar_put = nars[0][1], nars[1][1], nars[2][1]
-    # The upload body is the third NAR; each server overwrites it in place.
-    put_body = os.path.join(work, "put.nar")
-    shutil.copy(os.path.join(root, nar_put), put_body)
 
-    hits = lua(work, "hits", f"""
+def loadgen(binary: str, port: int, method: str, keys: str, conns: int, duration: float) -> dict:
+    out = run(["taskset", "-c", "1", binary, f"127.0.0.1:{port}", method, str(conns), f"{duration:g}", keys], "loadgen")
+    j = json.loads(out.stdout)
+    return {"rps": j["rps"], "mbps": 0.0, "p50": j["p50_ms"], "p99": j["p99_ms"], "requests": j["requests"],
+            "statuses": {int(k): v for k, v in j["statuses"].items()}, "errors": j["errors"], "raw": out.stdout}
+
+
+# ---------------------------------------------------------------------------------------
+# Correctness checks (a benchmark of wrong answers is worthless)
+
+
+def request(port: int, method: str, path: str, body: bytes | None = None) -> tuple[int, dict, bytes]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    try:
+        c.request(method, path, body=body)
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
+
+
+def nar_hash(port: int, path: str) -> tuple[int, str, int]:
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        h, n = hashlib.sha256(), 0
+        while chunk := r.read(1 << 20):
+            h.update(chunk)
+            n += len(chunk)
+        return r.status, nix32(h.digest()), n
+    finally:
+        c.close()
+
+
+def expect(cond: bool, srv: Server, what: str) -> None:
+    if not cond:
+        raise Broken(f"{srv.name}: wrong answer: {what}")
+
+
+def check_server(srv: Server, kind: Kind, root: str, key: str, nars: dict) -> None:
+    """A hit, a miss (GET and HEAD), nix-cache-info and each NAR, answered right."""
+    st, _, body = request(srv.port, "GET", "/nix-cache-info")
+    expect(st == 200 and b"StoreDir: /nix/store" in body, srv, f"GET /nix-cache-info -> {st} {body[:200]!r}")
+    st, hdr, body = request(srv.port, "GET", f"/{key}.narinfo")
+    if isinstance(kind, Harmonia):
+        expect(st == 200 and f"StorePath: /nix/store/{key}-".encode() in body, srv, f"GET {key}.narinfo -> {st} {body[:300]!r}")
+    else:
+        with open(os.path.join(root, f"{key}.narinfo"), "rb") as f:
+            want = f.read()
+        expect(st == 200 and body == want, srv, f"GET {key}.narinfo -> {st} {body[:300]!r}, expected the file")
+        st, hdr, body = request(srv.port, "HEAD", f"/{key}.narinfo")
+        expect(st == 200 and hdr.get("content-length") == str(len(want)), srv, f"HEAD {key}.narinfo -> {st} {hdr}")
+    miss = "".join(random.choices(ALPHABET, k=32))
+    for method in ("GET", "HEAD"):
+        st, _, body = request(srv.port, method, f"/{miss}.narinfo")
+        expect(st == 404, srv, f"{method} /{miss}.narinfo (absent) -> {st} {body[:200]!r}")
+    for url, (fh, size) in nars.items():
+        st, hdr, _ = request(srv.port, "HEAD", url)
+        expect(st == 200 and hdr.get("content-length") == str(size), srv, f"HEAD {url} -> {st} {hdr}")
+        st, got, n = nar_hash(srv.port, url)
+        expect(st == 200 and n == size and (fh is None or got == fh), srv,
+               f"GET {url} -> {st}, {n} bytes hashing to {got}; expected {size} bytes hashing to {fh}")
+
+
+# ---------------------------------------------------------------------------------------
+# Workloads
+
+
+class Workload:
+    def __init__(self, name: str, metric: str, conns: int, target: str, *, lua: str | None = None, path: str = "/",
+                 expect: str = "2xx", tool: str = "wrk", method: str = "GET", keys: str = "miss", upload: int = 0):
+        self.name, self.metric, self.conns, self.target = name, metric, conns, target
+        self.lua, self.path, self.expect, self.tool = lua, path, expect, tool
+        self.method, self.keys, self.upload = method, keys, upload
+
+
+def measure(srv: Server, wl: Workload, path: str, runs: int, duration: float, lg: str) -> dict:
+    """`runs` runs of one workload; the median run by its headline metric, and the peak RSS."""
+    samples = []
+    srv.reset_peak()
+    for _ in range(runs):
+        if wl.tool == "loadgen":
+            r = loadgen(lg, srv.port, wl.method, wl.keys, wl.conns, duration)
+            bad = {s: n for s, n in r["statuses"].items() if not (s == 404 if wl.expect == "404" else 200 <= s < 300)}
+            if r["errors"] or r["requests"] == 0 or bad:
+                raise Broken(f"{srv.name} / {wl.name}: {r['errors']} broken connections, {r['requests']} answers, "
+                             f"unexpected statuses {bad}\n{srv.tail()}")
+        else:
+            r = wrk(srv.port, wl.lua, wl.conns, duration, path)
+            if r["socket_errors"] or r["requests"] == 0:
+                raise Broken(f"{srv.name} / {wl.name}: {r['socket_errors'] or 'no answers'}\n{r['raw']}\n{srv.tail()}")
+            if wl.expect == "2xx" and r["non2xx"]:
+                raise Broken(f"{srv.name} / {wl.name}: {r['non2xx']} of {r['requests']} answers were not 2xx/3xx\n{srv.tail()}")
+            if wl.expect == "404" and r["non2xx"] != r["requests"]:
+                raise Broken(f"{srv.name} / {wl.name}: {r['requests'] - r['non2xx']} misses were answered 2xx/3xx")
+        if wl.upload:
+            # wrk's Transfer/sec counts received bytes: an upload's rate is its body times the request rate.
+            r["mbps"] = r["rps"] * wl.upload / MIB
+        srv.alive()
+        samples.append(r)
+    med = sorted(samples, key=lambda r: r[wl.metric])[len(samples) // 2]
+    med = {k: v for k, v in med.items() if k != "raw"}
+    med["rss"] = srv.status("VmHWM")
+    med["spread"] = [s[wl.metric] for s in samples]
+    return med
+
+
+def lua_scripts(work: str, keys_file: str, put_body: str | None) -> dict:
+    def write(name: str, body: str) -> str:
+        path = os.path.join(work, f"{name}.lua")
+        with open(path, "w") as f:
+            f.write(body)
+        return path
+    scripts = {
+        # wrk's LuaJIT starts math.random from the same seed each time: every server gets the same keys.
+        "hits": write("hits", f"""
 local keys = {{}}
-for line in io.lines("{work}/keys.txt") do keys[#keys + 1] = line end
+for line in io.lines("{keys_file}") do keys[#keys + 1] = line end
 request = function() return wrk.format("GET", "/" .. keys[math.random(#keys)] .. ".narinfo") end
-""")
-    miss_tpl = """
+"""),
+        "miss": write("miss", """
 local A = "0123456789abcdfghijklmnpqrsvwxyz"
 request = function()
-  local t = {{}}
+  local t = {}
   for i = 1, 32 do local r = math.random(32); t[i] = A:sub(r, r) end
-  return wrk.format("{method}", "/" .. table.concat(t) .. ".narinfo")
+  return wrk.format("GET", "/" .. table.concat(t) .. ".narinfo")
 end
-"""
-    # HEAD is not measured: wrk's response parser does not know the request was a
-    # HEAD and waits for the Content-Length body that a HEAD answer never has.
-    miss_get = lua(work, "miss_get", miss_tpl.format(method="GET"))
-    put = lua(work, "put", f"""
+"""),
+    }
+    if put_body:
+        scripts["put"] = write("put", f"""
 local f = io.open("{put_body}", "rb")
 wrk.method = "PUT"
 wrk.body = f:read("*a")
 f:close()
 wrk.headers["Content-Type"] = "application/x-nix-nar"
 """)
-    # (name, lua, connections, path, what counts as success)
+    return scripts
+
+
+def gen_cache(root: str, paths: int, keys_file: str, start: int = 0, nar_sizes: list[int] = (),
+              nars_file: str | None = None) -> None:
+    argv = [sys.executable, os.path.join(HERE, "gen_cache.py"), root, "--paths", str(paths), "--start", str(start),
+            "--keys", keys_file]
+    if nar_sizes:
+        argv += ["--nar-sizes", ",".join(map(str, nar_sizes)), "--nars", nars_file]
+    run(argv, "gen_cache.py")
+
+
+def main_workloads(cfg, kinds: list[Kind], lg: str, results: dict, notes: list[str]) -> dict:
+    work = cfg.work
+    root = os.path.join(work, "cache")
+    keys_file = os.path.join(work, "keys.txt")
+    nars_file = os.path.join(work, "nars.txt")
+    t = time.monotonic()
+    gen_cache(root, cfg.paths, keys_file, nar_sizes=[MIB, cfg.big, cfg.put_size], nars_file=nars_file)
+    log(f"generated {cfg.paths} narinfos and NARs of 1 MiB, {cfg.big // MIB} MiB, {cfg.put_size // MIB} MiB "
+        f"in {time.monotonic() - t:.1f}s")
+    nars = [line.split() for line in open(nars_file)]
+    (_, nar_1m, size_1m, h_1m), (_, nar_big, size_big, h_big), (_, nar_put, size_put, _) = nars
+    put_body = os.path.join(work, "put.nar")
+    shutil.copy(os.path.join(root, nar_put), put_body)
+    key0 = open(keys_file).readline().strip()
+    lua = lua_scripts(work, keys_file, put_body)
+    big = f"{cfg.big // MIB} MiB"
     workloads = [
-        ("narinfo GET hit", hits, 64, "/", "2xx"),
-        ("narinfo GET miss", miss_get, 64, "/", "404"),
-        ("nix-cache-info GET", None, 64, "/nix-cache-info", "2xx"),
-        ("NAR GET 1 MiB, 1 conn", None, 1, "/" + nar_1m, "2xx"),
-        ("NAR GET 1 MiB, 16 conns", None, 16, "/" + nar_1m, "2xx"),
-        (f"NAR GET {big // MIB} MiB, 1 conn", None, 1, "/" + nar_big, "2xx"),
-        (f"NAR GET {big // MIB} MiB, 16 conns", None, 16, "/" + nar_big, "2xx"),
-        (f"NAR PUT {put_size // MIB} MiB, 4 conns", put, 4, "/" + nar_put, "2xx"),
+        Workload("narinfo GET hit", "rps", 64, "hit", lua=lua["hits"]),
+        Workload("narinfo GET miss", "rps", 64, "miss", lua=lua["miss"], expect="404"),
+        Workload("narinfo HEAD miss", "rps", 64, "miss", tool="loadgen", method="HEAD", expect="404"),
+        Workload("nix-cache-info GET", "rps", 64, "", path="/nix-cache-info"),
+        Workload("NAR GET 1 MiB, 1 conn", "mbps", 1, "", path="nar1m"),
+        Workload("NAR GET 1 MiB, 16 conns", "mbps", 16, "", path="nar1m"),
+        Workload(f"NAR GET {big}, 1 conn", "mbps", 1, "big", path="narbig"),
+        Workload(f"NAR GET {big}, 16 conns", "mbps", 16, "big", path="narbig"),
+        Workload(f"NAR PUT {cfg.put_size // MIB} MiB, 4 conns", "mbps", 4, "put", lua=lua["put"], path="narput",
+                 upload=int(size_put)),
     ]
-    # wrk's Transfer/sec counts received bytes only; an upload's rate is its body size
-    # times the request rate.
-    upload_bytes = {workloads[-1][0]: os.path.getsize(put_body)}
-
-    env = dict(os.environ, NIX_STORED_PATH=root, NIX_STORED_LISTEN_INTERFACE="127.0.0.1:18400", NIX_STORED_LOG_LEVEL="info")
-    servers = [
-        ("nix-stored", lambda: Server("nix-stored", [os.path.join(REPO, "target/release/nix-stored")], env, 18400, work)),
-        ("nginx", lambda: Server("nginx", ["nginx", "-c", nginx_conf(work, root, 18401, False)], os.environ, 18401, work)),
-        ("nginx+ofc", lambda: Server("nginx+ofc", ["nginx", "-c", nginx_conf(work, root, 18402, True)], os.environ, 18402, work)),
-    ]
-    results: dict[tuple[str, str], dict] = {}
     startup = {}
-    for name, start in servers:
-        srv = start()
+    for kind in kinds:
+        urls = {"nar1m": "/" + nar_1m, "narbig": "/" + nar_big, "narput": "/" + nar_put}
+        expected = {"/" + nar_1m: (nar_1m[4:-4], int(size_1m)), "/" + nar_big: (nar_big[4:-4], int(size_big))}
+        if isinstance(kind, Harmonia):
+            import_into_store(cfg, root, keys_file, [h_1m, h_big])
+        srv = kind.start(root)
         try:
-            startup[name] = srv.startup
-            run_workloads(name, srv, workloads, runs, duration, results, upload_bytes)
+            startup[kind.name] = srv.startup
+            if isinstance(kind, Harmonia):
+                # harmonia names NARs itself: follow each narinfo's URL.
+                expected = {}
+                for name, h, size in (("nar1m", h_1m, size_1m), ("narbig", h_big, size_big)):
+                    st, _, body = request(srv.port, "GET", f"/{h}.narinfo")
+                    m = re.search(rb"^URL: (\S+)$", body, re.M)
+                    expect(st == 200 and m is not None, srv, f"GET /{h}.narinfo -> {st} {body[:300]!r}")
+                    urls[name] = "/" + m.group(1).decode()
+                    expected[urls[name]] = (None, int(size))
+                del urls["narput"]  # read-only
+            check_server(srv, kind, root, key0, expected)
+            for wl in workloads:
+                if wl.path in ("nar1m", "narbig", "narput") and wl.path not in urls:
+                    results[(wl.name, kind.name)] = None
+                    continue
+                path = urls.get(wl.path, wl.path)
+                if wl.upload:
+                    os.sync()
+                r = measure(srv, wl, path, cfg.runs, cfg.duration, lg)
+                results[(wl.name, kind.name)] = r
+                log(f"{kind.name:10} {wl.name:26} {r['rps']:9.0f} req/s {r['mbps']:8.1f} MB/s "
+                    f"p50 {r['p50']:7.2f} ms p99 {r['p99']:7.2f} ms peak RSS {r['rss']:6.1f} MiB")
+                if wl.upload:
+                    st, got, n = nar_hash(srv.port, path)
+                    expect(st == 200 and got == nar_put[4:-4] and n == int(size_put), srv,
+                           f"after the PUTs, GET {path} -> {st}, {n} bytes hashing to {got}")
         finally:
-            srv.stop()
-    report(a, results, workloads, startup, paths, runs, duration)
-    shutil.rmtree(work, ignore_errors=True)
+            code = srv.stop()
+        kind.check_stopped(code, srv)
+        tmp = os.path.join(root, ".tmp")
+        leftovers = os.listdir(tmp) if os.path.isdir(tmp) else []
+        if leftovers:
+            notes.append(f"{kind.name} left {len(leftovers)} file(s) in .tmp/ after a clean stop.")
+        # A server's dirty pages (nginx does not fsync uploads) must not be written back during the next one's run.
+        os.sync()
+    return {"workloads": workloads, "startup": startup}
 
 
-def run_workloads(name, srv, workloads, runs, duration, results, upload_bytes) -> None:
-    for wl, script, conns, path, ok in workloads:
-        samples = []
-        srv.reset_peak()
-        for _ in range(runs):
-            r = wrk(srv.port, script, conns, duration, path)
-            if r["errors"] or r["requests"] == 0:
-                sys.exit(f"{name} / {wl}: socket errors or no requests")
-            if ok == "2xx" and r["non2xx"]:
-                sys.exit(f"{name} / {wl}: {r['non2xx']} answers were not 2xx (see {srv.log.name})")
-            if ok == "404" and r["non2xx"] != r["requests"]:
-                sys.exit(f"{name} / {wl}: some misses were answered 2xx")
-            if wl in upload_bytes:
-                r["mbps"] = r["rps"] * upload_bytes[wl] / MIB
-            samples.append(r)
-        med = sorted(samples, key=lambda r: r["rps"])[len(samples) // 2]
-        med["rss"] = srv.peak_mib()
-        results[(wl, name)] = med
-        print(f"{name:11} {wl:28} {med['rps']:10.0f} req/s {med['mbps']:9.1f} MB/s p99 {med['p99']:7.2f} ms rss {med['rss']:6.1f} MiB", flush=True)
+def growth(cfg, kinds: list[Kind], results: dict) -> None:
+    """Hits, misses, start-up time and memory as the cache grows, in one directory grown in place."""
+    gdir = os.path.join(cfg.work, "growth")
+    os.makedirs(gdir, exist_ok=True)
+    root, keys_file = os.path.join(gdir, "cache"), os.path.join(gdir, "keys.txt")
+    lua = lua_scripts(gdir, keys_file, None)
+    hit = Workload("hit", "rps", 64, "", lua=lua["hits"])
+    miss = Workload("miss", "rps", 64, "", lua=lua["miss"], expect="404")
+    have = 0
+    for n in cfg.growth:
+        t = time.monotonic()
+        gen_cache(root, n, keys_file, start=have)
+        have = n
+        log(f"growth: {n} narinfos ({time.monotonic() - t:.1f}s to write)")
+        key0 = open(keys_file).readline().strip()
+        for kind in kinds:
+            if isinstance(kind, Harmonia):
+                continue
+            srv = kind.start(root, probe=f"/{key0}.narinfo")
+            try:
+                rss_start = srv.status("VmRSS")
+                h = measure(srv, hit, "/", cfg.runs, cfg.growth_duration, "")
+                m = measure(srv, miss, "/", cfg.runs, cfg.growth_duration, "")
+            finally:
+                code = srv.stop()
+            kind.check_stopped(code, srv)
+            rss = max(h["rss"], m["rss"])
+            results[(n, kind.name)] = {"startup": srv.startup, "rss_start": rss_start, "rss": rss, "hit": h, "miss": m}
+            log(f"growth {n:>8} {kind.name:10} start {srv.startup * 1000:7.1f} ms  hits {h['rps']:8.0f} req/s "
+                f"(p99 {h['p99']:.2f} ms)  misses {m['rps']:8.0f} req/s (p99 {m['p99']:.2f} ms)  RSS {rss:.1f} MiB")
+    t = time.monotonic()
+    shutil.rmtree(gdir)
+    log(f"growth: removed the cache ({time.monotonic() - t:.1f}s)")
 
 
-def report(a, results, workloads, startup, paths, runs, duration) -> None:
-    def cmd(argv: list[str]) -> str:
-        try:
-            out = subprocess.run(argv, capture_output=True, text=True)
-            return (out.stdout or out.stderr).strip().splitlines()[0]
-        except (OSError, IndexError):
-            return "?"
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+# ---------------------------------------------------------------------------------------
+# End to end, with the real Nix client
+
+
+def nix_env(cfg) -> dict:
+    conf = os.path.join(cfg.work, "nix-conf")
+    os.makedirs(conf, exist_ok=True)
+    with open(os.path.join(conf, "nix.conf"), "w") as f:
+        f.write("build-users-group =\nexperimental-features = nix-command\nsubstituters =\ntrusted-public-keys =\n"
+                "require-sigs = true\nsandbox = false\nconnect-timeout = 5\nstalled-download-timeout = 60\n"
+                "narinfo-cache-negative-ttl = 0\nnarinfo-cache-positive-ttl = 0\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NIX_") or k == "NIX_SSL_CERT_FILE"}
+    env.update(NIX_CONF_DIR=conf, XDG_CONFIG_HOME=os.path.join(cfg.work, "xdg-config"))
+    return env
+
+
+def nix(cfg, argv: list[str], what: str, env: dict) -> tuple[float, str]:
+    """Runs a Nix command on core 1 with a fresh client cache; returns (seconds, stdout)."""
+    e = dict(env, XDG_CACHE_HOME=tempfile.mkdtemp(dir=cfg.work, prefix="xdg-cache-"))
+    t = time.monotonic()
+    out = run(["taskset", "-c", "1", *argv], what, env=e)
+    return time.monotonic() - t, out.stdout
+
+
+def make_closure(cfg, env: dict, n: int) -> tuple[str, list[str]]:
+    """n small text paths (`builtins.toFile`), each referring to two others: a tree of depth log2(n).
+
+    Content-addressed, so Nix accepts them without a signature; no build needed."""
+    expr = f"""
+let
+  n = {n};
+  filler = builtins.concatStringsSep "" (builtins.genList (x: "nix-stored benchmark filler. ") 35);
+  mk = i: builtins.toFile "nix-stored-bench-e2e-${{toString i}}"
+    ("${{toString i}}\\n" + filler
+     + (if 2 * i + 1 < n then "${{mk (2 * i + 1)}}\\n" else "")
+     + (if 2 * i + 2 < n then "${{mk (2 * i + 2)}}\\n" else ""));
+in mk 0
+"""
+    _, root = nix(cfg, ["nix", "eval", "--raw", "--expr", expr], "nix eval (making the e2e closure)", env)
+    _, closure = nix(cfg, ["nix-store", "-qR", root], "nix-store -qR", env)
+    paths = closure.split()
+    if len(paths) != n:
+        raise Broken(f"the e2e closure has {len(paths)} paths, expected {n}")
+    return root, paths
+
+
+def e2e(cfg, kinds: list[Kind], results: dict) -> None:
+    env = nix_env(cfg)
+    n = cfg.e2e_paths
+    store_root, paths = make_closure(cfg, env, n)
+    log(f"e2e: closure of {n} paths, root {store_root}")
+    try:
+        for kind in kinds:
+            copies, subs, rss = [], [], 0.0
+            for r in range(cfg.runs):
+                root = os.path.join(cfg.work, "e2e", f"{kind.name}-{r}")
+                os.makedirs(root)
+                with open(os.path.join(root, "nix-cache-info"), "w") as f:
+                    f.write("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+                srv = kind.start(root)
+                try:
+                    srv.reset_peak()
+                    url = f"http://127.0.0.1:{srv.port}"
+                    t, _ = nix(cfg, ["nix", "copy", "--to", f"{url}?compression=zstd", store_root],
+                               f"nix copy --to {kind.name}", env)
+                    copies.append(t)
+                    stored = [e for e in os.listdir(root) if e.endswith(".narinfo")]
+                    expect(len(stored) == n, srv, f"after nix copy --to, {len(stored)} narinfos in the cache, expected {n}")
+                    run(["nix-store", "--delete", *paths], "nix-store --delete (before substituting)", env=env)
+                    t, _ = nix(cfg, ["nix-store", "-r", store_root, "--option", "substituters", url],
+                               f"substitution from {kind.name}", env)
+                    subs.append(t)
+                    run(["nix-store", "--check-validity", *paths], f"the closure substituted from {kind.name} is incomplete:",
+                        env=env)
+                    srv.alive()
+                    rss = max(rss, srv.status("VmHWM"))
+                finally:
+                    code = srv.stop()
+                kind.check_stopped(code, srv)
+                shutil.rmtree(root)
+            results[("copy", kind.name)] = {"time": statistics.median(copies), "spread": copies, "rss": rss}
+            results[("subst", kind.name)] = {"time": statistics.median(subs), "spread": subs, "rss": rss}
+            log(f"e2e {kind.name:10} nix copy --to {statistics.median(copies):.2f} s, substitution "
+                f"{statistics.median(subs):.2f} s ({n} paths, median of {cfg.runs}); peak RSS {rss:.1f} MiB")
+    finally:
+        subprocess.run(["nix-store", "--delete", *paths], env=env, capture_output=True)
+
+
+def import_into_store(cfg, root: str, keys_file: str, extra: list[str]) -> None:
+    """harmonia serves the local store: import the synthetic paths (unsigned, so --no-check-sigs)."""
+    env = nix_env(cfg)
+    base = ["nix", "copy", "--from", f"file://{root}", "--no-check-sigs"]
+    t = time.monotonic()
+    out = subprocess.run(base + ["--all"], env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        log(f"harmonia: `nix copy --all` from file:// failed, importing by path: {out.stderr.strip()[-300:]}")
+        paths = [f"/nix/store/{k}-bench-{i}" for i, k in enumerate(open(keys_file).read().split())]
+        for h in extra:
+            with open(os.path.join(root, f"{h}.narinfo")) as f:
+                paths.append(f.readline().split(": ", 1)[1].strip())
+        for i in range(0, len(paths), 5000):
+            run(base + paths[i:i + 5000], "nix copy --from file:// (harmonia import)", env=env)
+    log(f"harmonia: imported the synthetic cache into /nix/store in {time.monotonic() - t:.1f}s")
+
+
+def remove_from_store(cfg, root: str) -> None:
+    env = nix_env(cfg)
+    paths = []
+    for e in os.listdir(root):
+        if e.endswith(".narinfo"):
+            with open(os.path.join(root, e)) as f:
+                paths.append(f.readline().split(": ", 1)[1].strip())
+    for i in range(0, len(paths), 5000):
+        subprocess.run(["nix-store", "--delete", *paths[i:i + 5000]], env=env, capture_output=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Report
+
+
+def first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=20)
+        return (out.stdout.strip() or out.stderr.strip()).splitlines()[0]
+    except (OSError, IndexError, subprocess.TimeoutExpired):
+        return "?"
+
+
+def machine() -> list[str]:
+    model = "?"
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
+    for line in lscpu.splitlines():
+        if line.startswith("Model name:"):
+            model = line.split(":", 1)[1].strip()
     mem = next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal"))
-    lines = [
-        "# nix-stored benchmark results" + (" (quick mode: smoke run, not figures to quote)" if a.quick else ""),
-        "",
-        f"Machine: {os.cpu_count()} cores, {cpu}, {int(mem) // 1024} MiB RAM, kernel {os.uname().release}; "
-        f"{cmd(['nginx', '-v'])}; {cmd(['wrk', '--version'])}; {cmd([os.path.join(REPO, 'target/release/nix-stored'), '--version'])}.",
-        "",
-        f"Setup: {paths} narinfos (one shared 1 KB NAR) plus the NARs below, one directory for every server. "
-        f"Each server pinned to core 0 (`taskset -c 0`), wrk (`-t1`) to core 1; {runs} run(s) of {duration:g} s per "
-        "workload, median reported. Request logging on for all: nix-stored one line per request to a file, "
-        "nginx `access_log` to a file. nginx: one worker, `sendfile on; tcp_nopush on; tcp_nodelay on`, keep-alive, "
-        "WebDAV PUT (`dav_methods PUT`, no verification), `open_file_cache` off (nginx) and on (nginx+ofc). "
-        "nix-stored verifies every NAR PUT's SHA-256 and fsyncs it before answering; nginx does neither. "
-        "Peak RSS is VmHWM of the serving process, reset before each workload.",
-        "",
-        "Not measured yet (issue 4): HEAD misses (wrk waits for a body after a HEAD answer's Content-Length, "
-        "so it needs another load generator), growth to 1 000 000 paths, the 200-path `nix copy` end to end, harmonia "
-        "(its `harmonia-cache` binary has to be built from source), the ratio chart. The seed's Go original "
-        "cannot be built here: it needs code generation (oapi-codegen) that is not available from the reachable registries.",
-        "",
-        "| workload | server | req/s | MB/s | p50 ms | p99 ms | peak RSS MiB | nix-stored/nginx | nix-stored/nginx+ofc |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    commit = first_line(["git", "-C", REPO, "describe", "--always", "--dirty"])
+    return [
+        f"- CPU: {first_line(['nproc'])} cores (`nproc`), {model} (`lscpu`); memory {int(mem) // 1024} MiB; "
+        f"kernel {os.uname().release}",
+        f"- nix-stored: {first_line([NIX_STORED, '--version'])} (commit {commit}, `cargo build --release`)",
+        f"- {first_line(['nginx', '-v'])}; {first_line(['wrk', '--version'])}; "
+        f"{first_line(['nix', '--version']) if shutil.which('nix') else 'nix: not installed'}; "
+        f"Python {sys.version.split()[0]}"
+        + (f"; harmonia: {first_line([os.environ['HARMONIA_BIN'], '--version'])}" if os.environ.get("HARMONIA_BIN") else ""),
     ]
-    for wl, *_ in workloads:
-        ns = results[(wl, "nix-stored")]
-        for name in ("nix-stored", "nginx", "nginx+ofc"):
-            r = results[(wl, name)]
-            ratios = ["", ""]
-            if name == "nix-stored":
-                key = "mbps" if "NAR" in wl else "rps"
-                ratios = [f"{ns[key] / results[(wl, peer)][key]:.2f}" for peer in ("nginx", "nginx+ofc")]
-            lines.append(f"| {wl} | {name} | {r['rps']:.0f} | {r['mbps']:.1f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['rss']:.1f} | {ratios[0]} | {ratios[1]} |")
-    lines.append("")
-    lines.append("Time from exec to the first answer: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in startup.items()) + ".")
-    lines += ["", "## Targets (against nginx, same run)", ""]
 
-    def target(label: str, ok: bool, detail: str) -> None:
-        lines.append(f"- {'✅' if ok else '❌'} {label}: {detail}")
 
-    def ratio(wl: str, key: str = "rps") -> float:
-        return results[(wl, "nix-stored")][key] / results[(wl, "nginx")][key]
-    target("narinfo hits ≥ 1.2× nginx req/s", ratio("narinfo GET hit") >= 1.2, f"{ratio('narinfo GET hit'):.2f}×")
-    target("narinfo GET miss ≥ 1.5× nginx req/s", ratio("narinfo GET miss") >= 1.5, f"{ratio('narinfo GET miss'):.2f}×")
-    for wl in ("narinfo GET hit", "narinfo GET miss"):
-        ns, ng = results[(wl, "nix-stored")]["p99"], results[(wl, "nginx")]["p99"]
-        target(f"{wl} p99 no worse than nginx", ns <= ng, f"{ns:.2f} ms vs {ng:.2f} ms")
-    big = next(w[0] for w in workloads if w[0].startswith("NAR GET") and "16 conns" in w[0] and "1 MiB" not in w[0])
-    target(f"{big} ≥ 0.9× nginx (sendfile)", ratio(big, "mbps") >= 0.9, f"{ratio(big, 'mbps'):.2f}×")
-    put = workloads[-1][0]
-    target(f"{put} ≥ 0.8× nginx WebDAV", ratio(put, "mbps") >= 0.8, f"{ratio(put, 'mbps'):.2f}×")
-    peak = max(results[(w[0], "nix-stored")]["rss"] for w in workloads)
-    target("nix-stored peak RSS < 100 MiB in every workload", peak < 100, f"{peak:.1f} MiB at most")
-    with open(a.out, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print(f"wrote {a.out}")
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "—" if x is None else f"{x:,.{digits}f}".replace(",", " ")
+
+
+def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds: list[Kind], notes: list[str],
+           load: tuple, elapsed: float) -> tuple[list[str], list[dict]]:
+    peers = [k.name for k in kinds if k.name != "nix-stored"]
+    e2e_peers = ["nginx"]
+    chart: list[dict] = []
+    busy = load[1] > 0.10 or load[2]
+    L = [
+        "# nix-stored benchmark" + (" — quick mode (a smoke run of the harness: figures not to quote)" if cfg.quick else ""),
+        "",
+        f"Written by `bench/run.sh{' --quick' if cfg.quick else ''}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"in {elapsed / 60:.1f} min. Load average at start {load[0]:.2f}; CPU time of other processes and kernel "
+        f"threads during the run: {load[1] * 100:.0f}% of the machine"
+        + ((" — **the machine was not idle: figures are noisy**"
+            + (f" (running at start: {', '.join(load[2][:6])})" if load[2] else "") + ".") if busy else " (quiet machine)."),
+        "",
+        "## Machine",
+        "",
+        *machine(),
+        "",
+        "## Set-up (the same for every server)",
+        "",
+        f"- One synthetic cache directory, served by every server in turn in the same run: {cfg.paths} narinfos "
+        f"(valid, `Compression: none`, sharing one 1 KB NAR) plus NARs of 1 MiB, {cfg.big // MIB} MiB and "
+        f"{cfg.put_size // MIB} MiB (`bench/gen_cache.py`).",
+        f"- Server pinned to core 0 (`taskset -c 0`), load generator to core 1 (`taskset -c 1 wrk -t1`). "
+        f"{cfg.runs} run(s) of {cfg.duration:g} s per workload and server, median run reported (by req/s or MB/s); "
+        "p50/p99 are wrk's `--latency` figures of that run.",
+        "- Peak RSS: `VmHWM` of the serving process (nix-stored; nginx's one worker; harmonia), reset with "
+        "`clear_refs` before each workload and read after it.",
+        "- Access logging on for all: nix-stored `NIX_STORED_LOG_LEVEL=info` (one line per request on stderr, "
+        "redirected to a file); nginx `access_log` to a file (default format, unbuffered).",
+        "- nginx, tuned as a careful operator would: `worker_processes 1` (pinned with its master on core 0), "
+        "`sendfile on; tcp_nopush on; tcp_nodelay on`, keep-alive (`keepalive_requests 1000000`), "
+        "`log_not_found off` (misses are normal for a cache), WebDAV `dav_methods PUT; create_full_put_path on; "
+        "client_max_body_size 0`, upload bodies staged on the same filesystem; `open_file_cache` off (**nginx**) "
+        f"and `open_file_cache max={Nginx.ofc_max()} inactive=60s; open_file_cache_valid 60s` (**nginx+ofc**; "
+        f"`worker_rlimit_nofile {Nginx.nofile()}`, the hard descriptor limit here, bounds the cache: each entry "
+        "holds an open file).",
+        "- What differs by design: nix-stored hashes every NAR PUT against its name and fsyncs it (file and "
+        "directory) before answering; nginx WebDAV stores whatever it is sent, without fsync. nix-stored generates "
+        "`nix-cache-info`; nginx serves the file written at start.",
+        "- Misses are random 32-character nix32 hashes; hits are random keys among the N (wrk's Lua `math.random`, "
+        "same sequence for every server). HEAD misses are driven by `bench/loadgen.rs` (same pinning, 64 "
+        "keep-alive connections, one request in flight on each), because wrk waits for a HEAD answer's body: "
+        "it does not know the request was a HEAD.",
+        "- Between servers the directory is the same; uploads are forced to disk (`sync`) so that one server's "
+        "write-back does not land in the next one's run; nginx's temporary files live outside the cache.",
+    ]
+    if not any(isinstance(k, Harmonia) for k in kinds):
+        L.append("- harmonia: not measured in this run (set `HARMONIA_BIN` to a `harmonia-cache` binary; it serves "
+                 "the local Nix store through the Nix daemon, so the synthetic paths are imported with "
+                 "`nix copy --from file://DIR --all --no-check-sigs` first).")
+    L.append("- The seed's Go original is not measured: it needs code generation (oapi-codegen) that is not "
+             "available from the registries this machine reaches.")
+
+    def ratio(ns: float | None, peer: float | None, lower_better: bool = False) -> float | None:
+        if ns is None or peer is None or ns == 0 or peer == 0:
+            return None
+        return peer / ns if lower_better else ns / peer
+
+    if main:
+        wls = main["workloads"]
+        L += ["", "## Workloads", "",
+              "Ratio = nix-stored ÷ peer of the headline figure (req/s, or MB/s for NARs): above 1, nix-stored is faster.",
+              "",
+              "| workload | metric | " + " | ".join(["nix-stored", *peers]) + " | "
+              + " | ".join(f"ratio vs {p}" for p in peers) + " |",
+              "|---|---|" + "---:|" * (1 + 2 * len(peers))]
+        for wl in wls:
+            unit_ = "req/s" if wl.metric == "rps" else "MB/s"
+            vals = [results.get((wl.name, k.name)) for k in kinds]
+            figs = [fmt(v[wl.metric], 0 if wl.metric == "rps" else 1) if v else "n/a" for v in vals]
+            ns = vals[0][wl.metric] if vals[0] else None
+            rats = []
+            for p in peers:
+                v = results.get((wl.name, p))
+                r = ratio(ns, v[wl.metric] if v else None)
+                rats.append(f"{r:.2f}" if r else "n/a")
+                if r:
+                    chart.append({"label": wl.name, "peer": p, "ratio": r})
+            L.append(f"| {wl.name} | {unit_} | " + " | ".join(figs) + " | " + " | ".join(rats) + " |")
+        L += ["", "Details (median run; the last column lists every run's headline figure):", "",
+              "| workload | server | req/s | MB/s | p50 ms | p99 ms | peak RSS MiB | runs |",
+              "|---|---|---:|---:|---:|---:|---:|---|"]
+        for wl in wls:
+            for k in kinds:
+                r = results.get((wl.name, k.name))
+                if r is None:
+                    L.append(f"| {wl.name} | {k.name} | n/a | | | | | read-only |")
+                    continue
+                spread = ", ".join(fmt(x, 0 if wl.metric == "rps" else 1) for x in r["spread"])
+                L.append(f"| {wl.name} | {k.name} | {fmt(r['rps'])} | {fmt(r['mbps'], 1)} | {r['p50']:.2f} | "
+                         f"{r['p99']:.2f} | {r['rss']:.1f} | {spread} |")
+        L += ["", "Start-up (exec to the first `GET /nix-cache-info` answered 200) on this cache: "
+              + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in main["startup"].items()) + "."]
+
+    if gres:
+        gk = [k.name for k in kinds if not isinstance(k, Harmonia)]
+        L += ["", "## Growth", "",
+              f"narinfo GET hits and misses (64 connections, {cfg.runs} run(s) of {cfg.growth_duration:g} s, median) "
+              "on caches of N paths, grown in place; start-up is exec to the first narinfo hit answered 200; "
+              "peak RSS is over both workloads.", "",
+              "| N | server | start-up ms | hits req/s | hits p99 ms | misses req/s | misses p99 ms | RSS after start MiB | peak RSS MiB |",
+              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for n in cfg.growth:
+            for k in gk:
+                g = gres[(n, k)]
+                L.append(f"| {fmt(n)} | {k} | {g['startup'] * 1000:.1f} | {fmt(g['hit']['rps'])} | {g['hit']['p99']:.2f} | "
+                         f"{fmt(g['miss']['rps'])} | {g['miss']['p99']:.2f} | {g['rss_start']:.1f} | {g['rss']:.1f} |")
+        big_n = cfg.growth[-1]
+        for p in [x for x in gk if x != "nix-stored"]:
+            for what, label in (("hit", "hits"), ("miss", "misses")):
+                r = ratio(gres[(big_n, "nix-stored")][what]["rps"], gres[(big_n, p)][what]["rps"])
+                if r:
+                    chart.append({"label": f"narinfo GET {label}, N={fmt(big_n)}", "peer": p, "ratio": r})
+
+    if eres:
+        L += ["", "## End to end, real Nix client", "",
+              f"A closure of {cfg.e2e_paths} small content-addressed paths (`builtins.toFile`, each referring to two "
+              f"others), `nix copy --to 'http://…?compression=zstd'` into an empty cache, then deleted from the local "
+              f"store and substituted back (`nix-store -r --option substituters http://…`). {first_line(['nix', '--version'])}, "
+              f"on core 1, a fresh client cache per call; a fresh cache directory and server per run; wall clock, "
+              f"median of {cfg.runs}. Ratio = peer time ÷ nix-stored time (above 1, nix-stored is faster).", "",
+              "| step | " + " | ".join(["nix-stored", *e2e_peers]) + " | " + " | ".join(f"ratio vs {p}" for p in e2e_peers)
+              + " | nix-stored peak RSS MiB |",
+              "|---|" + "---:|" * (2 + 2 * len(e2e_peers))]
+        for step, label in (("copy", f"`nix copy --to`, {cfg.e2e_paths} paths"),
+                            ("subst", f"substitution, {cfg.e2e_paths} paths")):
+            ns = eres[(step, "nix-stored")]["time"]
+            rats = []
+            for p in e2e_peers:
+                r = ratio(ns, eres[(step, p)]["time"], lower_better=True)
+                rats.append(f"{r:.2f}")
+                chart.append({"label": label.replace("`", ""), "peer": p, "ratio": r})
+            L.append(f"| {label} | " + " | ".join(f"{eres[(step, k)]['time']:.2f} s" for k in ["nix-stored", *e2e_peers])
+                     + " | " + " | ".join(rats) + f" | {eres[(step, 'nix-stored')]['rss']:.1f} |")
+
+    L += ["", "## Targets", "", "Computed from the figures above: goals to report against, not test assertions.", ""]
+
+    def target(label: str, checks: list[tuple[str, bool | None, str]]) -> None:
+        parts = [f"{'✅' if ok else '❌' if ok is not None else '—'} {detail}" for _, ok, detail in checks]
+        L.append(f"- {label}: " + "; ".join(parts))
+
+    def vs_nginx(wl_name: str, key: str, need: float) -> list:
+        out = []
+        ns = results.get((wl_name, "nix-stored"))
+        for p in ("nginx", "nginx+ofc"):
+            v = results.get((wl_name, p))
+            if ns and v:
+                r = ns[key] / v[key]
+                out.append((p, r >= need, f"{r:.2f}× {p}"))
+        return out or [("", None, "not measured")]
+
+    if main:
+        by_target: dict[str, list[str]] = {}
+        for w in main["workloads"]:
+            by_target.setdefault(w.target, []).append(w.name)
+        target("narinfo hits ≥ 1.2× nginx req/s", vs_nginx(by_target["hit"][0], "rps", 1.2))
+        target("narinfo misses ≥ 1.5× nginx req/s",
+               [(p, ok, f"{w.split()[1]} {d}") for w in by_target["miss"] for p, ok, d in vs_nginx(w, "rps", 1.5)])
+        p99 = []
+        for w in by_target["hit"] + by_target["miss"]:
+            ns = results[(w, "nix-stored")]["p99"]
+            for p in ("nginx", "nginx+ofc"):
+                v = results.get((w, p))
+                if v:
+                    p99.append((p, ns <= v["p99"], f"{w.removeprefix('narinfo ')} {ns:.2f} vs {v['p99']:.2f} ms ({p})"))
+        target("narinfo p99 latency no worse than nginx's", p99)
+        target(f"NAR GET {cfg.big // MIB} MiB ≥ 0.9× nginx MB/s (sendfile)",
+               [(p, ok, f"{w.split(', ')[1]}: {d}") for w in by_target["big"] for p, ok, d in vs_nginx(w, "mbps", 0.9)])
+        target("NAR PUT ≥ 0.8× nginx WebDAV MB/s", vs_nginx(by_target["put"][0], "mbps", 0.8))
+    rss_all = [(w, r["rss"]) for (w, k), r in results.items() if k == "nix-stored" and r]
+    rss_all += [(f"growth N={fmt(n)}", g["rss"]) for (n, k), g in gres.items() if k == "nix-stored"]
+    rss_all += [(f"end to end {s}", e["rss"]) for (s, k), e in eres.items() if k == "nix-stored"]
+    if rss_all:
+        worst = max(rss_all, key=lambda x: x[1])
+        target("nix-stored peak RSS < 100 MiB in every workload",
+               [("", worst[1] < 100, f"at most {worst[1]:.1f} MiB ({worst[0]})")])
+    if gres and len(cfg.growth) > 1:
+        lo, hi = cfg.growth[0], cfg.growth[-1]
+        checks = []
+        for what, label in (("hit", "hits"), ("miss", "misses")):
+            r = gres[(hi, "nix-stored")][what]["rps"] / gres[(lo, "nix-stored")][what]["rps"]
+            checks.append(("", r >= 0.9, f"{label} {r:.2f}×"))
+        target(f"nix-stored req/s at {fmt(hi)} paths ≥ 0.9× the figure at {fmt(lo)}", checks)
+        s = gres[(hi, "nix-stored")]["startup"]
+        target(f"nix-stored answers within 1 s of start at {fmt(hi)} paths", [("", s < 1.0, f"{s * 1000:.0f} ms")])
+    else:
+        target("req/s at 1 000 000 paths ≥ 0.9× the figure at 1 000; answers within 1 s of start at 1 000 000 paths",
+               [("", None, f"not measured (growth ran at N = {', '.join(map(fmt, cfg.growth)) or 'none'})")])
+    if eres:
+        ns, ng = eres[("copy", "nix-stored")]["time"], eres[("copy", "nginx")]["time"]
+        target(f"`nix copy` of the {cfg.e2e_paths}-path closure not slower than against nginx",
+               [("", ns <= ng, f"{ns:.2f} s vs {ng:.2f} s")])
+    else:
+        target("`nix copy` not slower than against nginx", [("", None, "not measured")])
+    if notes:
+        L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    L += ["", f"![ratios]({os.path.basename(cfg.chart)})"]
+    return L, chart
+
+
+def draw_chart(cfg, chart: list[dict]) -> str | None:
+    """Draws the PNG; returns a note when it could not be drawn for want of matplotlib."""
+    data = os.path.join(cfg.work, "ratios.json")
+    with open(data, "w") as f:
+        json.dump({"title": "nix-stored ÷ peer (above 1: nix-stored faster)" + (" — quick mode" if cfg.quick else ""),
+                   "rows": chart}, f)
+    py = cfg.chart_python or sys.executable
+    if not os.access(py, os.X_OK):
+        note = f"chart not drawn: {py} is missing (bench/run.sh installs matplotlib in bench/.venv)"
+        log(note)
+        return note
+    out = subprocess.run([py, os.path.join(HERE, "chart.py"), data, cfg.chart], capture_output=True, text=True)
+    if out.returncode != 0:
+        if "No module named 'matplotlib'" in out.stderr:
+            note = f"chart not drawn: matplotlib is not installed for {py} (bench/run.sh installs it in bench/.venv)"
+            log(note)
+            return note
+        raise Broken(f"chart.py failed:\n{out.stderr}")
+    log(f"wrote {cfg.chart}")
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="about a second per workload, small N: a smoke run")
+    p.add_argument("--paths", "--n", type=int, dest="paths", help="narinfos in the main cache (100000; quick 200)")
+    p.add_argument("--runs", type=int, help="runs per workload, median reported (3; quick 1)")
+    p.add_argument("--duration", type=float, help="seconds per run (5; quick 1)")
+    p.add_argument("--growth", help="comma-separated cache sizes for the growth workload (1000,100000,1000000; quick 1000)")
+    p.add_argument("--growth-duration", type=float, help="seconds per growth run (2; quick 1)")
+    p.add_argument("--e2e-paths", type=int, help="paths in the end-to-end closure (200; quick 10)")
+    p.add_argument("--only", default="main,growth,e2e", help="which parts to run: main,growth,e2e")
+    p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="the markdown report")
+    p.add_argument("--chart", help="the PNG chart of the ratios (default: ratios.png beside RESULTS.md, "
+                   "or the --out file's name with .png)")
+    p.add_argument("--chart-python", help="a Python with matplotlib, for bench/chart.py")
+    p.add_argument("--keep", action="store_true", help="keep the work directory (caches, logs)")
+    cfg = p.parse_args()
+    q = cfg.quick
+    cfg.paths = cfg.paths or (200 if q else 100_000)
+    cfg.runs = cfg.runs or (1 if q else 3)
+    cfg.duration = cfg.duration or (1 if q else 5)
+    cfg.growth_duration = cfg.growth_duration or (1 if q else 2)
+    cfg.growth = [int(x) for x in (cfg.growth or ("1000" if q else "1000,100000,1000000")).split(",") if x]
+    cfg.e2e_paths = cfg.e2e_paths or (10 if q else 200)
+    cfg.big = 16 * MIB if q else 256 * MIB
+    cfg.put_size = 8 * MIB if q else 64 * MIB
+    parts = set(cfg.only.split(","))
+    if cfg.chart is None:
+        base = os.path.splitext(os.path.abspath(cfg.out))[0]
+        cfg.chart = (os.path.join(os.path.dirname(base), "ratios.png") if os.path.basename(base) == "RESULTS"
+                     else base + ".png")
+    if not os.access(NIX_STORED, os.X_OK):
+        sys.exit(f"bench: {NIX_STORED} is missing: run `cargo build --release` (bench/run.sh does)")
+    for tool in ("wrk", "nginx", "taskset", "rustc"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: `{tool}` is not installed (bench/run.sh installs what it needs)")
+
+    cfg.work = tempfile.mkdtemp(prefix="nix-stored-bench-")
+    os.makedirs(os.path.join(cfg.work, "logs"))
+    lg = os.path.join(cfg.work, "loadgen")
+    kinds: list[Kind] = [NixStored("nix-stored", cfg.work), Nginx("nginx", cfg.work, False),
+                         Nginx("nginx+ofc", cfg.work, True)]
+    harmonia = None
+    if os.environ.get("HARMONIA_BIN"):
+        harmonia = Harmonia("harmonia", cfg.work, os.environ["HARMONIA_BIN"], nix_env(cfg))
+        kinds.append(harmonia)
+    else:
+        log("harmonia: skipped (HARMONIA_BIN is not set)")
+    notes: list[str] = []
+    results, gres, eres = {}, {}, {}
+    main_info = None
+    busy = others_busy()
+    if busy:
+        log(f"bench: warning: other heavy processes are running ({', '.join(busy[:8])}): figures will be noisy")
+    snap0 = cpu_snapshot()
+    load0 = os.getloadavg()[0]
+    t0 = time.monotonic()
+    ok = False
+    try:
+        run(["rustc", "-O", "--edition", "2021", "-o", lg, os.path.join(HERE, "loadgen.rs")], "building bench/loadgen.rs")
+        if "main" in parts:
+            main_info = main_workloads(cfg, kinds, lg, results, notes)
+        if "growth" in parts:
+            growth(cfg, kinds, gres)
+        if "e2e" in parts:
+            if shutil.which("nix"):
+                e2e(cfg, [k for k in kinds if k.name in ("nix-stored", "nginx")], eres)
+            else:
+                notes.append("end to end not measured: the Nix client (Debian `nix-bin`) is not installed")
+        L, chart = report(cfg, main_info, results, gres, eres, kinds, notes,
+                          (load0, foreign_share(snap0, cpu_snapshot()), busy), time.monotonic() - t0)
+        note = draw_chart(cfg, chart)
+        if note:
+            L[-1] = f"({note}.)"
+        with open(cfg.out, "w") as f:
+            f.write("\n".join(L) + "\n")
+        log(f"wrote {cfg.out}")
+        ok = True
+    except Broken as e:
+        log(f"bench: FAILED: {e}")
+    finally:
+        if harmonia:
+            harmonia.close()
+            if os.path.isdir(os.path.join(cfg.work, "cache")):
+                remove_from_store(cfg, os.path.join(cfg.work, "cache"))
+        if ok and not cfg.keep:
+            shutil.rmtree(cfg.work, ignore_errors=True)
+        else:
+            log(f"bench: work directory kept: {cfg.work} (logs in {cfg.work}/logs)")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,19 +1,27 @@
 #!/usr/bin/env python3
 """Writes a synthetic binary cache: N narinfos, each pointing at a valid NAR.
 
-Layout and formats are what `nix copy --to file://DIR` writes, so every server under
-test serves the same directory. All narinfos of the hit workload share one small NAR
-(serving a narinfo never reads its NAR); large NARs for throughput are separate.
+Layout and formats are what `nix copy --to file://DIR` writes with `compression=none`,
+so every server under test serves the same directory, and `nix copy --from file://DIR`
+can import it. All narinfos of the hit workload share one small NAR (serving a narinfo
+never reads its NAR); the large NARs for throughput are separate, each with its own
+narinfo. Keys are a deterministic sequence, so a cache of N paths can be grown to M > N
+in place (`--start N --paths M`) and the first N keys stay the same.
+
+Usage: gen_cache.py DIR --paths N [--start S] [--keys FILE] [--nar-sizes A,B] [--nars FILE] [--jobs J]
 """
 import argparse
 import hashlib
+import multiprocessing
 import os
 import random
 
 ALPHABET = "0123456789abcdfghijklmnpqrsvwxyz"
+SMALL_NAR_CONTENT = 1000
 
 
 def nix32(digest: bytes) -> str:
+    """Nix's base-32: least significant 5 bits last, no padding."""
     n = len(digest)
     out = []
     for k in range((8 * n - 1) // 5, -1, -1):
@@ -33,15 +41,22 @@ def nar_str(b: bytes) -> bytes:
 
 
 def nar_header(size: int) -> bytes:
+    """A NAR of one regular file, up to its contents (the length comes next)."""
     head = b"".join(nar_str(t) for t in (b"nix-archive-1", b"(", b"type", b"regular", b"contents"))
     return head + size.to_bytes(8, "little")
 
 
+def nar_trailer(size: int) -> bytes:
+    return b"\0" * ((8 - size % 8) % 8) + nar_str(b")")
+
+
 def write_nar(root: str, size: int, seed: int) -> tuple[str, int]:
-    """A NAR of one regular file of `size` pseudo-random bytes, streamed to disk."""
+    """A NAR of one regular file of `size` pseudo-random bytes, streamed to disk.
+
+    Returns (nix32 sha256 of the NAR, NAR size)."""
     rng = random.Random(seed)
     h = hashlib.sha256()
-    tmp = os.path.join(root, "nar", f".gen-{seed}")
+    tmp = os.path.join(root, "nar", f".gen-{seed}-{os.getpid()}")
     with open(tmp, "wb") as f:
         def put(b: bytes) -> None:
             h.update(b)
@@ -52,43 +67,77 @@ def write_nar(root: str, size: int, seed: int) -> tuple[str, int]:
             n = min(left, 1 << 20)
             put(rng.randbytes(n))
             left -= n
-        put(b"\0" * ((8 - size % 8) % 8) + nar_str(b")"))
+        put(nar_trailer(size))
         total = f.tell()
     fh = nix32(h.digest())
     os.rename(tmp, os.path.join(root, "nar", f"{fh}.nar"))
     return fh, total
 
 
-def narinfo(h: str, i: int, fh: str, size: int) -> str:
+def keys(count: int, seed: int = 1) -> list[str]:
+    """Store path hash parts (32 nix32 characters); a prefix-stable sequence."""
+    rng = random.Random(seed)
+    return ["".join(rng.choices(ALPHABET, k=32)) for _ in range(count)]
+
+
+def narinfo(h: str, name: str, fh: str, size: int) -> bytes:
     return (
-        f"StorePath: /nix/store/{h}-bench-{i}\nURL: nar/{fh}.nar\nCompression: none\n"
+        f"StorePath: /nix/store/{h}-{name}\nURL: nar/{fh}.nar\nCompression: none\n"
         f"FileHash: sha256:{fh}\nFileSize: {size}\nNarHash: sha256:{fh}\nNarSize: {size}\nReferences: \n"
-    )
+    ).encode()
+
+
+def write_file(path: str, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+
+
+def _write_range(args: tuple[str, list[str], int, str, int]) -> None:
+    root, part, first, fh, size = args
+    for n, h in enumerate(part):
+        write_file(os.path.join(root, f"{h}.narinfo"), narinfo(h, f"bench-{first + n}", fh, size))
 
 
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("dir")
-    p.add_argument("--paths", type=int, default=1000)
-    p.add_argument("--nar-sizes", default="", help="comma-separated sizes of extra NARs, in bytes")
+    p.add_argument("--paths", type=int, default=1000, help="narinfos of the hit workload, in all")
+    p.add_argument("--start", type=int, default=0, help="the first N already exist: write the rest")
+    p.add_argument("--keys", help="write the hash parts of all hit narinfos to this file, one a line")
+    p.add_argument("--nar-sizes", default="", help="comma-separated sizes of extra NARs' contents, in bytes")
+    p.add_argument("--nars", help="write `size nar-path nar-size narinfo-hash` lines for the extra NARs here")
+    p.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     a = p.parse_args()
     os.makedirs(os.path.join(a.dir, "nar"), exist_ok=True)
     with open(os.path.join(a.dir, "nix-cache-info"), "w") as f:
-        f.write("StoreDir: /nix/store\n")
-    fh, size = write_nar(a.dir, 1000, 0)
-    rng = random.Random(1)
-    keys = []
-    for i in range(a.paths):
-        h = "".join(rng.choice(ALPHABET) for _ in range(32))
-        keys.append(h)
-        with open(os.path.join(a.dir, f"{h}.narinfo"), "w") as f:
-            f.write(narinfo(h, i, fh, size))
-    with open(os.path.join(a.dir, "..", "keys.txt"), "w") as f:
-        f.write("\n".join(keys) + "\n")
-    with open(os.path.join(a.dir, "..", "nars.txt"), "w") as f:
-        for n, s in enumerate(x for x in a.nar_sizes.split(",") if x):
-            nfh, total = write_nar(a.dir, int(s), 100 + n)
-            f.write(f"{s} nar/{nfh}.nar {total}\n")
+        f.write("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+    fh, size = write_nar(a.dir, SMALL_NAR_CONTENT, 0)
+    all_keys = keys(a.paths)
+    todo = all_keys[a.start:]
+    jobs = max(1, min(a.jobs, len(todo) // 10000 or 1))
+    step = -(-len(todo) // jobs) if todo else 1
+    parts = [(a.dir, todo[i:i + step], a.start + i, fh, size) for i in range(0, len(todo), step)]
+    if jobs > 1:
+        with multiprocessing.Pool(jobs) as pool:
+            pool.map(_write_range, parts)
+    else:
+        for part in parts:
+            _write_range(part)
+    if a.keys:
+        with open(a.keys, "w") as f:
+            f.write("\n".join(all_keys) + "\n")
+    extra = [int(x) for x in a.nar_sizes.split(",") if x]
+    lines = []
+    for n, (content, h) in enumerate(zip(extra, keys(len(extra), seed=2))):
+        nfh, total = write_nar(a.dir, content, 100 + n)
+        write_file(os.path.join(a.dir, f"{h}.narinfo"), narinfo(h, f"bench-nar-{content}", nfh, total))
+        lines.append(f"{content} nar/{nfh}.nar {total} {h}\n")
+    if a.nars:
+        with open(a.nars, "w") as f:
+            f.writelines(lines)
 
 
 if __name__ == "__main__":
