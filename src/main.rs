@@ -1,5 +1,6 @@
 use clap::Parser;
 use nix_stored::config::{Args, Config, LogLevel};
+use nix_stored::logging;
 
 fn main() {
     let args = match Args::try_parse() {
@@ -22,12 +23,7 @@ fn main() {
         LogLevel::Warning => tracing::Level::WARN,
         LogLevel::Error => tracing::Level::ERROR,
     };
-    tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_target(false)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+    logging::init(level);
     tracing::info!(
         "nix-stored {} starting: {}",
         env!("CARGO_PKG_VERSION"),
@@ -40,12 +36,16 @@ fn main() {
         Ok(rt) => rt,
         Err(e) => fail(&format!("cannot start the async runtime: {e}")),
     };
-    if let Err(e) = runtime.block_on(nix_stored::run(config)) {
+    runtime.spawn(logging::flush_periodically());
+    let result = runtime.block_on(nix_stored::run(config));
+    logging::flush();
+    if let Err(e) = result {
         fail(&e.to_string());
     }
 }
 
 fn fail(msg: &str) -> ! {
+    logging::flush();
     eprintln!("nix-stored: error: {msg}");
     std::process::exit(1);
 }

@@ -1,19 +1,26 @@
 //! Accepting connections, per-connection limits, and graceful shutdown.
 
+use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
+use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+
+use crate::http::AppState;
 
 /// How long a client may take to send the request headers.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Serves `app` on `listener` until SIGTERM or SIGINT, then lets in-flight requests
 /// finish for up to `grace`.
-pub async fn serve(listener: TcpListener, app: Router, grace: Duration) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    app: Arc<AppState>,
+    grace: Duration,
+) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -34,10 +41,12 @@ pub async fn serve(listener: TcpListener, app: Router, grace: Duration) -> std::
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn = http.serve_connection(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(app.clone()),
-                );
+                let app = app.clone();
+                let service = service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(crate::http::serve_request(app, req).await) }
+                });
+                let conn = http.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
@@ -49,6 +58,7 @@ pub async fn serve(listener: TcpListener, app: Router, grace: Duration) -> std::
         }
     }
     drop(listener);
+    crate::systemd::notify("STOPPING=1");
     tracing::info!(
         "shutting down: waiting up to {}s for in-flight requests",
         grace.as_secs()

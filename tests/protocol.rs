@@ -270,7 +270,14 @@ fn misses_are_404_no_store_for_every_kind() {
             }
         }
     }
-    assert!(s.log().contains("404"), "requests are logged:\n{}", s.log());
+    // Info lines are written in batches (at most 50 ms apart).
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || s
+            .log()
+            .contains("404")),
+        "requests are logged:\n{}",
+        s.log()
+    );
 }
 
 #[test]

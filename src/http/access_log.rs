@@ -3,52 +3,81 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use axum::body::HttpBody as _;
-use axum::extract::Request;
-use axum::http::{header, HeaderValue};
-use axum::middleware::Next;
-use axum::response::Response;
+use hyper::body::{Body as _, Incoming};
+use hyper::header::{self, HeaderValue};
+use hyper::{Method, Request};
 
-use super::objects::principal_of;
+use super::objects::{self, principal_of};
+use super::{AppState, Response};
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Middleware: tags the request with an id, and logs method, path, status, bytes in
-/// and out, duration (to the response headers), user and id.
-pub async fn log_request(req: Request, next: Next) -> Response {
+/// Handles the request, tags the answer with an id, and logs method, path, status,
+/// bytes in and out, duration (to the response headers), user and id.
+pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let method = req.method().clone();
-    // The path only: query strings are not part of any key and are not logged.
+    // The path only: query strings are not part of any key and are not logged. The
+    // request line parser only lets printable ASCII through, so it needs no escaping.
     let path = req.uri().path().to_owned();
     let bytes_in = content_length(req.headers());
-    let mut resp = next.run(req).await;
-    if let Ok(v) = HeaderValue::from_str(&format!("{id:x}")) {
+    let mut resp = objects::handle(app, req).await;
+    let mut hex = [0u8; 16];
+    let id_text = hex_id(id, &mut hex);
+    if let Ok(v) = HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    // Streamed bodies carry an explicit Content-Length; generated ones know their size.
-    let bytes_out = if method == axum::http::Method::HEAD {
-        0
-    } else {
-        resp.body()
-            .size_hint()
-            .exact()
-            .unwrap_or_else(|| content_length(resp.headers()))
-    };
-    // The request line parser only lets printable ASCII through, so the path needs
-    // no escaping.
-    tracing::info!(
-        "{method} {path} {} in={bytes_in} out={bytes_out} {}us user={} id={id:x}",
-        resp.status().as_u16(),
-        started.elapsed().as_micros(),
-        principal_of(&resp),
-    );
+    if tracing::enabled!(tracing::Level::INFO) {
+        // Streamed bodies carry an explicit Content-Length; generated ones know their size.
+        let bytes_out = if method == Method::HEAD {
+            0
+        } else {
+            resp.body()
+                .size_hint()
+                .exact()
+                .unwrap_or_else(|| content_length(resp.headers()))
+        };
+        tracing::info!(
+            "{method} {path} {} in={bytes_in} out={bytes_out} {}us user={} id={id_text}",
+            resp.status().as_u16(),
+            started.elapsed().as_micros(),
+            principal_of(&resp),
+        );
+    }
     resp
 }
 
-fn content_length(h: &axum::http::HeaderMap) -> u64 {
+/// `id` in lowercase hex, without allocating.
+fn hex_id(mut id: u64, buf: &mut [u8; 16]) -> &str {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b"0123456789abcdef"[(id & 15) as usize];
+        id >>= 4;
+        if id == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[i..]).unwrap_or("0")
+}
+
+fn content_length(h: &hyper::HeaderMap) -> u64 {
     h.get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::hex_id;
+
+    #[test]
+    fn request_ids_are_lowercase_hex() {
+        let mut buf = [0; 16];
+        assert_eq!(hex_id(0, &mut buf), "0");
+        assert_eq!(hex_id(0xbeef, &mut buf), "beef");
+        assert_eq!(hex_id(u64::MAX, &mut buf), "ffffffffffffffff");
+    }
 }

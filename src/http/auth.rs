@@ -3,8 +3,8 @@
 //! Credentials are compared as SHA-256 digests with a constant-time equality, so
 //! neither the user name nor the password leaks through timing, whatever their length.
 
-use axum::http::HeaderMap;
 use base64::Engine as _;
+use hyper::HeaderMap;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
@@ -124,7 +124,7 @@ impl Auth {
 
     fn identify(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
         const WRONG: AuthError = AuthError::Unauthorized("wrong user name or password");
-        let Some(value) = headers.get(axum::http::header::AUTHORIZATION) else {
+        let Some(value) = headers.get(hyper::header::AUTHORIZATION) else {
             return Ok(Principal::Anonymous);
         };
         let value = value.to_str().map_err(|_| WRONG)?;

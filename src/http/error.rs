@@ -4,10 +4,12 @@
 //! with a Basic challenge, or 403; upload rejections are 4xx with a one-line reason;
 //! nothing an upload did wrong ever yields a 5xx (old Nix clients cannot retry a PUT).
 
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use hyper::header::{self, HeaderValue};
+use hyper::StatusCode;
 
 use super::auth::AuthError;
+use super::body::Body;
+use super::Response;
 use crate::cache::CacheError;
 use crate::storage::StorageError;
 
@@ -56,15 +58,17 @@ impl HttpError {
     }
 }
 
-impl IntoResponse for HttpError {
-    fn into_response(self) -> Response {
+impl HttpError {
+    /// The answer: the status, and the reason as one line of text.
+    pub fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::error!("{self}");
         }
         let mut body = self.to_string().replace('\n', " ");
         body.push('\n');
-        let mut resp = (status, body).into_response();
+        let mut resp = Response::new(Body::from(body));
+        *resp.status_mut() = status;
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(

@@ -2,6 +2,7 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod body;
 pub mod error;
 pub mod objects;
 pub mod range;
@@ -9,11 +10,11 @@ pub mod range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
-use axum::Router;
-
 use crate::cache::Cache;
 use auth::Auth;
+
+/// An answer of this server.
+pub type Response = hyper::Response<body::Body>;
 
 /// Everything a request handler needs.
 pub struct AppState {
@@ -27,12 +28,12 @@ pub struct AppState {
     pub cache_policy: objects::CachePolicy,
 }
 
-/// The application: every path goes to the object handler, which validates it.
-pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .fallback(objects::handle)
-        .with_state(state)
-        // Upload size is enforced by the cache layer, per kind of object.
-        .layer(DefaultBodyLimit::disable())
-        .layer(axum::middleware::from_fn(access_log::log_request))
+/// Answers one request. Every path names an object (or nothing): there is no routing
+/// beyond what `cache::key` parses, so requests go straight to the object handler,
+/// wrapped by the access log.
+pub async fn serve_request(
+    app: Arc<AppState>,
+    req: hyper::Request<hyper::body::Incoming>,
+) -> Response {
+    access_log::logged(&app, req).await
 }

@@ -1,17 +1,15 @@
 //! GET, HEAD and PUT of cache objects.
 
-use std::sync::Arc;
-
-use axum::body::Body;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::{HeaderMap, Method, Request, StatusCode};
 
 use super::auth::{Access, Principal};
+use super::body::{Body, Chunks};
 use super::error::HttpError;
 use super::range::{self, RangeRequest};
-use super::AppState;
+use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{Kind, ObjectKey};
 use crate::storage::{ObjectBody, ObjectMeta};
@@ -23,7 +21,7 @@ const MUTABLE_MAX_AGE: u32 = 60;
 const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
 
 /// Handles every request: authorises it, validates the key, dispatches on the method.
-pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response {
+pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
     let access = match parts.method {
         Method::GET | Method::HEAD => Access::Read,
@@ -34,7 +32,7 @@ pub async fn handle(State(app): State<Arc<AppState>>, req: Request) -> Response 
         Ok(p) => p,
         Err(e) => return HttpError::from(e).into_response(),
     };
-    let mut resp = match dispatch(&app, &parts.method, parts.uri.path(), &parts.headers, body).await
+    let mut resp = match dispatch(app, &parts.method, parts.uri.path(), &parts.headers, body).await
     {
         Ok(r) => r,
         Err(e) => e.into_response(),
@@ -48,7 +46,7 @@ async fn dispatch(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-    body: Body,
+    body: Incoming,
 ) -> Result<Response, HttpError> {
     let key = match ObjectKey::parse(path) {
         Ok(k) => k,
@@ -121,7 +119,7 @@ fn cache_info(app: &AppState, with_body: bool) -> Response {
     let mut resp = if with_body {
         Response::new(Body::from(text))
     } else {
-        Response::new(Body::empty())
+        Response::new(Body::Empty)
     };
     let h = resp.headers_mut();
     h.insert(
@@ -138,7 +136,7 @@ async fn head(app: &AppState, key: &ObjectKey) -> Result<Response, HttpError> {
         return Ok(cache_info(app, false));
     }
     let meta = app.cache.stat(key).await?.ok_or_else(|| not_found(key))?;
-    let mut resp = Response::new(Body::empty());
+    let mut resp = Response::new(Body::Empty);
     object_headers(app, key, &meta, resp.headers_mut());
     resp.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from(meta.size));
@@ -175,8 +173,8 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
         let last = end.map_or(size - 1, |e| e.min(size - 1));
         let len = last - offset + 1;
         resp = Response::new(match reader.body {
-            ObjectBody::Bytes(b) => Body::from(b.slice(..(len as usize).min(b.len()))),
-            ObjectBody::Stream(s) => Body::from_stream(range::take_bytes(s, len)),
+            ObjectBody::Bytes(b) => Body::Full(b.slice(..(len as usize).min(b.len()))),
+            ObjectBody::Stream(s) => Body::Stream(range::take_bytes(s, len)),
         });
         *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
         let h = resp.headers_mut();
@@ -185,10 +183,7 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
             h.insert(header::CONTENT_RANGE, v);
         }
     } else {
-        resp = Response::new(match reader.body {
-            ObjectBody::Bytes(b) => Body::from(b),
-            ObjectBody::Stream(s) => Body::from_stream(s),
-        });
+        resp = Response::new(Body::from(reader.body));
         resp.headers_mut()
             .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
     }
@@ -200,7 +195,7 @@ async fn put(
     app: &AppState,
     key: &ObjectKey,
     headers: &HeaderMap,
-    body: Body,
+    body: Incoming,
 ) -> Result<Response, HttpError> {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
@@ -217,7 +212,7 @@ async fn put(
     app.cache.precheck_upload(key, declared)?;
 
     let timeout = app.body_timeout;
-    let stream = body.into_data_stream();
+    let stream = Chunks(body);
     let body = Box::pin(futures_util::stream::unfold(
         Some(stream),
         move |state| async move {
@@ -234,7 +229,9 @@ async fn put(
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced | PutOutcome::Ignored => StatusCode::NO_CONTENT,
     };
-    Ok(status.into_response())
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = status;
+    Ok(resp)
 }
 
 /// The principal of a request, for the access log.
