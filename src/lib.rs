@@ -6,8 +6,10 @@
 pub mod cache;
 pub mod config;
 pub mod http;
+pub mod logging;
 pub mod server;
 pub mod storage;
+pub mod systemd;
 
 use std::sync::Arc;
 
@@ -40,6 +42,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             trusted_keys: config.trusted_keys.clone(),
         },
     );
+    cache.start_index();
     let auth = Auth::new(
         config.read_user.as_ref(),
         config.write_user.as_ref(),
@@ -51,20 +54,31 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             config.listen
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.listen)))?;
+    let (listener, origin) = match systemd::inherited_listener().map_err(StartError)? {
+        Some(l) => (
+            tokio::net::TcpListener::from_std(l)
+                .map_err(|e| StartError(format!("cannot use the socket passed by systemd: {e}")))?,
+            " (socket passed by systemd; NIX_STORED_LISTEN_INTERFACE is not used)",
+        ),
+        None => (
+            tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| StartError(format!("cannot listen on {}: {e}", config.listen)))?,
+            "",
+        ),
+    };
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
-    tracing::info!("listening on http://{addr}");
+    tracing::info!("listening on http://{addr}{origin}");
+    systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
-    let app = http::router(Arc::new(AppState {
+    let app = Arc::new(AppState {
         cache,
         auth,
         body_timeout: config.body_timeout,
         cache_policy,
-    }));
+    });
     server::serve(listener, app, config.shutdown_timeout)
         .await
         .map_err(|e| StartError(format!("server failed: {e}")))

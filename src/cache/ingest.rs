@@ -52,6 +52,10 @@ impl Cache {
             Kind::NarInfo => {
                 let bytes = self.collect(key, body).await?;
                 self.check_narinfo(key, &bytes).await?;
+                // Known before it is visible: the index may only err towards "may exist".
+                if let Some(hash) = key.store_hash() {
+                    self.index.insert(hash);
+                }
                 self.store_bytes(key, &bytes).await
             }
             Kind::Realisation | Kind::DebugInfo => {

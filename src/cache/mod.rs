@@ -1,6 +1,7 @@
 //! Cache logic between the HTTP edge and storage: which keys exist, what an upload
 //! must satisfy before it becomes visible, and what `nix-cache-info` says.
 
+pub mod index;
 pub mod ingest;
 pub mod key;
 pub mod narinfo;
@@ -59,6 +60,7 @@ pub struct Cache {
     storage: Arc<dyn Storage>,
     settings: CacheSettings,
     cache_info: String,
+    index: Arc<index::NarinfoIndex>,
 }
 
 impl Cache {
@@ -73,6 +75,26 @@ impl Cache {
             storage,
             settings,
             cache_info,
+            index: Arc::new(index::NarinfoIndex::new()),
+        }
+    }
+
+    /// Starts building and maintaining the in-memory narinfo index in the background;
+    /// until it is complete, every lookup goes to storage.
+    pub fn start_index(&self) {
+        tokio::spawn(index::maintain(self.index.clone(), self.storage.clone()));
+    }
+
+    /// The narinfo index, for status reports.
+    pub fn index(&self) -> &index::NarinfoIndex {
+        &self.index
+    }
+
+    /// Whether storage needs asking: `false` for a narinfo the index knows is absent.
+    fn may_exist(&self, key: &ObjectKey) -> bool {
+        match (key.kind(), key.store_hash()) {
+            (Kind::NarInfo, Some(hash)) => self.index.may_exist(hash),
+            _ => true,
         }
     }
 
@@ -88,6 +110,9 @@ impl Cache {
 
     /// Metadata of an object, `None` when absent.
     pub async fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
+        if !self.may_exist(key) {
+            return Ok(None);
+        }
         Ok(self.storage.stat(key.as_str()).await?)
     }
 
@@ -97,6 +122,9 @@ impl Cache {
         key: &ObjectKey,
         offset: u64,
     ) -> Result<Option<ObjectReader>, CacheError> {
+        if !self.may_exist(key) {
+            return Ok(None);
+        }
         Ok(self.storage.open(key.as_str(), offset).await?)
     }
 

@@ -15,7 +15,9 @@ use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
 
-use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
+use super::{
+    ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
+};
 
 /// Name of the directory holding uploads in progress. Starts with a dot, which no
 /// cache key can, so it is never served.
@@ -179,8 +181,138 @@ impl Storage for FsStorage {
         }))
     }
 
+    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()> {
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            let mut batch = Vec::with_capacity(LIST_BATCH);
+            for entry in std::fs::read_dir(&root)? {
+                let entry = entry?;
+                // Names that are not UTF-8 are no cache key.
+                if let Ok(name) = entry.file_name().into_string() {
+                    batch.push(name);
+                }
+                if batch.len() == LIST_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                    if sink.blocking_send(full).is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+            if !batch.is_empty() {
+                let _ = sink.blocking_send(batch);
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map_err(StorageError::from_io)
+    }
+
+    fn watch_top_level(&self, sink: tokio::sync::mpsc::Sender<TopLevelEvent>) -> Result<bool> {
+        if let Some(kind) = watch::shared_filesystem(&self.root).map_err(StorageError::from_io)? {
+            tracing::info!(
+                "{} is on {kind}: other machines may write into it unseen",
+                self.root.display()
+            );
+            return Ok(false);
+        }
+        watch::start(&self.root, sink).map_err(StorageError::from_io)?;
+        Ok(true)
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
+    }
+}
+
+/// Names per batch when listing: a directory of a million narinfos is sent in steps
+/// that keep memory flat.
+const LIST_BATCH: usize = 4096;
+
+/// Following the top level of the directory with inotify, so that objects written by
+/// others (`nix copy --to file://…`, rsync, another tool) are known at once.
+mod watch {
+    use std::path::Path;
+
+    use inotify::{EventMask, Inotify, WatchMask};
+    use tokio::sync::mpsc::Sender;
+
+    use super::TopLevelEvent;
+
+    /// The kind of network or userspace filesystem `root` is on, if it is one: there,
+    /// writes by other machines (or a FUSE daemon) never reach inotify.
+    pub fn shared_filesystem(root: &Path) -> std::io::Result<Option<&'static str>> {
+        use std::os::unix::ffi::OsStrExt;
+        let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
+        // SAFETY: `path` is a valid NUL-terminated string and `st` a writable
+        // statfs buffer that the call fills in.
+        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // Magic numbers from statfs(2); truncated like the kernel's 32-bit f_type.
+        Ok(match st.f_type as u32 {
+            0x6969 => Some("NFS"),
+            0xFF53_4D42 | 0xFE53_4D42 | 0x517B => Some("SMB/CIFS"),
+            0x6573_5546 => Some("FUSE"),
+            0x0102_1997 => Some("9P"),
+            0x00C3_6400 => Some("CephFS"),
+            0x0BD0_0BD0 => Some("Lustre"),
+            0x4750_4653 => Some("GPFS"),
+            0x5346_414F | 0x6B41_4653 => Some("AFS"),
+            _ => None,
+        })
+    }
+
+    /// Installs the watch now (so nothing written after this returns is missed) and
+    /// reads its events on a thread of its own for as long as `sink` is open.
+    pub fn start(root: &Path, sink: Sender<TopLevelEvent>) -> std::io::Result<()> {
+        let mut inotify = Inotify::init()?;
+        // A file created in place, or renamed into place (how both nix-stored and
+        // Nix's `file://` store make objects appear atomically).
+        inotify
+            .watches()
+            .add(root, WatchMask::CREATE | WatchMask::MOVED_TO)?;
+        std::thread::Builder::new()
+            .name("fs-watch".into())
+            .spawn(move || {
+                let mut buffer = vec![0u8; 64 * 1024];
+                loop {
+                    let events = match inotify.read_events_blocking(&mut buffer) {
+                        Ok(events) => events,
+                        Err(e) => {
+                            tracing::warn!("watching the cache directory failed: {e}");
+                            let _ = sink.blocking_send(TopLevelEvent::Lost);
+                            return;
+                        }
+                    };
+                    let mut added = Vec::new();
+                    let mut lost = false;
+                    let mut gone = false;
+                    for event in events {
+                        if event.mask.contains(EventMask::Q_OVERFLOW) {
+                            lost = true;
+                        } else if event.mask.contains(EventMask::IGNORED) {
+                            // The directory was removed or unmounted: no more news.
+                            gone = true;
+                        } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
+                            added.push(name.to_owned());
+                        }
+                    }
+                    if !added.is_empty() && sink.blocking_send(TopLevelEvent::Added(added)).is_err()
+                    {
+                        return;
+                    }
+                    if (lost || gone) && sink.blocking_send(TopLevelEvent::Lost).is_err() {
+                        return;
+                    }
+                    if gone {
+                        tracing::warn!("the cache directory is no longer watched");
+                        return;
+                    }
+                }
+            })?;
+        Ok(())
     }
 }
 

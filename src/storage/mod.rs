@@ -87,6 +87,16 @@ pub trait Upload: Send {
     async fn commit(self: Box<Self>) -> Result<bool>;
 }
 
+/// News about the top level of the cache, from a backend that can watch it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TopLevelEvent {
+    /// Objects appeared (or were replaced) under these names.
+    Added(Vec<String>),
+    /// Events were lost (e.g. a queue overflowed): whatever was learnt from
+    /// listing and watching so far may be incomplete, and must be rebuilt.
+    Lost,
+}
+
 /// A place to keep cache objects.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -96,6 +106,16 @@ pub trait Storage: Send + Sync + 'static {
     async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>>;
     /// Starts an upload to `key`; see [`Upload`].
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>>;
+    /// Sends the names of the objects at the top level of the cache (`<hash>.narinfo`,
+    /// `nix-cache-info`, …; nothing inside folders such as `nar/`) to `sink`, in
+    /// batches, until all were sent.
+    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()>;
+    /// Starts reporting objects that appear at the top level from now on, whoever
+    /// writes them, to `sink`; `Ok(false)` when this backend cannot watch.
+    fn watch_top_level(&self, sink: tokio::sync::mpsc::Sender<TopLevelEvent>) -> Result<bool> {
+        let _ = sink;
+        Ok(false)
+    }
     /// A short human description for the startup log.
     fn describe(&self) -> String;
 }

@@ -1,0 +1,273 @@
+//! Which narinfos exist, in memory.
+//!
+//! Substitution asks every configured cache for every path, so most narinfo requests
+//! a cache sees are for paths it does not have. With this index such a request is
+//! answered without asking storage at all. The index may only err on the side of
+//! "may exist": a stale or missing entry must never hide an object. It is therefore
+//! used only while it is complete, i.e. after a full listing, with the backend's
+//! watch reporting everything written since (by this server or anyone else), and
+//! it is filled before an upload becomes visible. When the watch loses events the
+//! index is rebuilt, and when a backend cannot watch, there is no index.
+
+use std::collections::HashSet;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, RwLock};
+
+use tokio::sync::mpsc;
+
+use crate::storage::{Storage, TopLevelEvent};
+
+/// Nix32 characters of a store hash that make up its fingerprint (12 × 5 = 60 bits):
+/// two of a million paths share one with a probability of about 10⁻⁶, and then one
+/// lookup goes to storage.
+const FINGERPRINT_CHARS: usize = 12;
+
+/// The set of narinfos in storage, by fingerprint of their store hash.
+pub struct NarinfoIndex {
+    inner: RwLock<Inner>,
+}
+
+struct Inner {
+    /// Whether `keys` holds every narinfo in storage.
+    complete: bool,
+    keys: HashSet<u64, Spread>,
+}
+
+impl Default for NarinfoIndex {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl NarinfoIndex {
+    /// An empty, incomplete index: every lookup goes to storage until it is built.
+    pub fn new() -> Self {
+        NarinfoIndex {
+            inner: RwLock::new(Inner {
+                complete: false,
+                keys: HashSet::with_hasher(Spread),
+            }),
+        }
+    }
+
+    /// `false` only when the narinfo of `store_hash` is certainly not in storage.
+    pub fn may_exist(&self, store_hash: &str) -> bool {
+        let Some(fp) = fingerprint(store_hash) else {
+            return true;
+        };
+        let inner = self.read();
+        !inner.complete || inner.keys.contains(&fp)
+    }
+
+    /// Records a narinfo; called before an upload of it becomes visible.
+    pub fn insert(&self, store_hash: &str) {
+        if let Some(fp) = fingerprint(store_hash) {
+            self.write().keys.insert(fp);
+        }
+    }
+
+    /// Whether lookups are answered from the index.
+    pub fn is_complete(&self) -> bool {
+        self.read().complete
+    }
+
+    /// Number of narinfos known.
+    pub fn len(&self) -> usize {
+        self.read().keys.len()
+    }
+
+    /// Whether no narinfo is known.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn insert_names(&self, names: &[String]) {
+        let mut inner = self.write();
+        for name in names {
+            if let Some(fp) = name.strip_suffix(".narinfo").and_then(fingerprint) {
+                inner.keys.insert(fp);
+            }
+        }
+    }
+
+    fn set_complete(&self, complete: bool) {
+        self.write().complete = complete;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Inner> {
+        // Every update leaves the set valid: a panic elsewhere cannot corrupt it.
+        self.inner.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Inner> {
+        self.inner.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The first [`FINGERPRINT_CHARS`] characters of a nix32 store hash as a number;
+/// `None` for anything that is not a store hash.
+fn fingerprint(store_hash: &str) -> Option<u64> {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
+    let bytes = store_hash.as_bytes();
+    if bytes.len() != 32 {
+        return None;
+    }
+    let mut fp = 0u64;
+    for (i, c) in bytes.iter().enumerate() {
+        let digit = ALPHABET.iter().position(|a| a == c)? as u64;
+        if i < FINGERPRINT_CHARS {
+            fp = fp << 5 | digit;
+        }
+    }
+    Some(fp)
+}
+
+/// Store hashes are already uniformly distributed: spreading the fingerprint's bits
+/// over the word (for the table's control bytes) is all the hashing they need, and
+/// much cheaper than SipHash on the hot path.
+#[derive(Clone, Copy, Default)]
+struct Spread;
+
+struct SpreadHasher(u64);
+
+impl BuildHasher for Spread {
+    type Hasher = SpreadHasher;
+    fn build_hasher(&self) -> SpreadHasher {
+        SpreadHasher(0)
+    }
+}
+
+impl Hasher for SpreadHasher {
+    fn finish(&self) -> u64 {
+        self.0.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// Builds the index from a full listing and keeps it complete from the backend's
+/// watch; returns when the backend cannot watch (the index then stays incomplete,
+/// so unused) or the watch ends.
+pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>) {
+    let (watch_tx, mut watch) = mpsc::channel(256);
+    match storage.watch_top_level(watch_tx) {
+        Ok(true) => {}
+        Ok(false) => {
+            tracing::info!("narinfo index: off (this storage cannot be watched for changes)");
+            return;
+        }
+        Err(e) => {
+            tracing::warn!("narinfo index: off (cannot watch the storage: {e})");
+            return;
+        }
+    }
+    loop {
+        let started = std::time::Instant::now();
+        let (list_tx, mut listed) = mpsc::channel(4);
+        let lister = {
+            let storage = storage.clone();
+            tokio::spawn(async move { storage.list_top_level(list_tx).await })
+        };
+        // The watch was installed before the listing started, so between them they
+        // see everything; news is applied while the listing runs.
+        let mut lost = false;
+        let mut listing = true;
+        while listing {
+            tokio::select! {
+                batch = listed.recv() => match batch {
+                    Some(names) => index.insert_names(&names),
+                    None => listing = false,
+                },
+                event = watch.recv() => match event {
+                    Some(TopLevelEvent::Added(names)) => index.insert_names(&names),
+                    Some(TopLevelEvent::Lost) => lost = true,
+                    None => return,
+                },
+            }
+        }
+        match lister.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!("narinfo index: off (listing the storage failed: {e})");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("narinfo index: off (listing the storage failed: {e})");
+                return;
+            }
+        }
+        if lost {
+            continue;
+        }
+        index.set_complete(true);
+        tracing::info!(
+            "narinfo index: {} narinfos, built in {} ms",
+            index.len(),
+            started.elapsed().as_millis()
+        );
+        loop {
+            match watch.recv().await {
+                Some(TopLevelEvent::Added(names)) => index.insert_names(&names),
+                Some(TopLevelEvent::Lost) => {
+                    tracing::warn!("narinfo index: changes were missed; rebuilding it");
+                    index.set_complete(false);
+                    break;
+                }
+                None => {
+                    index.set_complete(false);
+                    tracing::warn!("narinfo index: off (the storage watch ended)");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const A: &str = "0123456789abcdfghijklmnpqrsvwxyz";
+    const B: &str = "zyxwvsrqpnmlkjihgfdcba9876543210";
+
+    #[test]
+    fn incomplete_index_answers_maybe() {
+        let idx = NarinfoIndex::new();
+        assert!(idx.may_exist(A));
+        idx.set_complete(true);
+        assert!(!idx.may_exist(A));
+        idx.insert(A);
+        assert!(idx.may_exist(A));
+        assert!(!idx.may_exist(B));
+    }
+
+    #[test]
+    fn names_other_than_narinfos_are_ignored() {
+        let idx = NarinfoIndex::new();
+        idx.insert_names(&[
+            format!("{A}.narinfo"),
+            format!("{B}.ls"),
+            "nix-cache-info".into(),
+            "short.narinfo".into(),
+            format!("{}.narinfo", &B[..31]),
+        ]);
+        idx.set_complete(true);
+        assert_eq!(idx.len(), 1);
+        assert!(idx.may_exist(A));
+        assert!(!idx.may_exist(B));
+    }
+
+    #[test]
+    fn fingerprints_need_a_store_hash() {
+        assert_eq!(fingerprint("00000000000000000000000000000000"), Some(0));
+        assert!(fingerprint("e000000000000000000000000000000e").is_none());
+        assert!(fingerprint("00000000000000000000000000000000x").is_none());
+        assert_ne!(fingerprint(A), fingerprint(B));
+    }
+}

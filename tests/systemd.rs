@@ -1,0 +1,83 @@
+//! The systemd protocols: readiness notification and socket activation.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixDatagram;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn notifies_readiness_and_stopping() {
+    let dir = temp_dir("notify");
+    let sock_path = dir.join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut s = ServerBuilder::new()
+        .env("NOTIFY_SOCKET", sock_path.to_str().unwrap())
+        .start();
+    let mut buf = [0u8; 256];
+    let n = sock.recv(&mut buf).expect("READY=1 within 20 s");
+    assert_eq!(&buf[..n], b"READY=1");
+    // Ready means serving.
+    assert_eq!(get(&s, "/nix-cache-info").status, 200);
+    assert_eq!(s.terminate().code(), Some(0));
+    let n = sock.recv(&mut buf).expect("STOPPING=1 after SIGTERM");
+    assert_eq!(&buf[..n], b"STOPPING=1");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serves_on_the_socket_systemd_passes() {
+    let dir = temp_dir("socket-activation");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    // As systemd does: the socket is descriptor 3, LISTEN_PID is the server's pid
+    // (exec keeps the shell's), LISTEN_FDS the count.
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\"",
+        env!("CARGO_BIN_EXE_nix-stored"),
+    ])
+    .env("NIX_STORED_PATH", &dir)
+    // An address this machine cannot bind: starting at all proves the passed
+    // socket was used instead.
+    .env("NIX_STORED_LISTEN_INTERFACE", "192.0.2.1:8100")
+    .env("NIX_STORED_LOG_LEVEL", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::dup2(fd, 3) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    drop(listener);
+    let served = eventually(Duration::from_secs(20), || {
+        try_raw_request(
+            addr,
+            b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .is_ok_and(|r| r.status == 200)
+    });
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(served, "GET on the passed socket:\n{log}");
+    assert!(log.contains("socket passed by systemd"), "{log}");
+    assert_eq!(out.status.code(), Some(0), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
