@@ -15,6 +15,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
+use super::key::nix32_digit;
 use crate::storage::{Storage, TopLevelEvent};
 
 /// Nix32 characters of a store hash that make up its fingerprint (12 × 5 = 60 bits):
@@ -107,16 +108,15 @@ impl NarinfoIndex {
 /// The first [`FINGERPRINT_CHARS`] characters of a nix32 store hash as a number;
 /// `None` for anything that is not a store hash.
 fn fingerprint(store_hash: &str) -> Option<u64> {
-    const ALPHABET: &[u8; 32] = b"0123456789abcdfghijklmnpqrsvwxyz";
     let bytes = store_hash.as_bytes();
     if bytes.len() != 32 {
         return None;
     }
     let mut fp = 0u64;
     for (i, c) in bytes.iter().enumerate() {
-        let digit = ALPHABET.iter().position(|a| a == c)? as u64;
+        let digit = nix32_digit(*c)?;
         if i < FINGERPRINT_CHARS {
-            fp = fp << 5 | digit;
+            fp = fp << 5 | u64::from(digit);
         }
     }
     Some(fp)

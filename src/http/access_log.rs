@@ -9,6 +9,7 @@ use hyper::{Method, Request};
 
 use super::objects::{self, principal_of};
 use super::{AppState, Response};
+use crate::logging;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
@@ -28,7 +29,7 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     if let Ok(v) = HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
     }
-    if tracing::enabled!(tracing::Level::INFO) {
+    if logging::access_enabled() {
         // Streamed bodies carry an explicit Content-Length; generated ones know their size.
         let bytes_out = if method == Method::HEAD {
             0
@@ -38,12 +39,12 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
                 .exact()
                 .unwrap_or_else(|| content_length(resp.headers()))
         };
-        tracing::info!(
+        logging::access(format_args!(
             "{method} {path} {} in={bytes_in} out={bytes_out} {}us user={} id={id_text}",
             resp.status().as_u16(),
             started.elapsed().as_micros(),
             principal_of(&resp),
-        );
+        ));
     }
     resp
 }
