@@ -11,9 +11,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use tokio::io::AsyncSeekExt;
 use tokio_util::io::ReaderStream;
+
+mod read;
+mod watch;
+
+use read::Opened;
 
 use super::{
     ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
@@ -32,6 +36,7 @@ pub struct FsStorage {
     root: PathBuf,
     tmp: PathBuf,
     counter: AtomicU64,
+    reader: read::Reader,
 }
 
 impl FsStorage {
@@ -58,6 +63,7 @@ impl FsStorage {
             std::fs::rename(&staged, &info)?;
         }
         Ok(FsStorage {
+            reader: read::Reader::new(&root)?,
             root,
             tmp,
             counter: AtomicU64::new(0),
@@ -108,58 +114,52 @@ fn not_found_is_none<T>(r: std::io::Result<T>) -> Result<Option<T>> {
     }
 }
 
-/// Objects up to this size are read whole in the request's own task: one `open`,
-/// one `fstat` and one `read` of a file in the page cache take microseconds, far
-/// less than a hop to the blocking thread pool. This is the model nginx uses.
-const INLINE_READ_MAX: u64 = 64 * 1024;
-
-fn read_inline(mut file: std::fs::File, offset: u64, size: u64) -> std::io::Result<Bytes> {
-    use std::io::{Read, Seek};
-    if offset > 0 {
-        file.seek(std::io::SeekFrom::Start(offset))?;
-    }
-    // Read exactly the size fstat reported: no extra read() to discover EOF. A file
-    // that shrank meanwhile (it cannot: writes are renames) would give an error.
-    let mut buf = vec![0; size.saturating_sub(offset) as usize];
-    file.read_exact(&mut buf)?;
-    Ok(Bytes::from(buf))
-}
-
 #[async_trait]
 impl Storage for FsStorage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>> {
         let path = self.path_of(key)?;
         // A single metadata lookup, answered from the dentry cache: cheaper inline
-        // than any thread hop (see INLINE_READ_MAX).
-        let md = not_found_is_none(std::fs::metadata(path))?;
-        Ok(md.filter(|m| m.is_file()).map(|m| meta_of(&m)))
-    }
-
-    async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
-        let path = self.path_of(key)?;
-        let Some(file) = not_found_is_none(std::fs::File::open(path))? else {
+        // than any thread hop (see read::INLINE_READ_MAX).
+        let Some(md) = not_found_is_none(std::fs::metadata(path))? else {
             return Ok(None);
         };
-        let md = file.metadata().map_err(StorageError::from_io)?;
         if !md.is_file() {
             return Ok(None);
         }
-        let meta = meta_of(&md);
-        if md.len() <= INLINE_READ_MAX {
-            let bytes = read_inline(file, offset, md.len()).map_err(StorageError::from_io)?;
-            return Ok(Some(ObjectReader {
-                meta,
-                body: ObjectBody::Bytes(bytes),
-            }));
+        if md.len() > read::INLINE_READ_MAX as u64 {
+            return Ok(Some(meta_of(&md)));
+        }
+        // Small objects' validator is their content's, as on GET.
+        Ok(self.open(key, 0).await?.map(|r| r.meta))
+    }
+
+    async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        self.path_of(key)?;
+        let (file, md) = match self.reader.open(key).map_err(StorageError::from_io)? {
+            Opened::Absent => return Ok(None),
+            Opened::Small(bytes) => {
+                let meta = ObjectMeta {
+                    size: bytes.len() as u64,
+                    version: read::content_version(&bytes),
+                };
+                let from = (offset as usize).min(bytes.len());
+                return Ok(Some(ObjectReader {
+                    meta,
+                    body: ObjectBody::Bytes(bytes.slice(from..)),
+                }));
+            }
+            Opened::Large(file, md) => (file, md),
+        };
+        if !md.is_file() {
+            return Ok(None);
         }
         let mut file = tokio::fs::File::from_std(file);
-        if offset > 0 {
-            file.seek(std::io::SeekFrom::Start(offset))
-                .await
-                .map_err(StorageError::from_io)?;
-        }
+        // Always: the reader may have read from the start already.
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(StorageError::from_io)?;
         Ok(Some(ObjectReader {
-            meta,
+            meta: meta_of(&md),
             body: ObjectBody::Stream(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
         }))
     }
@@ -228,93 +228,6 @@ impl Storage for FsStorage {
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
 /// that keep memory flat.
 const LIST_BATCH: usize = 4096;
-
-/// Following the top level of the directory with inotify, so that objects written by
-/// others (`nix copy --to file://…`, rsync, another tool) are known at once.
-mod watch {
-    use std::path::Path;
-
-    use inotify::{EventMask, Inotify, WatchMask};
-    use tokio::sync::mpsc::Sender;
-
-    use super::TopLevelEvent;
-
-    /// The kind of network or userspace filesystem `root` is on, if it is one: there,
-    /// writes by other machines (or a FUSE daemon) never reach inotify.
-    pub fn shared_filesystem(root: &Path) -> std::io::Result<Option<&'static str>> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
-        // SAFETY: `path` is a valid NUL-terminated string and `st` a writable
-        // statfs buffer that the call fills in.
-        let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-        if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // Magic numbers from statfs(2); truncated like the kernel's 32-bit f_type.
-        Ok(match st.f_type as u32 {
-            0x6969 => Some("NFS"),
-            0xFF53_4D42 | 0xFE53_4D42 | 0x517B => Some("SMB/CIFS"),
-            0x6573_5546 => Some("FUSE"),
-            0x0102_1997 => Some("9P"),
-            0x00C3_6400 => Some("CephFS"),
-            0x0BD0_0BD0 => Some("Lustre"),
-            0x4750_4653 => Some("GPFS"),
-            0x5346_414F | 0x6B41_4653 => Some("AFS"),
-            _ => None,
-        })
-    }
-
-    /// Installs the watch now (so nothing written after this returns is missed) and
-    /// reads its events on a thread of its own for as long as `sink` is open.
-    pub fn start(root: &Path, sink: Sender<TopLevelEvent>) -> std::io::Result<()> {
-        let mut inotify = Inotify::init()?;
-        // A file created in place, or renamed into place (how both nix-stored and
-        // Nix's `file://` store make objects appear atomically).
-        inotify
-            .watches()
-            .add(root, WatchMask::CREATE | WatchMask::MOVED_TO)?;
-        std::thread::Builder::new()
-            .name("fs-watch".into())
-            .spawn(move || {
-                let mut buffer = vec![0u8; 64 * 1024];
-                loop {
-                    let events = match inotify.read_events_blocking(&mut buffer) {
-                        Ok(events) => events,
-                        Err(e) => {
-                            tracing::warn!("watching the cache directory failed: {e}");
-                            let _ = sink.blocking_send(TopLevelEvent::Lost);
-                            return;
-                        }
-                    };
-                    let mut added = Vec::new();
-                    let mut lost = false;
-                    let mut gone = false;
-                    for event in events {
-                        if event.mask.contains(EventMask::Q_OVERFLOW) {
-                            lost = true;
-                        } else if event.mask.contains(EventMask::IGNORED) {
-                            // The directory was removed or unmounted: no more news.
-                            gone = true;
-                        } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-                            added.push(name.to_owned());
-                        }
-                    }
-                    if !added.is_empty() && sink.blocking_send(TopLevelEvent::Added(added)).is_err()
-                    {
-                        return;
-                    }
-                    if (lost || gone) && sink.blocking_send(TopLevelEvent::Lost).is_err() {
-                        return;
-                    }
-                    if gone {
-                        tracing::warn!("the cache directory is no longer watched");
-                        return;
-                    }
-                }
-            })?;
-        Ok(())
-    }
-}
 
 /// Request bodies arrive in chunks of a few KiB; writing each one through the
 /// blocking pool would cost a thread hop per chunk. Batch them into blocks this big.
@@ -472,6 +385,51 @@ mod tests {
             std::fs::read_to_string(root.join("nix-cache-info")).unwrap(),
             "StoreDir: /nix/store\n"
         );
+    }
+
+    async fn read_all(fs: &FsStorage, key: &str, offset: u64) -> Option<(ObjectMeta, Vec<u8>)> {
+        let r = fs.open(key, offset).await.unwrap()?;
+        let mut body = r.body.into_stream();
+        let mut out = Vec::new();
+        while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+            out.extend_from_slice(&chunk.unwrap());
+        }
+        Some((r.meta, out))
+    }
+
+    #[tokio::test]
+    async fn small_and_large_objects_read_whole_from_any_offset() {
+        let root = temp_root("read");
+        let fs = FsStorage::open(&root, "/nix/store").unwrap();
+        let large: Vec<u8> = (0..read::INLINE_READ_MAX as u32 * 3)
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for (key, data) in [
+            ("a.narinfo", b"StorePath: x\n".to_vec()),
+            ("empty.ls", Vec::new()),
+            ("nar/edge.nar", large[..read::INLINE_READ_MAX].to_vec()),
+            ("nar/edge1.nar", large[..read::INLINE_READ_MAX + 1].to_vec()),
+            ("nar/big.nar", large.clone()),
+        ] {
+            std::fs::create_dir_all(root.join(key).parent().unwrap()).unwrap();
+            std::fs::write(root.join(key), &data).unwrap();
+            for offset in [0, 1, data.len() as u64 / 2] {
+                let (meta, got) = read_all(&fs, key, offset).await.unwrap();
+                assert_eq!(meta.size, data.len() as u64, "{key}");
+                assert_eq!(
+                    got,
+                    data[(offset as usize).min(data.len())..],
+                    "{key}@{offset}"
+                );
+                // HEAD and GET agree on the validator.
+                assert_eq!(fs.stat(key).await.unwrap().unwrap(), meta, "{key}");
+            }
+        }
+        std::fs::create_dir_all(root.join("dir.narinfo")).unwrap();
+        assert!(read_all(&fs, "dir.narinfo", 0).await.is_none());
+        assert!(fs.stat("dir.narinfo").await.unwrap().is_none());
+        assert!(read_all(&fs, "absent.narinfo", 0).await.is_none());
+        assert!(read_all(&fs, "a.narinfo/below", 0).await.is_none());
     }
 
     #[tokio::test]
