@@ -11,10 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
-use tokio::io::AsyncSeekExt;
-use tokio_util::io::ReaderStream;
 
 mod read;
+mod stream;
 mod watch;
 
 use read::Opened;
@@ -26,10 +25,6 @@ use super::{
 /// Name of the directory holding uploads in progress. Starts with a dot, which no
 /// cache key can, so it is never served.
 const TMP_DIR: &str = ".tmp";
-
-/// Read buffer for streaming objects out: big enough to keep syscalls rare, small
-/// enough that many parallel downloads stay cheap.
-const READ_CHUNK: usize = 256 * 1024;
 
 /// A binary cache in a local directory.
 pub struct FsStorage {
@@ -153,14 +148,9 @@ impl Storage for FsStorage {
         if !md.is_file() {
             return Ok(None);
         }
-        let mut file = tokio::fs::File::from_std(file);
-        // Always: the reader may have read from the start already.
-        file.seek(std::io::SeekFrom::Start(offset))
-            .await
-            .map_err(StorageError::from_io)?;
         Ok(Some(ObjectReader {
             meta: meta_of(&md),
-            body: ObjectBody::Stream(Box::pin(ReaderStream::with_capacity(file, READ_CHUNK))),
+            body: ObjectBody::Stream(Box::pin(stream::FileStream::new(file, offset, md.len()))),
         }))
     }
 
