@@ -56,7 +56,13 @@ fn serves_on_the_socket_systemd_passes() {
     // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::dup2(fd, 3) < 0 {
+            // When the listener already is descriptor 3, dup2 does nothing and the
+            // descriptor keeps its close-on-exec flag: clear it explicitly.
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -405,15 +405,20 @@ pub fn read_response(reader: &mut impl BufRead, head_request: bool) -> io::Resul
 
 /// Opens a connection with read and write timeouts set.
 pub fn connect(addr: SocketAddr) -> TcpStream {
-    let stream = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    stream.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-    stream
+    try_connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"))
+}
+
+/// Opens a connection with read and write timeouts set, or says why not.
+pub fn try_connect(addr: SocketAddr) -> io::Result<TcpStream> {
+    let stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(IO_TIMEOUT))?;
+    stream.set_write_timeout(Some(IO_TIMEOUT))?;
+    Ok(stream)
 }
 
 /// Sends `request` byte for byte and reads the answer.
 pub fn try_raw_request(addr: SocketAddr, request: &[u8]) -> io::Result<Response> {
-    let mut stream = connect(addr);
+    let mut stream = try_connect(addr)?;
     let written = stream.write_all(request);
     let head = request.starts_with(b"HEAD ");
     // A server may answer (413, 401, …) and close before reading the whole body: the
