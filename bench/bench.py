@@ -439,6 +439,13 @@ class Workload:
 def measure(srv: Server, wl: Workload, path: str, runs: int, duration: float, lg: str) -> dict:
     """`runs` runs of one workload; the median run by its headline metric, and the peak RSS."""
     samples = []
+    if runs > 1:
+        # One discarded run: connections, page cache and the server's lazily built state warm up
+        # the same way for every server, instead of favouring whichever runs second.
+        if wl.tool == "loadgen":
+            loadgen(lg, srv.port, wl.method, wl.keys, wl.conns, min(duration, 1.0), wl.suffix)
+        else:
+            wrk(srv.port, wl.lua, wl.conns, min(duration, 1.0), path)
     srv.reset_peak()
     for _ in range(runs):
         if wl.tool == "loadgen":
@@ -516,6 +523,8 @@ def main_workloads(cfg, kinds: list[Kind], lg: str, results: dict, notes: list[s
     nars_file = os.path.join(work, "nars.txt")
     t = time.monotonic()
     gen_cache(root, cfg.paths, keys_file, nar_sizes=[MIB, cfg.big, cfg.put_size], nars_file=nars_file)
+    # Write-back of the freshly generated files must not land in the first server's runs.
+    os.sync()
     log(f"generated {cfg.paths} narinfos and NARs of 1 MiB, {cfg.big // MIB} MiB, {cfg.put_size // MIB} MiB "
         f"in {time.monotonic() - t:.1f}s")
     nars = [line.split() for line in open(nars_file)]
@@ -599,6 +608,7 @@ def growth(cfg, kinds: list[Kind], lg: str, results: dict) -> None:
         t = time.monotonic()
         gen_cache(root, n, keys_file, start=have)
         have = n
+        os.sync()
         log(f"growth: {n} narinfos ({time.monotonic() - t:.1f}s to write)")
         key0 = open(keys_file).readline().strip()
         for kind in kinds:
@@ -749,6 +759,11 @@ def first_line(argv: list[str]) -> str:
         return "?"
 
 
+def harmonia_version(binary: str) -> str:
+    # harmonia-cache has no --version (it starts serving instead): name it by HARMONIA_VERSION.
+    return f"{os.environ.get('HARMONIA_VERSION', 'version not given (set HARMONIA_VERSION)')} ({binary})"
+
+
 def machine() -> list[str]:
     model = "?"
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout if shutil.which("lscpu") else ""
@@ -764,7 +779,7 @@ def machine() -> list[str]:
         f"- {first_line(['nginx', '-v'])}; {first_line(['wrk', '--version'])}; "
         f"{first_line(['nix', '--version']) if shutil.which('nix') else 'nix: not installed'}; "
         f"Python {sys.version.split()[0]}"
-        + (f"; harmonia: {first_line([os.environ['HARMONIA_BIN'], '--version'])}" if os.environ.get("HARMONIA_BIN") else ""),
+        + (f"; harmonia: {harmonia_version(os.environ['HARMONIA_BIN'])}" if os.environ.get("HARMONIA_BIN") else ""),
     ]
 
 

@@ -273,10 +273,19 @@ impl Upload for FsUpload {
         let temp = self.temp.clone();
         let target = self.target.clone();
         let created = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
-            file.sync_all()?;
+            // fdatasync: the size and block map a new file needs to be read back are data
+            // for it; timestamps are not worth a second journal write.
+            file.sync_data()?;
             drop(file);
             let parent = target.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(parent)?;
+            if !parent.is_dir() {
+                std::fs::create_dir_all(parent)?;
+                // A new folder (`nar/`, `log/`, …) is itself an entry of its parent: make
+                // that durable too, or a crash could lose the folder with what is in it.
+                if let Some(grandparent) = parent.parent() {
+                    std::fs::File::open(grandparent)?.sync_all()?;
+                }
+            }
             let existed = std::fs::symlink_metadata(&target).is_ok();
             std::fs::rename(&temp, &target)?;
             // Make the rename itself durable, not just the file's bytes.
