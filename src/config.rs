@@ -76,6 +76,25 @@ pub struct Args {
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
     pub shutdown_timeout: u64,
+
+    /// PEM file with the TLS certificate chain (the server's certificate first). With
+    /// NIX_STORED_TLS_KEY, the server speaks HTTPS (HTTP/2 and HTTP/1.1) instead of HTTP.
+    /// Reloaded on SIGHUP and when it changes.
+    #[arg(long, env = "NIX_STORED_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
+    #[arg(long, env = "NIX_STORED_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+}
+
+/// The certificate chain and private key files of HTTPS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
 }
 
 /// A user name and its password.
@@ -131,6 +150,8 @@ pub struct Config {
     pub body_timeout: std::time::Duration,
     /// Grace period on shutdown.
     pub shutdown_timeout: std::time::Duration,
+    /// HTTPS certificate and key; `None` serves plain HTTP.
+    pub tls: Option<TlsFiles>,
 }
 
 /// A configuration problem, reported as one line before exiting.
@@ -206,6 +227,19 @@ impl Config {
         if args.body_timeout == 0 {
             return Err(err("NIX_STORED_BODY_TIMEOUT must be at least 1 second"));
         }
+        // An empty variable counts as unset, as a blanked-out line in an env file means.
+        let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+        let tls =
+            match (nonempty(args.tls_cert), nonempty(args.tls_key)) {
+                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+                (None, None) => None,
+                (Some(_), None) => return Err(err(
+                    "NIX_STORED_TLS_CERT is set but NIX_STORED_TLS_KEY is not: HTTPS needs both",
+                )),
+                (None, Some(_)) => return Err(err(
+                    "NIX_STORED_TLS_KEY is set but NIX_STORED_TLS_CERT is not: HTTPS needs both",
+                )),
+            };
         Ok(Config {
             path: args.path,
             listen,
@@ -218,6 +252,7 @@ impl Config {
             store_dir,
             body_timeout: std::time::Duration::from_secs(args.body_timeout),
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            tls,
         })
     }
 
@@ -234,8 +269,11 @@ impl Config {
                 format!("{} (password redacted)", c.user)
             })
         };
+        let tls = self.tls.as_ref().map_or("off".to_owned(), |t| {
+            format!("cert:{},key:{}", t.cert.display(), t.key.display())
+        });
         format!(
-            "path={} listen={} read_user={} write_user={} anonymous_writes={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s",
+            "path={} listen={} read_user={} write_user={} anonymous_writes={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s tls={}",
             self.path.display(),
             self.listen,
             user(&self.read_user),
@@ -247,6 +285,7 @@ impl Config {
             self.store_dir.as_str(),
             self.body_timeout.as_secs(),
             self.shutdown_timeout.as_secs(),
+            tls,
         )
     }
 }
@@ -390,6 +429,26 @@ mod tests {
         let c = parse(&["--user-write", "w", "--user-write-pass", "hunter2"]).unwrap();
         assert!(!c.summary().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn tls_needs_both_files() {
+        assert!(parse(&[]).unwrap().tls.is_none());
+        let cert_only = parse(&["--tls-cert", "/c.pem"]).unwrap_err().0;
+        assert!(
+            cert_only.contains("NIX_STORED_TLS_KEY is not"),
+            "{cert_only}"
+        );
+        let key_only = parse(&["--tls-key", "/k.pem"]).unwrap_err().0;
+        assert!(
+            key_only.contains("NIX_STORED_TLS_CERT is not"),
+            "{key_only}"
+        );
+        let both = parse(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]).unwrap();
+        let files = both.tls.as_ref().unwrap();
+        assert_eq!(files.cert, Path::new("/c.pem"));
+        assert_eq!(files.key, Path::new("/k.pem"));
+        assert!(both.summary().contains("tls=cert:/c.pem,key:/k.pem"));
     }
 
     #[test]

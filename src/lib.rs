@@ -10,6 +10,7 @@ pub mod logging;
 pub mod server;
 pub mod storage;
 pub mod systemd;
+pub mod tls;
 
 use std::sync::Arc;
 
@@ -26,6 +27,13 @@ pub struct StartError(String);
 
 /// Opens the storage, binds the address and serves until a termination signal.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    // Before anything is created on disk: a bad certificate is a configuration error.
+    let tls = match &config.tls {
+        Some(files) => Some(Arc::new(
+            tls::Tls::load(files).map_err(|e| StartError(e.to_string()))?,
+        )),
+        None => None,
+    };
     let storage = FsStorage::open(&config.path, config.store_dir.as_str()).map_err(|e| {
         StartError(format!(
             "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
@@ -70,7 +78,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
-    tracing::info!("listening on http://{addr}{origin}");
+    let scheme = match &tls {
+        Some(tls) => {
+            tls.spawn_reloader()
+                .map_err(|e| StartError(format!("cannot handle SIGHUP: {e}")))?;
+            "https"
+        }
+        None => "http",
+    };
+    tracing::info!("listening on {scheme}://{addr}{origin}");
     systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let app = Arc::new(AppState {
@@ -79,7 +95,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         body_timeout: config.body_timeout,
         cache_policy,
     });
-    server::serve(listener, app, config.shutdown_timeout)
-        .await
-        .map_err(|e| StartError(format!("server failed: {e}")))
+    match tls {
+        Some(tls) => server::serve_tls(listener, app, config.shutdown_timeout, tls).await,
+        None => server::serve(listener, app, config.shutdown_timeout).await,
+    }
+    .map_err(|e| StartError(format!("server failed: {e}")))
 }
