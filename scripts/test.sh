@@ -4,11 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v nix >/dev/null || [ ! -x /bin/busybox ]; then
+if ! command -v nix >/dev/null || [ ! -x /bin/busybox ] || ! command -v curl >/dev/null ||
+  ! command -v openssl >/dev/null; then
   apt-get update
   # --no-install-recommends: the recommended nix-setup-systemd brings a daemon and
   # build users the tests do not want; as root, Nix uses /nix/store directly.
-  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin busybox-static
+  # curl and openssl: the HTTPS tests make certificates and speak HTTP/2 with them.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin busybox-static \
+    curl openssl ca-certificates
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

@@ -25,6 +25,8 @@ const VARIABLES: &[&str] = &[
     "NIX_STORED_STORE_DIR",
     "NIX_STORED_BODY_TIMEOUT",
     "NIX_STORED_SHUTDOWN_TIMEOUT",
+    "NIX_STORED_TLS_CERT",
+    "NIX_STORED_TLS_KEY",
 ];
 
 const SECRET: &str = "Sup3r-s3cret-frobozz";

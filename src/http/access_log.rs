@@ -13,8 +13,8 @@ use crate::logging;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Handles the request, tags the answer with an id, and logs method, path, status,
-/// bytes in and out, duration (to the response headers), user and id.
+/// Handles the request, tags the answer with an id, and logs method, path, HTTP
+/// version, status, bytes in and out, duration (to the response headers), user and id.
 pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
@@ -23,6 +23,7 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     // request line parser only lets printable ASCII through, so it needs no escaping.
     let path = req.uri().path().to_owned();
     let bytes_in = content_length(req.headers());
+    let version = version_text(req.version());
     let mut resp = objects::handle(app, req).await;
     let mut hex = [0u8; 16];
     let id_text = hex_id(id, &mut hex);
@@ -40,13 +41,26 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
                 .unwrap_or_else(|| content_length(resp.headers()))
         };
         logging::access(format_args!(
-            "{method} {path} {} in={bytes_in} out={bytes_out} {}us user={} id={id_text}",
+            "{method} {path} {version} {} in={bytes_in} out={bytes_out} {}us user={} id={id_text}",
             resp.status().as_u16(),
             started.elapsed().as_micros(),
             principal_of(&resp),
         ));
     }
     resp
+}
+
+/// The version as a request line writes it (HTTP/2 has no request line; `HTTP/2` as
+/// curl and nginx print it).
+fn version_text(v: hyper::Version) -> &'static str {
+    match v {
+        hyper::Version::HTTP_11 => "HTTP/1.1",
+        hyper::Version::HTTP_2 => "HTTP/2",
+        hyper::Version::HTTP_10 => "HTTP/1.0",
+        hyper::Version::HTTP_09 => "HTTP/0.9",
+        hyper::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/?",
+    }
 }
 
 /// `id` in lowercase hex, without allocating.

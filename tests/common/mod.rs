@@ -9,6 +9,8 @@
 //! signatures) are built directly from the formats Nix documents.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -110,14 +112,14 @@ impl ServerBuilder {
         cmd
     }
 
-    /// Spawns the server and waits (at most 20 s) for its `listening on http://` line;
-    /// panics with the log otherwise.
+    /// Spawns the server and waits (at most 20 s) for its `listening on http://` (or
+    /// `https://`) line; panics with the log otherwise.
     pub fn start(self) -> Server {
         let owns_dir = self.dir.is_none();
         let dir = self.dir.clone().unwrap_or_else(|| temp_dir("store"));
         let mut child = self.command(&dir).spawn().expect("spawn nix-stored");
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
-        let (tx, rx) = mpsc::channel::<String>();
+        let (tx, rx) = mpsc::channel::<(&'static str, String)>();
         let stderr = child.stderr.take().expect("piped stderr");
         let sink = Arc::clone(&log);
         std::thread::spawn(move || {
@@ -131,22 +133,27 @@ impl ServerBuilder {
                         let line = String::from_utf8_lossy(&buf)
                             .trim_end_matches(['\n', '\r'])
                             .to_owned();
-                        if let Some(rest) = line.split("listening on http://").nth(1) {
-                            let addr: String = rest
-                                .chars()
-                                .take_while(|c| !c.is_whitespace() && *c != '/')
-                                .collect();
-                            let _ = tx.send(addr);
+                        for scheme in ["http", "https"] {
+                            let marker = format!("listening on {scheme}://");
+                            if let Some(rest) = line.split(&marker).nth(1) {
+                                let addr: String = rest
+                                    .chars()
+                                    .take_while(|c| !c.is_whitespace() && *c != '/')
+                                    .collect();
+                                let _ = tx.send((scheme, addr));
+                            }
                         }
                         sink.lock().unwrap().push(line);
                     }
                 }
             }
         });
-        let mut addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a
-                .parse::<SocketAddr>()
-                .unwrap_or_else(|e| panic!("bad listening address {a:?}: {e}")),
+        let (scheme, mut addr) = match rx.recv_timeout(START_TIMEOUT) {
+            Ok((scheme, a)) => (
+                scheme,
+                a.parse::<SocketAddr>()
+                    .unwrap_or_else(|e| panic!("bad listening address {a:?}: {e}")),
+            ),
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();
@@ -169,6 +176,7 @@ impl ServerBuilder {
         }
         Server {
             addr,
+            scheme,
             dir,
             owns_dir,
             child: Some(child),
@@ -212,6 +220,8 @@ impl ServerBuilder {
 /// A running server; killed (and its own temp dir removed) on drop.
 pub struct Server {
     pub addr: SocketAddr,
+    /// `http` or `https`, as the server announced.
+    pub scheme: &'static str,
     pub dir: PathBuf,
     owns_dir: bool,
     child: Option<Child>,
@@ -219,9 +229,10 @@ pub struct Server {
 }
 
 impl Server {
-    /// `http://127.0.0.1:PORT` (loopback even when listening on every address).
+    /// `http://127.0.0.1:PORT` (loopback even when listening on every address), or
+    /// `https://…` for a server with a certificate.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     /// Process id (0 once stopped).
