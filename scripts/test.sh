@@ -11,7 +11,7 @@ if ! command -v nix >/dev/null || [ ! -x /bin/busybox ] || ! command -v curl >/d
   # build users the tests do not want; as root, Nix uses /nix/store directly.
   # curl and openssl: the HTTPS tests make certificates and speak HTTP/2 with them.
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin busybox-static \
-    curl openssl ca-certificates
+    curl openssl
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

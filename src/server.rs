@@ -10,6 +10,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
+use crate::http::body::Body;
 use crate::http::AppState;
 use crate::tls::Tls;
 
@@ -238,11 +239,15 @@ async fn serve_h2(
         service_fn(move |req| {
             let app = app.clone();
             let stream = activity.begin();
+            let head = req.method() == hyper::Method::HEAD;
             async move {
-                let resp = crate::http::serve_request(app, req).await;
-                // The stream counts as open until hyper drops the body, once sent.
+                let mut resp = crate::http::serve_request(app, req).await;
+                if head {
+                    without_body(&mut resp);
+                }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
+                    // The stream counts as open until hyper drops the body, once sent.
                     _stream: stream,
                 }))
             }
@@ -268,6 +273,20 @@ async fn serve_h2(
     tokio::time::timeout(H2_CLOSE_TIMEOUT, conn)
         .await
         .unwrap_or(Ok(()))
+}
+
+/// Turns a GET answer into the HEAD answer. hyper's HTTP/1 side drops the body of an
+/// answer to HEAD and still announces its length; its HTTP/2 side would send the body
+/// as DATA frames, which curl (and so Nix) rejects as a protocol error.
+fn without_body(resp: &mut crate::http::Response) {
+    use hyper::body::Body as _;
+    if !resp.headers().contains_key(hyper::header::CONTENT_LENGTH) {
+        if let Some(len) = resp.body().size_hint().exact() {
+            resp.headers_mut()
+                .insert(hyper::header::CONTENT_LENGTH, len.into());
+        }
+    }
+    *resp.body_mut() = Body::Empty;
 }
 
 /// Requests in progress on one HTTP/2 connection, and when the last one ended.
@@ -336,7 +355,7 @@ impl Drop for OpenStream {
 
 /// A response body that keeps its request counted as in progress.
 struct Tracked {
-    body: crate::http::body::Body,
+    body: Body,
     _stream: OpenStream,
 }
 

@@ -52,6 +52,9 @@ static CALLS: AtomicU64 = AtomicU64::new(0);
 /// cache for every call (Nix remembers hits and misses across calls otherwise).
 struct Nix {
     work: PathBuf,
+    /// The CA file Nix trusts for HTTPS (`NIX_SSL_CERT_FILE`: Nix 2.8 has no
+    /// `ssl-cert-file` setting yet, later versions read the variable too).
+    ca_file: Option<String>,
     _turn: MutexGuard<'static, ()>,
 }
 
@@ -88,18 +91,26 @@ impl Nix {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
-        Some(Nix { work, _turn: turn })
+        Some(Nix {
+            work,
+            ca_file: None,
+            _turn: turn,
+        })
     }
 
     fn run(&self, prog: &str, args: &[&str]) -> Output {
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let out = Command::new(prog)
-            .args(args)
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
             .current_dir(&self.work)
             .env("NIX_CONF_DIR", self.work.join("conf"))
             .env("XDG_CACHE_HOME", self.work.join(format!("xdg-{n}")))
-            .output()
-            .unwrap();
+            .env_remove("SSL_CERT_FILE")
+            .env_remove("NIX_SSL_CERT_FILE");
+        if let Some(ca) = &self.ca_file {
+            cmd.env("NIX_SSL_CERT_FILE", ca);
+        }
+        let out = cmd.output().unwrap();
         eprintln!(
             "$ {prog} {} -> {}\n{}",
             args.join(" "),
@@ -500,4 +511,74 @@ fn two_gib_nar_streams_through_in_constant_memory() {
         peak < 200 * 1024,
         "server peak RSS {peak} KiB for a 2 GiB NAR"
     );
+}
+
+/// HTTPS with a self-signed certificate: Nix trusts it through `NIX_SSL_CERT_FILE`
+/// (and refuses it without), and its curl negotiates HTTP/2 for uploads and lookups.
+#[test]
+fn https_upload_and_substitution_over_http2() {
+    let Some(mut nix) = Nix::new() else { return };
+    let certs = temp_dir("nix-tls");
+    let cert = tls::TestCert::generate(&certs, "nix-stored-test", tls::KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new().tls(&cert).start();
+    let url = s.url();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let ca = cert.cert.to_str().unwrap().to_owned();
+    let c = nix.build();
+    let (sk, pk) = nix.keys();
+    let to = format!("{url}?compression=zstd&secret-key={sk}");
+
+    nix.fails("nix", &["copy", "--to", &to, &c.app]);
+    assert_eq!(files_below(&s.dir), vec!["nix-cache-info"]);
+    nix.ca_file = Some(ca.clone());
+    nix.copy_to(&to, &c.app);
+    assert_eq!(
+        files_below(&s.dir)
+            .iter()
+            .filter(|f| f.ends_with(".narinfo"))
+            .count(),
+        3
+    );
+
+    let before = app_contents(&c);
+    nix.delete(&c);
+    let subst = [
+        "-r",
+        c.app.as_str(),
+        "--option",
+        "substituters",
+        url.as_str(),
+        "--option",
+        "trusted-public-keys",
+        pk.as_str(),
+    ];
+    nix.ca_file = None;
+    nix.fails("nix-store", &subst);
+    assert!(!nix.valid(&c.app));
+    nix.ca_file = Some(ca);
+    nix.ok("nix-store", &subst);
+    assert_eq!(app_contents(&c), before);
+
+    // Every request Nix made came over HTTP/2: uploads, lookups and NAR downloads.
+    let http2 = |log: &str, method: &str, suffix: &str| {
+        log.lines().any(|l| {
+            l.contains(&format!(" {method} /"))
+                && l.contains(" HTTP/2 ")
+                && l.split(' ').any(|w| w.ends_with(suffix))
+        })
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || {
+            let log = s.log();
+            http2(&log, "PUT", ".narinfo")
+                && http2(&log, "PUT", ".nar.zst")
+                && http2(&log, "GET", ".narinfo")
+                && http2(&log, "GET", ".nar.zst")
+        }),
+        "{}",
+        s.log()
+    );
+    assert!(!s.log().contains(" HTTP/1.1 "), "{}", s.log());
+    drop(s);
+    let _ = std::fs::remove_dir_all(&certs);
 }

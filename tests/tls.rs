@@ -150,6 +150,34 @@ fn uploads_and_many_lookups_share_one_http2_connection() {
     ]);
     assert_eq!(stdout(&out), info.render());
 
+    // HEAD, as Nix asks before uploading a NAR: no body over HTTP/2 (curl rejects
+    // DATA frames in an answer to HEAD), hit and miss.
+    for (path, code, length) in [
+        (format!("/{}", info.url), "200", nar.len().to_string()),
+        (
+            format!("/{}.narinfo", store_hash("absent")),
+            "404",
+            String::new(),
+        ),
+    ] {
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "--http2",
+            "-I",
+            "-w",
+            "%{http_version} %{response_code}",
+            &format!("{}{path}", s.url()),
+        ]);
+        assert!(out.status.success(), "HEAD {path} over HTTP/2\n{}", s.log());
+        let text = stdout(&out);
+        assert!(text.ends_with(&format!("2 {code}")), "{text}");
+        assert!(
+            text.contains(&format!("content-length: {length}")),
+            "{text}"
+        );
+    }
+
     // 100 narinfo lookups in parallel, as Nix makes them: one connection, HTTP/2.
     let mut args: Vec<String> = [
         "--cacert",
