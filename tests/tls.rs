@@ -628,3 +628,52 @@ fn bad_certificates_and_keys_stop_the_server_at_start() {
     assert!(line.contains("unencrypted"), "{line}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An upload refused before its body is read (401, 413) reaches curl as that status
+/// over HTTP/2, not as a reset stream ("Stream error in the HTTP/2 framing layer",
+/// which makes Nix retry and hide the reason).
+#[test]
+fn uploads_refused_early_get_their_status_over_http2() {
+    let dir = cert_dir();
+    let cert = TestCert::generate(&dir, "refused", KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new()
+        .tls(&cert)
+        .env("NIX_STORED_USER_WRITE", "writer")
+        .env("NIX_STORED_USER_WRITE_PASS", "w-secret")
+        .env("NIX_STORED_MAX_UPLOAD_SIZE", "1M")
+        .start();
+    let ca = cert.cert.to_str().unwrap();
+    let nar = nar_of(&vec![7u8; 4 << 20]);
+    let file = dir.join("big.nar");
+    std::fs::write(&file, &nar).unwrap();
+    let url = format!("{}/nar/{}.nar", s.url(), nix32_sha256(&nar));
+    for (what, user, code) in [
+        ("no credentials", None, "401"),
+        ("too large", Some("writer:w-secret"), "413"),
+    ] {
+        for _ in 0..3 {
+            let mut args = vec![
+                "--cacert",
+                ca,
+                "--http2",
+                "-T",
+                file.to_str().unwrap(),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_version} %{response_code}",
+            ];
+            if let Some(u) = user {
+                args.extend(["-u", u]);
+            }
+            args.push(&url);
+            let out = curl(&args);
+            assert!(out.status.success(), "{what}: curl failed\n{}", s.log());
+            assert_eq!(stdout(&out), format!("2 {code}"), "{what}");
+        }
+    }
+    assert_eq!(files_below(&s.dir), vec!["nix-cache-info"]);
+    // The connection and the server are fine afterwards.
+    assert_eq!(presented(&s), cert.der());
+    let _ = std::fs::remove_dir_all(&dir);
+}

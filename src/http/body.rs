@@ -92,3 +92,39 @@ impl Stream for Chunks {
         }
     }
 }
+
+/// The most an early answer makes the server read and throw away of an HTTP/2 upload.
+const DISCARD_LIMIT: u64 = 64 << 20;
+
+/// Reads and throws away, in the background, a request body that an answer given
+/// before reading it (401, 403, 413, a bad key) left unread, so that the client can
+/// read that answer.
+///
+/// Only for HTTP/2: dropping the body there resets the stream (`RST_STREAM` with
+/// `NO_ERROR`, as RFC 9113 §8.1 allows), and libcurl (so Nix) then reports "Stream
+/// error in the HTTP/2 framing layer" and retries instead of showing the status. Over
+/// HTTP/1.1 the connection is closed instead, which curl handles. Bodies declared
+/// larger than [`DISCARD_LIMIT`] are not worth the bandwidth and are reset at once;
+/// the drain also stops at that limit and when the client goes idle for `idle`.
+pub fn discard_unread(body: Incoming, headers: &hyper::HeaderMap, idle: std::time::Duration) {
+    if hyper::body::Body::is_end_stream(&body) {
+        return;
+    }
+    let declared = headers
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > DISCARD_LIMIT) {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut chunks = Chunks(body);
+        let mut read = 0u64;
+        while read <= DISCARD_LIMIT {
+            match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut chunks)).await {
+                Ok(Some(Ok(data))) => read += data.len() as u64,
+                _ => break,
+            }
+        }
+    });
+}

@@ -6,7 +6,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{HeaderMap, Method, Request, StatusCode};
 
 use super::auth::{Access, Principal};
-use super::body::{Body, Chunks};
+use super::body::{self, Body, Chunks};
 use super::error::HttpError;
 use super::range::{self, RangeRequest};
 use super::{AppState, Response};
@@ -23,6 +23,23 @@ const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
 /// Handles every request: authorises it, validates the key, dispatches on the method.
 pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    let resp = authorised(app, &parts, &mut body).await;
+    if let Some(unread) = body {
+        if parts.version == hyper::Version::HTTP_2 {
+            body::discard_unread(unread, &parts.headers, app.body_timeout);
+        }
+    }
+    resp
+}
+
+/// Answers the request, taking `body` only once the upload is accepted: an answer
+/// given before leaves it there (see [`body::discard_unread`]).
+async fn authorised(
+    app: &AppState,
+    parts: &hyper::http::request::Parts,
+    body: &mut Option<Incoming>,
+) -> Response {
     let access = match parts.method {
         Method::GET | Method::HEAD => Access::Read,
         Method::PUT => Access::Write,
@@ -46,7 +63,7 @@ async fn dispatch(
     method: &Method,
     path: &str,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut Option<Incoming>,
 ) -> Result<Response, HttpError> {
     let key = match ObjectKey::parse(path) {
         Ok(k) => k,
@@ -195,7 +212,7 @@ async fn put(
     app: &AppState,
     key: &ObjectKey,
     headers: &HeaderMap,
-    body: Incoming,
+    body: &mut Option<Incoming>,
 ) -> Result<Response, HttpError> {
     let encoded = headers
         .get(header::CONTENT_ENCODING)
@@ -211,6 +228,11 @@ async fn put(
     // that sent `Expect: 100-continue` then keeps its body and can retry.
     app.cache.precheck_upload(key, declared)?;
 
+    let Some(body) = body.take() else {
+        return Err(HttpError::Cache(crate::cache::CacheError::BodyBroken(
+            "request body already taken".into(),
+        )));
+    };
     let timeout = app.body_timeout;
     let stream = Chunks(body);
     let body = Box::pin(futures_util::stream::unfold(
