@@ -43,6 +43,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         },
     );
     cache.start_index();
+    if config.metrics {
+        cache.start_usage_count();
+    }
     let auth = Auth::new(
         config.read_user.as_ref(),
         config.write_user.as_ref(),
@@ -78,6 +81,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         auth,
         body_timeout: config.body_timeout,
         cache_policy,
+        metrics: http::metrics::Metrics::default(),
+        metrics_enabled: config.metrics,
     });
     server::serve(listener, app, config.shutdown_timeout)
         .await

@@ -134,7 +134,7 @@ impl ServerBuilder {
                         if let Some(rest) = line.split("listening on http://").nth(1) {
                             let addr: String = rest
                                 .chars()
-                                .take_while(|c| !c.is_whitespace() && *c != '/')
+                                .take_while(|c| !c.is_whitespace() && *c != '/' && *c != '"')
                                 .collect();
                             let _ = tx.send(addr);
                         }
@@ -144,9 +144,15 @@ impl ServerBuilder {
             }
         });
         let mut addr = match rx.recv_timeout(START_TIMEOUT) {
-            Ok(a) => a
-                .parse::<SocketAddr>()
-                .unwrap_or_else(|e| panic!("bad listening address {a:?}: {e}")),
+            Ok(a) => match a.parse::<SocketAddr>() {
+                Ok(addr) => addr,
+                Err(e) => {
+                    // A leaked server would keep the build lock's descriptor open.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("bad listening address {a:?}: {e}")
+                }
+            },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();

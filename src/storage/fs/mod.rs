@@ -20,6 +20,7 @@ use read::Opened;
 
 use super::{
     ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
+    Usage,
 };
 
 /// Name of the directory holding uploads in progress. Starts with a dot, which no
@@ -210,9 +211,42 @@ impl Storage for FsStorage {
         Ok(true)
     }
 
+    async fn usage(&self) -> Result<Option<Usage>> {
+        let root = self.root.clone();
+        let usage = tokio::task::spawn_blocking(move || count_files(&root))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(StorageError::from_io)?;
+        Ok(Some(usage))
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
     }
+}
+
+/// Counts the regular files below `root` and their sizes, leaving out pending uploads.
+fn count_files(root: &Path) -> std::io::Result<Usage> {
+    let mut usage = Usage::default();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if dir != root || entry.file_name() != TMP_DIR {
+                    dirs.push(entry.path());
+                }
+            } else if kind.is_file() {
+                // A file removed since it was listed is simply not counted.
+                if let Ok(meta) = entry.metadata() {
+                    usage.objects += 1;
+                    usage.bytes += meta.len();
+                }
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
