@@ -97,7 +97,11 @@ let
   # DynamicUser= services can only own what systemd creates for them: dataDir must be
   # a StateDirectory=, i.e. below /var/lib (mount a disk there for a large cache).
   stateDirMatch = match "/var/lib/([A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*)" dataDir;
-  stateDirectory = if stateDirMatch == null then null else builtins.head stateDirMatch;
+  stateDirectory =
+    if stateDirMatch == null || matches ".*/\\.\\.?(/.*)?" dataDir then
+      null
+    else
+      builtins.head stateDirMatch;
 
   # --- users --------------------------------------------------------------------------
   secretFileProblems =
