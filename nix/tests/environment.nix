@@ -6,22 +6,7 @@ let
   compute = import ../environment.nix;
   storeDir = builtins.storeDir;
 
-  # The module's defaults.
-  defaults = {
-    dataDir = "/var/lib/nix-stored";
-    listenAddress = "127.0.0.1";
-    port = 8100;
-    priority = 30;
-    logLevel = "info";
-    maxUploadSize = "32G";
-    trustedPublicKeys = [ ];
-    readUser = null;
-    writeUser = null;
-    settings = { };
-    credentialFiles = { };
-    socketActivation = false;
-    openFirewall = false;
-  };
+  defaults = import ./module-defaults.nix;
   with' = overrides: compute (defaults // overrides);
 
   key = "laptop-1:0rkO2+8QV3zuiYpwv3F3ShwUhAcQzZdy9TiIQkbBmnY=";
