@@ -65,6 +65,8 @@
                   ./flake.nix
                   ./nix
                   ./scripts/check-nix.sh
+                  # Its nix examples are checked too.
+                  ./README.md
                 ];
               };
             }
