@@ -4,12 +4,7 @@
 # builtins, evaluated on its own by scripts/check-nix.sh against `nix-stored --help`).
 # Typed options cover the common settings; any other server setting (present or
 # future) is reachable through `settings`, keyed by its NIX_STORED_* variable.
-{
-  config,
-  lib,
-  pkgs,
-  ...
-}:
+{ config, lib, ... }:
 let
   inherit (lib)
     literalExpression

@@ -8,7 +8,6 @@
 #              uploads are allowed
 { self, pkgs }:
 let
-  inherit (pkgs) lib;
   port = 8100;
   activatedPort = 8101;
   storeDir = builtins.storeDir;
