@@ -73,7 +73,7 @@
             ''
               export HOME=$TMPDIR
               cd $src
-              bash scripts/check-nix.sh ${lib.getExe (packageFor pkgs)}
+              bash scripts/check-nix.sh --no-store ${lib.getExe (packageFor pkgs)}
               touch $out
             '';
 

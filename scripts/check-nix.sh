@@ -11,11 +11,22 @@
 #     `nix-stored --help`; every variable --help lists is reachable from the module
 #     (typed option, `settings`, or a secret's file form); then the same comparison
 #     against a doctored --help, which must fail, so this check is known to bite;
-#  4. every nix.conf setting the client module emits is one the Nix client knows.
+#  4. every nix.conf setting the client module emits is one the Nix client knows;
+#  5. the client's post-build-hook (nix/upload-hook.sh, with the upload URL the client
+#     helper computes) run by the real Nix client after a real build: it signs and
+#     uploads the build to the real server (which checks the signature), and a
+#     build still succeeds when the server is down. Needs a usable Nix store
+#     (root on Debian with nix-bin, as scripts/test.sh runs it); --no-store skips
+#     it, for the flake's build sandbox, which has none.
 #
-# Usage: scripts/check-nix.sh [SERVER-BINARY]   (default: target/debug/nix-stored,
-# built by the cargo steps of scripts/test.sh)
+# Usage: scripts/check-nix.sh [--no-store] [SERVER-BINARY]
+#   (default binary: target/debug/nix-stored, built by the cargo steps of scripts/test.sh)
 set -euo pipefail
+with_store=1
+if [ "${1:-}" = --no-store ]; then
+  with_store=0
+  shift
+fi
 bin=$(realpath "${1:-$(dirname "$0")/../target/debug/nix-stored}")
 cd "$(dirname "$0")/.."
 if [ ! -x "$bin" ]; then
@@ -159,6 +170,97 @@ if [ -z "$unknown_settings" ]; then
   echo "ok    $(echo $client_settings) are settings of $(nix --version)"
 else
   fail "nix.settings the client module emits that $(nix --version) does not know: $unknown_settings"
+fi
+
+echo "== 5. the client's post-build-hook, run by the real Nix client, against the real server"
+if [ "$with_store" = 0 ]; then
+  echo "      skipped (--no-store)"
+else
+  work=$(mktemp -d)
+  server_pid=
+  cleanup() {
+    if [ -n "$server_pid" ]; then kill "$server_pid" 2>/dev/null || true; fi
+    rm -rf "$work" "$nix_settings"
+  }
+  trap cleanup EXIT
+  start_server() {
+    "$bin" 2>>"$work/server.log" &
+    server_pid=$!
+    for _ in $(seq 100); do
+      addr=$(grep -oE 'listening on http://[0-9.]+:[0-9]+' "$work/server.log" | tail -1 | sed 's|.*http://||' || true)
+      [ -n "$addr" ] && return 0
+      sleep 0.1
+    done
+    fail "the server did not start: $(cat "$work/server.log")"
+    return 1
+  }
+  # Nix as in the cargo tests: its own configuration and client-side cache, no
+  # sandbox (the builder is the static busybox), root using /nix/store directly.
+  mkdir -p "$work/conf" "$work/cache"
+  nix-store --generate-binary-cache-key check-nix-1 "$work/signing-key" "$work/signing-key.pub"
+  head -c 18 /dev/urandom | base64 >"$work/write-password"
+  export NIX_STORED_PATH=$work/cache NIX_STORED_LISTEN_INTERFACE=127.0.0.1:0 \
+    NIX_STORED_USER_WRITE=writer NIX_STORED_USER_WRITE_PASSFILE=$work/write-password \
+    NIX_STORED_TRUSTED_PUBLIC_KEYS="$(cat "$work/signing-key.pub")"
+  if start_server; then
+    echo "machine 127.0.0.1 login writer password $(cat "$work/write-password")" >"$work/netrc"
+    upload_url=$(nix_eval -E "(import ./nix/client-settings.nix {
+        url = \"http://$addr\";
+        publicKeys = [ ];
+        netrcFile = \"$work/netrc\";
+        upload = { enable = true; secretKeyFile = \"$work/signing-key\"; compression = \"zstd\"; };
+        hook = null;
+      }).uploadUrl" | json_string_lines)
+    # What nix/client.nix's wrapper does, with this machine's nix.
+    printf '#!/bin/sh\nexec bash %q %q %q\n' "$PWD/nix/upload-hook.sh" "$(dirname "$(command -v nix)")" "$upload_url" >"$work/hook"
+    chmod +x "$work/hook"
+    cat >"$work/conf/nix.conf" <<CONF
+build-users-group =
+sandbox = false
+substituters =
+post-build-hook = $work/hook
+secret-key-files = $work/signing-key
+netrc-file = $work/netrc
+CONF
+    cat >"$work/build.nix" <<'NIX'
+{ tag }:
+derivation {
+  name = "nix-stored-check-nix-${tag}";
+  system = builtins.currentSystem;
+  builder = "/bin/busybox";
+  args = [ "sh" "-c" "echo built for check-nix ${tag} > $out" ];
+}
+NIX
+    build() {
+      NIX_CONF_DIR=$work/conf XDG_CACHE_HOME=$work/xdg \
+        nix-build --no-out-link "$work/build.nix" --argstr tag "$1" 2>"$work/build-$1.log"
+    }
+    tag="t$$x$(date +%s%N)"
+    if out=$(build "$tag"); then
+      narinfo="$work/cache/$(basename "$out" | cut -c1-32).narinfo"
+      if [ -f "$narinfo" ] && grep -qx "StorePath: $out" "$narinfo" && grep -q '^Sig: check-nix-1:' "$narinfo"; then
+        echo "ok    a build is signed and uploaded by the hook, and the server (trusting only that key) took it"
+      else
+        fail "the hook did not upload $out: $(cat "$work/build-$tag.log" "$work/server.log")"
+      fi
+      nix-store --delete "$out" >/dev/null 2>&1 || true
+    else
+      fail "the build with the hook failed: $(cat "$work/build-$tag.log")"
+    fi
+    kill "$server_pid"
+    wait "$server_pid" || true
+    server_pid=
+    if out=$(build "${tag}down"); then
+      if grep -q "nix-stored: uploading $out to http://$addr failed" "$work/build-${tag}down.log"; then
+        echo "ok    with the server down the build succeeds and the hook logs the failed upload"
+      else
+        fail "no upload failure logged with the server down: $(cat "$work/build-${tag}down.log")"
+      fi
+      nix-store --delete "$out" >/dev/null 2>&1 || true
+    else
+      fail "a build failed because the server was down: $(cat "$work/build-${tag}down.log")"
+    fi
+  fi
 fi
 
 if [ "$failures" -ne 0 ]; then
