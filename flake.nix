@@ -27,12 +27,19 @@
         default = nix-stored;
       });
 
-      # `nix run github:OWNER/nix-stored -- --path ./cache`
+      # `nix run github:OWNER/nix-stored` (flags after `--`, see nix-stored --help).
       apps = forAllSystems (pkgs: {
         default = {
           type = "app";
-          program = lib.getExe (packageFor pkgs);
-          meta.description = "Run the nix-stored server (settings: nix-stored --help)";
+          program = lib.getExe (
+            pkgs.writeShellScriptBin "nix-stored" ''
+              # Tried out by a normal user: the cache goes to the user's data directory
+              # instead of /var/lib/nixStored, unless NIX_STORED_PATH or --path says otherwise.
+              export NIX_STORED_PATH="''${NIX_STORED_PATH:-''${XDG_DATA_HOME:-$HOME/.local/share}/nix-stored}"
+              exec ${lib.getExe (packageFor pkgs)} "$@"
+            ''
+          );
+          meta.description = "Run the nix-stored server on 127.0.0.1:8100";
         };
       });
 
