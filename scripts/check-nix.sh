@@ -49,6 +49,8 @@ nix_eval() { nix-instantiate --store dummy:// --eval --strict --json "$@"; }
 json_string_lines() { sed -e 's/^"//' -e 's/"$//' -e 's/\\n/\n/g'; }
 # A JSON list of plain strings to one per line.
 json_list_lines() { tr -d '[]"' | tr ',' '\n' | sed '/^$/d'; }
+# Lines joined by spaces, for messages.
+oneline() { tr '\n' ' ' <<<"$1" | sed 's/ *$//'; }
 
 echo "== 1. every .nix file parses"
 mapfile -t nix_files < <(find . -name '*.nix' -not -path './target/*' -not -path './.git/*' | sort)
@@ -111,7 +113,7 @@ echo "== 3. services.nix-stored against $bin --help"
 help_vars=$({ "$bin" --help || true; } | { grep -oE '\[env: NIX_STORED_[A-Z0-9_]+' || true; } | sed 's/^\[env: //' | sort -u)
 # A changed --help format must fail here, not compare against nothing.
 if ! grep -qx NIX_STORED_PATH <<<"$help_vars" || ! grep -qx NIX_STORED_LISTEN_INTERFACE <<<"$help_vars"; then
-  fail "$bin --help lists no [env: NIX_STORED_…] (got: $(echo $help_vars))"
+  fail "$bin --help lists no [env: NIX_STORED_…] (got: $(oneline "$help_vars"))"
 fi
 echo "      --help lists $(wc -l <<<"$help_vars") variables"
 
@@ -124,8 +126,9 @@ fi
 
 # Every NIX_STORED_* name written in the Nix files (outside the helper's cases,
 # which name unknown variables on purpose) and in the README's nix examples.
+mapfile -t scanned < <(printf '%s\n' "${nix_files[@]}" | grep -vxE '\./nix/tests/(environment|reachability)\.nix')
 mapfile -t named < <({
-  grep -ohE '\bNIX_STORED_[A-Z0-9_]*[A-Z0-9]' flake.nix $(printf '%s\n' "${nix_files[@]}" | grep -vxE '\./nix/tests/(environment|reachability)\.nix') || true
+  grep -ohE '\bNIX_STORED_[A-Z0-9_]*[A-Z0-9]' "${scanned[@]}" || true
   if [ -f README.md ]; then
     awk '/^```nix/{on=1; next} /^```/{on=0} on' README.md | grep -oE '\bNIX_STORED_[A-Z0-9_]*[A-Z0-9]' || true
   fi
@@ -134,7 +137,7 @@ unknown_named=$(comm -23 <(printf '%s\n' "${named[@]}") <(echo "$help_vars"))
 if [ -z "$unknown_named" ]; then
   echo "ok    the ${#named[@]} NIX_STORED_* names in the Nix files and the README's nix examples are all in --help"
 else
-  fail "named in the Nix files or the README's nix examples but not in --help: $(echo $unknown_named)"
+  fail "named in the Nix files or the README's nix examples but not in --help: $(oneline "$unknown_named")"
 fi
 
 # The check above must bite: a server that renamed NIX_STORED_PRIORITY, and one that
@@ -167,7 +170,7 @@ client_settings=$(nix_eval -E 'builtins.attrNames (import ./nix/client-settings.
 [ "$(wc -l <<<"$client_settings")" -ge 5 ] || fail "the client helper emitted only: $client_settings"
 unknown_settings=$(comm -23 <(echo "$client_settings") <(echo "$known_settings"))
 if [ -z "$unknown_settings" ]; then
-  echo "ok    $(echo $client_settings) are settings of $(nix --version)"
+  echo "ok    $(oneline "$client_settings") are settings of $(nix --version)"
 else
   fail "nix.settings the client module emits that $(nix --version) does not know: $unknown_settings"
 fi
@@ -184,7 +187,10 @@ else
   }
   trap cleanup EXIT
   start_server() {
-    "$bin" 2>>"$work/server.log" &
+    NIX_STORED_PATH=$work/cache NIX_STORED_LISTEN_INTERFACE=127.0.0.1:0 \
+      NIX_STORED_USER_WRITE=writer NIX_STORED_USER_WRITE_PASSFILE=$work/write-password \
+      NIX_STORED_TRUSTED_PUBLIC_KEYS="$(cat "$work/signing-key.pub")" \
+      "$bin" 2>>"$work/server.log" &
     server_pid=$!
     for _ in $(seq 100); do
       addr=$(grep -oE 'listening on http://[0-9.]+:[0-9]+' "$work/server.log" | tail -1 | sed 's|.*http://||' || true)
@@ -199,9 +205,6 @@ else
   mkdir -p "$work/conf" "$work/cache"
   nix-store --generate-binary-cache-key check-nix-1 "$work/signing-key" "$work/signing-key.pub"
   head -c 18 /dev/urandom | base64 >"$work/write-password"
-  export NIX_STORED_PATH=$work/cache NIX_STORED_LISTEN_INTERFACE=127.0.0.1:0 \
-    NIX_STORED_USER_WRITE=writer NIX_STORED_USER_WRITE_PASSFILE=$work/write-password \
-    NIX_STORED_TRUSTED_PUBLIC_KEYS="$(cat "$work/signing-key.pub")"
   if start_server; then
     echo "machine 127.0.0.1 login writer password $(cat "$work/write-password")" >"$work/netrc"
     upload_url=$(nix_eval -E "(import ./nix/client-settings.nix {
