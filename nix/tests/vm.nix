@@ -183,7 +183,10 @@ in
         server.succeed("systemctl stop nix-stored.service")
         result = server.succeed("systemctl show -p Result --value nix-stored.service").strip()
         assert result == "success", result
-        client.succeed("nix-build --no-out-link /etc/nix-stored-vm/build.nix --argstr tag offline")
+        log = client.succeed(
+            "nix-build --no-out-link /etc/nix-stored-vm/build.nix --argstr tag offline 2>&1"
+        )
+        assert "nix-stored: uploading" in log and "failed" in log, log
         server.succeed("systemctl start nix-stored.service")
 
     with subtest("socket activation: systemd listens, the server starts on demand"):
