@@ -65,7 +65,10 @@
         module-settings =
           pkgs.runCommand "nix-stored-check-nix"
             {
-              nativeBuildInputs = [ pkgs.nix ];
+              nativeBuildInputs = [
+                pkgs.nix
+                pkgs.python3
+              ];
               src = lib.fileset.toSource {
                 root = ./.;
                 fileset = lib.fileset.unions [

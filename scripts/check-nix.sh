@@ -4,8 +4,8 @@
 #
 #  1. every .nix file parses (nix-instantiate --parse);
 #  2. the cases of the pure helpers pass (nix/tests/environment.nix,
-#     nix/tests/client-settings.nix), and each helper's inputs are options the
-#     module declares;
+#     nix/tests/client-settings.nix), the VM test's Python script compiles, and
+#     each helper's inputs are options the module declares;
 #  3. module against server: every NIX_STORED_* variable the module can emit, or
 #     that a Nix file or a Nix example in the README names, is listed by
 #     `nix-stored --help`; every variable --help lists is reachable from the module
@@ -72,6 +72,19 @@ for cases in nix/tests/environment.nix nix/tests/client-settings.nix; do
     fail "$cases: failing cases: $out"
   fi
 done
+
+# The VM test's Python script, as the test driver gets it (store paths replaced by
+# placeholders: only nixpkgs could make them), must at least compile.
+# shellcheck disable=SC2016 # Nix interpolation, not the shell's
+vm_script=$(nix_eval -E '(import ./nix/tests/vm.nix {
+    self = { };
+    pkgs.writeText = name: text: "${builtins.storeDir}/00000000000000000000000000000000-${name}";
+  }).testScript')
+if python3 -c 'import json, sys; compile(json.loads(sys.stdin.read()), "testScript", "exec")' <<<"$vm_script"; then
+  echo "ok    nix/tests/vm.nix: the test script compiles"
+else
+  fail "nix/tests/vm.nix: the test script is not valid Python"
+fi
 
 # The options a module declares directly below its options.<path> (nixfmt layout:
 # four spaces, `name = mkOption`, `mkEnableOption` or the module's userOption).
