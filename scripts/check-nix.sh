@@ -65,7 +65,7 @@ done
 
 echo "== 2. pure helpers"
 for cases in nix/tests/environment.nix nix/tests/client-settings.nix; do
-  out=$(nix_eval "$cases")
+  out=$(nix_eval "$cases") || out="(evaluation failed, error above)"
   if [ "$out" = "[]" ]; then
     echo "ok    $cases: every case passes"
   else
@@ -131,7 +131,7 @@ fi
 echo "      --help lists $(wc -l <<<"$help_vars") variables"
 
 reachability() { nix_eval nix/tests/reachability.nix --argstr helpVariables "$1" | json_string_lines; }
-report=$(reachability "$help_vars")
+report=$(reachability "$help_vars") || report="FAIL  nix/tests/reachability.nix: evaluation failed (error above)"
 echo "$report"
 if grep -q '^FAIL' <<<"$report"; then
   fail "module and server disagree (lines above)"
