@@ -23,6 +23,14 @@ cargo clippy --all-targets -- -D warnings
 # (2 GiB) round trip is part of the suite.
 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
 
+# The OpenAPI document against the live server, with schemathesis from PyPI.
+bash scripts/conformance.sh target/debug/nix-stored
+
+# The Nix packaging, as far as it can be checked without nixpkgs: every .nix file
+# parses, the module's pure helpers pass their cases, and the variables the NixOS
+# module sets match the settings of the binary cargo just built (its --help).
+bash scripts/check-nix.sh target/debug/nix-stored
+
 # The benchmark harness in its one-second-per-workload mode, so it never rots. It
 # fails only when the harness or a server breaks, never on a missed target.
 bench/run.sh --quick --out "${TMPDIR:-/tmp}/nix-stored-bench-quick.md"

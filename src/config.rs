@@ -52,6 +52,14 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
+    /// Log line format: text (for people) or json (one object per line, for collectors).
+    #[arg(long, env = "NIX_STORED_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+
+    /// Serve Prometheus metrics at /metrics (readable by whoever may read the cache).
+    #[arg(long, env = "NIX_STORED_METRICS", default_value = "true")]
+    pub metrics: String,
+
     /// Priority advertised in nix-cache-info (lower is preferred; cache.nixos.org uses 40).
     #[arg(long, env = "NIX_STORED_PRIORITY", default_value = "30")]
     pub priority: String,
@@ -72,6 +80,10 @@ pub struct Args {
     /// Seconds a request body may stay idle before the upload is aborted.
     #[arg(long, env = "NIX_STORED_BODY_TIMEOUT", default_value = "60")]
     pub body_timeout: u64,
+
+    /// Print the OpenAPI document of the HTTP interface and exit.
+    #[arg(long)]
+    pub print_openapi: bool,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
@@ -138,6 +150,10 @@ pub struct Config {
     pub write_user: Option<Credentials>,
     /// Log level.
     pub log_level: LogLevel,
+    /// Log line format.
+    pub log_format: crate::logging::LogFormat,
+    /// Whether `/metrics` is served.
+    pub metrics: bool,
     /// nix-cache-info priority.
     pub priority: i64,
     /// Upload size limit in bytes.
@@ -195,6 +211,21 @@ impl Config {
                 )))
             }
         };
+        let log_format = match args.log_format.to_ascii_lowercase().as_str() {
+            "text" => crate::logging::LogFormat::Text,
+            "json" => crate::logging::LogFormat::Json,
+            other => {
+                return Err(err(format!(
+                    "NIX_STORED_LOG_FORMAT {other:?} is not one of text, json"
+                )))
+            }
+        };
+        let metrics = parse_bool(&args.metrics).ok_or_else(|| {
+            err(format!(
+                "NIX_STORED_METRICS {:?} is not true or false",
+                args.metrics
+            ))
+        })?;
         let priority: i64 = args.priority.trim().parse().map_err(|_| {
             err(format!(
                 "NIX_STORED_PRIORITY {:?} is not an integer (Nix clients abort on a non-numeric priority)",
@@ -246,6 +277,8 @@ impl Config {
             read_user,
             write_user,
             log_level,
+            log_format,
+            metrics,
             priority,
             max_upload_size,
             trusted_keys,
@@ -273,12 +306,13 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "path={} listen={} read_user={} write_user={} anonymous_writes={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s tls={}",
+            "path={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s tls={}",
             self.path.display(),
             self.listen,
             user(&self.read_user),
             user(&self.write_user),
             self.anonymous_writes(),
+            self.metrics,
             self.priority,
             self.max_upload_size,
             self.trusted_keys.len(),
@@ -332,6 +366,15 @@ fn credentials(
         (None, Some(_)) => Err(err(format!(
             "a password is set but {var} (the user name) is not"
         ))),
+    }
+}
+
+/// `true`/`false` and their usual spellings in environment files.
+fn parse_bool(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
     }
 }
 

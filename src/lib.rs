@@ -51,6 +51,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         },
     );
     cache.start_index();
+    if config.metrics {
+        cache.start_usage_count();
+    }
     let auth = Auth::new(
         config.read_user.as_ref(),
         config.write_user.as_ref(),
@@ -94,6 +97,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         auth,
         body_timeout: config.body_timeout,
         cache_policy,
+        metrics: http::metrics::Metrics::default(),
+        metrics_enabled: config.metrics,
     });
     match tls {
         Some(tls) => server::serve_tls(listener, app, config.shutdown_timeout, tls).await,

@@ -13,6 +13,10 @@ fn main() {
             fail(line.strip_prefix("error: ").unwrap_or(line))
         }
     };
+    if args.print_openapi {
+        println!("{}", nix_stored::http::openapi::document());
+        return;
+    }
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
@@ -23,7 +27,7 @@ fn main() {
         LogLevel::Warning => tracing::Level::WARN,
         LogLevel::Error => tracing::Level::ERROR,
     };
-    logging::init(level);
+    logging::init(level, config.log_format);
     tracing::info!(
         "nix-stored {} starting: {}",
         env!("CARGO_PKG_VERSION"),

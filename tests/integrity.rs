@@ -524,6 +524,26 @@ fn realisations_and_debuginfo_must_be_json_objects() {
 }
 
 #[test]
+fn listings_must_be_json_objects() {
+    let s = ServerBuilder::new().start();
+    let path = format!("/{}.ls", store_hash("listing"));
+    for body in [&b""[..], b"not json", b"{", b"[1]", b"{\"a\":1} trailing"] {
+        let r = put(&s, &path, body);
+        assert_eq!(
+            r.status,
+            400,
+            "{:?}: {}",
+            String::from_utf8_lossy(body),
+            r.text()
+        );
+    }
+    assert_only(&s, &[]);
+    let listing = br#" {"version":1,"root":{"type":"directory","entries":{}}}"#;
+    assert_eq!(put(&s, &path, listing).status, 201);
+    assert_eq!(get(&s, &path).body, listing);
+}
+
+#[test]
 fn content_encoding_is_refused() {
     let s = ServerBuilder::new().start();
     let h = store_hash("encoded");

@@ -65,7 +65,16 @@ impl Cache {
                     _ => Err(CacheError::Rejected("body is not a JSON object".into())),
                 }
             }
-            Kind::Listing | Kind::Log => self.stream_to_storage(key, body, None).await,
+            Kind::Listing => {
+                let bytes = self.collect(key, body).await?;
+                if !is_json_object(&bytes) {
+                    return Err(CacheError::Rejected(
+                        "a listing (.ls) is a JSON object, as `nix store ls` reads it".into(),
+                    ));
+                }
+                self.store_bytes(key, &bytes).await
+            }
+            Kind::Log => self.stream_to_storage(key, body, None).await,
         }
     }
 
@@ -114,13 +123,13 @@ impl Cache {
                 )));
             }
         }
-        Ok(outcome(upload.commit().await?))
+        Ok(self.outcome(upload.commit().await?, received))
     }
 
     async fn store_bytes(&self, key: &ObjectKey, bytes: &[u8]) -> Result<PutOutcome, CacheError> {
         let mut upload = self.storage.begin_upload(key.as_str()).await?;
         upload.write(bytes).await?;
-        Ok(outcome(upload.commit().await?))
+        Ok(self.outcome(upload.commit().await?, bytes.len() as u64))
     }
 
     /// Reads a small body whole, within the kind's limit.
@@ -183,10 +192,23 @@ impl Cache {
     }
 }
 
-fn outcome(created: bool) -> PutOutcome {
-    if created {
-        PutOutcome::Created
-    } else {
-        PutOutcome::Replaced
+/// Whether `bytes` are one JSON object, checked without building it (listings of large
+/// store paths run to megabytes).
+fn is_json_object(bytes: &[u8]) -> bool {
+    let starts_as_object = bytes
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{');
+    starts_as_object && serde_json::from_slice::<&serde_json::value::RawValue>(bytes).is_ok()
+}
+
+impl Cache {
+    fn outcome(&self, created: bool, size: u64) -> PutOutcome {
+        if created {
+            self.stored.created(size);
+            PutOutcome::Created
+        } else {
+            PutOutcome::Replaced
+        }
     }
 }

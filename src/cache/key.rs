@@ -3,7 +3,7 @@
 //! Every object a Nix client reads or writes has a fixed shape (`<hash>.narinfo`,
 //! `nar/<filehash>.nar.zst`, …). A path is accepted only if it matches one of them
 //! exactly, so a valid key can never name anything outside the cache directory: no
-//! component can be `..`, no percent-encoding is ever needed, and every character is
+//! component can be `..`, escapes are decoded only for the few characters keys may hold, and every character is
 //! drawn from a small allow-list.
 
 use nix_derivation::StorePath;
@@ -77,11 +77,16 @@ impl ObjectKey {
     /// leading `/`, without the query string).
     pub fn parse(path: &str) -> Result<Self, KeyError> {
         let path = path.strip_prefix('/').unwrap_or(path);
-        if path.contains('%') {
-            return Err(bad(
-                "percent-encoded characters are never part of a cache key",
-            ));
+        if path.len() > 3 * 512 {
+            return Err(bad("key is too long"));
         }
+        let decoded;
+        let path = if path.contains('%') {
+            decoded = percent_decode(path)?;
+            decoded.as_str()
+        } else {
+            path
+        };
         if path.len() > 512 {
             return Err(bad("key is too long"));
         }
@@ -124,6 +129,38 @@ impl ObjectKey {
     pub fn store_hash(&self) -> Option<&str> {
         matches!(self.kind, Kind::NarInfo | Kind::Listing).then(|| &self.path[..STORE_HASH_LEN])
     }
+}
+
+/// Decodes `%XX` escapes of the few characters a key may hold that a client may have
+/// to escape (`?` in an output name starts a query otherwise; `:`, `!`, `+`, `=`, `@`
+/// are escaped by some HTTP libraries). Escapes of anything else — `/`, `.`, `%`,
+/// control bytes — are refused, so decoding can never create a new path component,
+/// a `..`, or a second round of decoding.
+fn percent_decode(path: &str) -> Result<String, KeyError> {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(char::from(bytes[i]));
+            i += 1;
+            continue;
+        }
+        let hex = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok())
+            .ok_or_else(|| bad("a % in a key must start a %XX escape"))?;
+        if !(hex.is_ascii_alphanumeric() || b"+:!=?@-_".contains(&hex)) {
+            return Err(bad(format!(
+                "%{:02X} never needs escaping in a cache key and is refused",
+                hex
+            )));
+        }
+        out.push(char::from(hex));
+        i += 3;
+    }
+    Ok(out)
 }
 
 fn is_nix32(s: &str, len: usize) -> bool {
@@ -297,6 +334,22 @@ mod tests {
     }
 
     #[test]
+    fn escaped_key_characters_are_decoded() {
+        let id = format!("sha256:{}!out.doi", "a".repeat(64));
+        let escaped = format!("/realisations/sha256%3A{}%21out.doi", "a".repeat(64));
+        let key = ObjectKey::parse(&escaped).unwrap();
+        assert_eq!(key.as_str(), format!("realisations/{id}"));
+        let key = ObjectKey::parse(&format!("/log/{H}-gcc%2Bwrapper.drv")).unwrap();
+        assert_eq!(key.as_str(), format!("log/{H}-gcc+wrapper.drv"));
+        let key = ObjectKey::parse(&format!("/build-trace-v2/{H}-x.drv/a%3Fb.doi")).unwrap();
+        assert_eq!(key.as_str(), format!("build-trace-v2/{H}-x.drv/a?b.doi"));
+        // Hex digits of either case; letters and digits may be escaped for no reason.
+        let key =
+            ObjectKey::parse(&format!("/{}%{:x}.narinfo", &H[..31], H.as_bytes()[31])).unwrap();
+        assert_eq!(key.as_str(), format!("{H}.narinfo"));
+    }
+
+    #[test]
     fn rejects_everything_else() {
         let bad_paths = [
             "/".to_owned(),
@@ -305,6 +358,13 @@ mod tests {
             format!("/nar/../{H}.narinfo"),
             format!("/nar/%2e%2e/{FH}.nar"),
             format!("/nar%2F{FH}.nar"),
+            format!("/nar%2f{FH}.nar"),
+            format!("/{H}%2Enarinfo"),
+            format!("/%25{H}.narinfo"),
+            format!("/log/{H}-x%00.drv"),
+            format!("/log/{H}-x%.drv"),
+            format!("/log/{H}-x%4.drv"),
+            format!("/log/{H}-x%zz.drv"),
             format!("/{}.narinfo", &H[..31]),
             format!("/{}e.narinfo", &H[..31]),
             format!("/{}.narinfo", H.to_uppercase()),

@@ -6,6 +6,7 @@ pub mod ingest;
 pub mod key;
 pub mod narinfo;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use nix_derivation::StoreDir;
@@ -55,12 +56,44 @@ pub enum CacheError {
     Storage(#[from] StorageError),
 }
 
+/// Upper bound on a `.ls` listing, which is validated in memory: the listing of a
+/// store path with a hundred thousand files is about 10 MiB.
+pub const MAX_LISTING_SIZE: u64 = 64 << 20;
+
 /// The cache: validated access to a storage backend.
 pub struct Cache {
     storage: Arc<dyn Storage>,
     settings: CacheSettings,
     cache_info: String,
     index: Arc<index::NarinfoIndex>,
+    stored: Arc<StoredTotals>,
+}
+
+/// What the cache holds, for metrics: counted once at start by walking the storage,
+/// then kept up to date with the objects created through this server. Objects other
+/// writers add, and size changes of replaced objects, show at the next start.
+#[derive(Debug, Default)]
+pub struct StoredTotals {
+    objects: AtomicU64,
+    bytes: AtomicU64,
+    counted: AtomicBool,
+}
+
+impl StoredTotals {
+    /// Objects and bytes, or `None` until the first count finished.
+    pub fn get(&self) -> Option<(u64, u64)> {
+        self.counted.load(Ordering::Acquire).then(|| {
+            (
+                self.objects.load(Ordering::Relaxed),
+                self.bytes.load(Ordering::Relaxed),
+            )
+        })
+    }
+
+    fn created(&self, size: u64) {
+        self.objects.fetch_add(1, Ordering::Relaxed);
+        self.bytes.fetch_add(size, Ordering::Relaxed);
+    }
 }
 
 impl Cache {
@@ -76,6 +109,44 @@ impl Cache {
             settings,
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
+            stored: Arc::default(),
+        }
+    }
+
+    /// Counts what the storage holds in the background, for [`Cache::stored`].
+    pub fn start_usage_count(&self) {
+        let (storage, stored) = (self.storage.clone(), self.stored.clone());
+        tokio::spawn(async move {
+            match storage.usage().await {
+                Ok(Some(u)) => {
+                    // Uploads finished during the walk were counted already; they may be
+                    // counted twice if the walk saw them too (the figure is a gauge, not
+                    // an inventory).
+                    stored.objects.fetch_add(u.objects, Ordering::Relaxed);
+                    stored.bytes.fetch_add(u.bytes, Ordering::Relaxed);
+                    stored.counted.store(true, Ordering::Release);
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!("cannot count the stored objects: {e}"),
+            }
+        });
+    }
+
+    /// Objects and bytes stored, once counted.
+    pub fn stored(&self) -> &StoredTotals {
+        &self.stored
+    }
+
+    /// Whether the storage answers and holds a cache: the one object every cache has
+    /// (written at start, and by `nix copy --to`) is looked up. A missing one means
+    /// the directory or bucket went away underneath the server.
+    pub async fn storage_ready(&self) -> Result<(), CacheError> {
+        match self.storage.stat("nix-cache-info").await? {
+            Some(_) => Ok(()),
+            None => Err(CacheError::Storage(StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "nix-cache-info is missing from the storage",
+            )))),
         }
     }
 
@@ -133,6 +204,7 @@ impl Cache {
         match kind {
             // Small documents are read whole into memory to be validated.
             Kind::NarInfo | Kind::Realisation | Kind::DebugInfo => narinfo::MAX_NARINFO_SIZE as u64,
+            Kind::Listing => MAX_LISTING_SIZE.min(self.settings.max_upload_size),
             _ => self.settings.max_upload_size,
         }
     }

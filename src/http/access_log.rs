@@ -7,14 +7,16 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 
-use super::objects::{self, principal_of};
+use super::metrics::{Observation, Route};
+use super::objects::principal_of;
 use super::{AppState, Response};
 use crate::logging;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Handles the request, tags the answer with an id, and logs method, path, HTTP
-/// version, status, bytes in and out, duration (to the response headers), user and id.
+/// Handles the request, tags the answer with an id, counts it, and logs method,
+/// path, HTTP version, status, bytes in and out, duration (to the response headers),
+/// user and id.
 pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
@@ -24,28 +26,46 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let path = req.uri().path().to_owned();
     let bytes_in = content_length(req.headers());
     let version = version_text(req.version());
-    let mut resp = objects::handle(app, req).await;
+    let route = Route::of(&path);
+    let in_flight = app.metrics.start();
+    let mut resp = super::route(app, route, req).await;
+    drop(in_flight);
     let mut hex = [0u8; 16];
     let id_text = hex_id(id, &mut hex);
     if let Ok(v) = HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
     }
+    let elapsed = started.elapsed();
+    // Streamed bodies carry an explicit Content-Length; generated ones know their size.
+    let bytes_out = if method == Method::HEAD {
+        0
+    } else {
+        resp.body()
+            .size_hint()
+            .exact()
+            .unwrap_or_else(|| content_length(resp.headers()))
+    };
+    let status = resp.status().as_u16();
+    app.metrics.observe(&Observation {
+        route,
+        method: &method,
+        status,
+        bytes_in,
+        bytes_out,
+        elapsed,
+    });
     if logging::access_enabled() {
-        // Streamed bodies carry an explicit Content-Length; generated ones know their size.
-        let bytes_out = if method == Method::HEAD {
-            0
-        } else {
-            resp.body()
-                .size_hint()
-                .exact()
-                .unwrap_or_else(|| content_length(resp.headers()))
-        };
-        logging::access(format_args!(
-            "{method} {path} {version} {} in={bytes_in} out={bytes_out} {}us user={} id={id_text}",
-            resp.status().as_u16(),
-            started.elapsed().as_micros(),
-            principal_of(&resp),
-        ));
+        logging::access(&logging::AccessLine {
+            method: method.as_str(),
+            path: &path,
+            version,
+            status,
+            bytes_in,
+            bytes_out,
+            micros: elapsed.as_micros(),
+            user: principal_of(&resp),
+            id: id_text,
+        });
     }
     resp
 }

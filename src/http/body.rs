@@ -28,6 +28,12 @@ impl From<ObjectBody> for Body {
     }
 }
 
+impl From<Vec<u8>> for Body {
+    fn from(v: Vec<u8>) -> Self {
+        Body::Full(Bytes::from(v))
+    }
+}
+
 impl From<String> for Body {
     fn from(s: String) -> Self {
         Body::Full(Bytes::from(s))

@@ -28,6 +28,9 @@ pub enum HttpError {
     /// A method other than GET, HEAD and PUT.
     #[error("method not allowed; this cache supports GET, HEAD and PUT")]
     MethodNotAllowed,
+    /// A method other than GET and HEAD on a read-only resource.
+    #[error("method not allowed; this resource supports GET and HEAD")]
+    ReadOnly,
     /// A range that starts at or past the end of the object.
     #[error("requested range starts beyond the {0} bytes of the object")]
     RangeNotSatisfiable(u64),
@@ -42,7 +45,7 @@ impl HttpError {
             HttpError::Auth(AuthError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
             HttpError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
-            HttpError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::MethodNotAllowed | HttpError::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             HttpError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HttpError::Cache(e) => match e {
@@ -59,6 +62,26 @@ impl HttpError {
 }
 
 impl HttpError {
+    /// Why an upload failed, as a metrics label (one of `metrics::REJECT_REASONS`).
+    pub fn reject_reason(&self) -> &'static str {
+        match self {
+            HttpError::Auth(AuthError::Unauthorized(_)) => "unauthorized",
+            HttpError::Auth(AuthError::Forbidden(_)) => "forbidden",
+            HttpError::UnsupportedEncoding => "content_encoding",
+            HttpError::Cache(CacheError::Rejected(_)) => "verification",
+            HttpError::Cache(CacheError::TooLarge { .. }) => "too_large",
+            HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
+            HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
+            HttpError::Cache(CacheError::Storage(StorageError::Full)) => "storage_full",
+            HttpError::Cache(CacheError::Storage(StorageError::Io(_))) => "storage_error",
+            HttpError::Cache(CacheError::BadKey(_))
+            | HttpError::NotFound(_)
+            | HttpError::MethodNotAllowed
+            | HttpError::ReadOnly
+            | HttpError::RangeNotSatisfiable(_) => "invalid_key",
+        }
+    }
+
     /// The answer: the status, and the reason as one line of text.
     pub fn into_response(self) -> Response {
         let status = self.status();
@@ -84,6 +107,9 @@ impl HttpError {
             }
             HttpError::MethodNotAllowed => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));
+            }
+            HttpError::ReadOnly => {
+                h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
             }
             HttpError::RangeNotSatisfiable(size) => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {

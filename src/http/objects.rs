@@ -47,12 +47,12 @@ async fn authorised(
     };
     let principal = match app.auth.check(&parts.headers, access) {
         Ok(p) => p,
-        Err(e) => return HttpError::from(e).into_response(),
+        Err(e) => return app.refused(access, HttpError::from(e)),
     };
     let mut resp = match dispatch(app, &parts.method, parts.uri.path(), &parts.headers, body).await
     {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => app.refused(access, e),
     };
     resp.extensions_mut().insert(principal);
     resp
@@ -254,6 +254,16 @@ async fn put(
     let mut resp = Response::new(Body::Empty);
     *resp.status_mut() = status;
     Ok(resp)
+}
+
+impl AppState {
+    /// The error answer, with a refused upload counted by its reason.
+    fn refused(&self, access: Access, e: HttpError) -> Response {
+        if access == Access::Write {
+            self.metrics.rejected(e.reject_reason());
+        }
+        e.into_response()
+    }
 }
 
 /// The principal of a request, for the access log.

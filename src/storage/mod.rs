@@ -97,6 +97,15 @@ pub enum TopLevelEvent {
     Lost,
 }
 
+/// How much a backend holds.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Number of stored objects.
+    pub objects: u64,
+    /// Their total size in bytes.
+    pub bytes: u64,
+}
+
 /// A place to keep cache objects.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -115,6 +124,11 @@ pub trait Storage: Send + Sync + 'static {
     fn watch_top_level(&self, sink: tokio::sync::mpsc::Sender<TopLevelEvent>) -> Result<bool> {
         let _ = sink;
         Ok(false)
+    }
+    /// Counts every stored object and its bytes: a full walk, slow on a large cache, so
+    /// run once in the background. `Ok(None)` when this backend cannot count.
+    async fn usage(&self) -> Result<Option<Usage>> {
+        Ok(None)
     }
     /// A short human description for the startup log.
     fn describe(&self) -> String;

@@ -138,7 +138,7 @@ impl ServerBuilder {
                             if let Some(rest) = line.split(&marker).nth(1) {
                                 let addr: String = rest
                                     .chars()
-                                    .take_while(|c| !c.is_whitespace() && *c != '/')
+                                    .take_while(|c| !c.is_whitespace() && *c != '/' && *c != '"')
                                     .collect();
                                 let _ = tx.send((scheme, addr));
                             }
@@ -149,11 +149,15 @@ impl ServerBuilder {
             }
         });
         let (scheme, mut addr) = match rx.recv_timeout(START_TIMEOUT) {
-            Ok((scheme, a)) => (
-                scheme,
-                a.parse::<SocketAddr>()
-                    .unwrap_or_else(|e| panic!("bad listening address {a:?}: {e}")),
-            ),
+            Ok((scheme, a)) => match a.parse::<SocketAddr>() {
+                Ok(addr) => (scheme, addr),
+                Err(e) => {
+                    // A leaked server would keep the build lock's descriptor open.
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("bad listening address {a:?}: {e}")
+                }
+            },
             Err(_) => {
                 let _ = child.kill();
                 let status = child.wait();

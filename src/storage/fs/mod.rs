@@ -20,6 +20,7 @@ use read::Opened;
 
 use super::{
     ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
+    Usage,
 };
 
 /// Name of the directory holding uploads in progress. Starts with a dot, which no
@@ -165,6 +166,7 @@ impl Storage for FsStorage {
         Ok(Box::new(FsUpload {
             file: Some(file),
             buf: Vec::with_capacity(WRITE_BLOCK),
+            written: 0,
             temp,
             target,
             committed: false,
@@ -210,9 +212,42 @@ impl Storage for FsStorage {
         Ok(true)
     }
 
+    async fn usage(&self) -> Result<Option<Usage>> {
+        let root = self.root.clone();
+        let usage = tokio::task::spawn_blocking(move || count_files(&root))
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+            .map_err(StorageError::from_io)?;
+        Ok(Some(usage))
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
     }
+}
+
+/// Counts the regular files below `root` and their sizes, leaving out pending uploads.
+fn count_files(root: &Path) -> std::io::Result<Usage> {
+    let mut usage = Usage::default();
+    let mut dirs = vec![root.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let kind = entry.file_type()?;
+            if kind.is_dir() {
+                if dir != root || entry.file_name() != TMP_DIR {
+                    dirs.push(entry.path());
+                }
+            } else if kind.is_file() {
+                // A file removed since it was listed is simply not counted.
+                if let Ok(meta) = entry.metadata() {
+                    usage.objects += 1;
+                    usage.bytes += meta.len();
+                }
+            }
+        }
+    }
+    Ok(usage)
 }
 
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
@@ -227,29 +262,62 @@ const WRITE_BLOCK: usize = 1024 * 1024;
 struct FsUpload {
     file: Option<std::fs::File>,
     buf: Vec<u8>,
+    /// Bytes written to the file so far.
+    written: u64,
     temp: PathBuf,
     target: PathBuf,
     committed: bool,
 }
 
 impl FsUpload {
-    /// Writes the buffered block in the blocking pool.
+    /// Writes the buffered block in the blocking pool and starts its write-back, so that
+    /// the fdatasync at commit finds most of a large object already on its way to disk
+    /// instead of writing all of it while the client waits. The block's buffer comes
+    /// back for the next one: a fresh megabyte per block would be a fresh mapping,
+    /// page-faulted in page by page.
     async fn flush_block(&mut self) -> Result<()> {
         let mut file = self
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
-        let block = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_BLOCK));
-        let file = tokio::task::spawn_blocking(move || {
+        let block = std::mem::take(&mut self.buf);
+        let offset = self.written;
+        let (file, block, len) = tokio::task::spawn_blocking(move || {
+            let mut block = block;
             use std::io::Write;
-            file.write_all(&block).map(|()| file)
+            file.write_all(&block)?;
+            let len = block.len() as u64;
+            start_writeback(&file, offset, len);
+            block.clear();
+            Ok::<_, std::io::Error>((file, block, len))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?
         .map_err(StorageError::from_io)?;
+        self.written += len;
         self.file = Some(file);
+        self.buf = block;
         Ok(())
     }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk, without waiting.
+/// Only a hint: durability still comes from the fdatasync at commit.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the duration of the call; the call only
+        // schedules write-back of the file's own pages.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 #[async_trait]

@@ -1,0 +1,322 @@
+# Cases for ../environment.nix, evaluated without nixpkgs by scripts/check-nix.sh:
+#   nix-instantiate --eval --strict --json nix/tests/environment.nix
+# evaluates to the list of failing cases (each with what was expected and what came
+# out); the script fails unless it is empty.
+let
+  compute = import ../environment.nix;
+  storeDir = builtins.storeDir;
+
+  defaults = import ./module-defaults.nix;
+  with' = overrides: compute (defaults // overrides);
+
+  key = "laptop-1:0rkO2+8QV3zuiYpwv3F3ShwUhAcQzZdy9TiIQkbBmnY=";
+  users = {
+    readUser = {
+      name = "reader";
+      passwordFile = "/run/agenix/read";
+    };
+    writeUser = {
+      name = "writer";
+      passwordFile = "/run/agenix/write";
+    };
+  };
+
+  # One problem (or warning) whose text contains `fragment`.
+  oneMatching =
+    fragment: messages:
+    builtins.length messages == 1
+    && builtins.match ".*${fragment}.*" (builtins.head messages) != null;
+
+  cases = {
+    defaults = {
+      actual = with' { };
+      expected = {
+        environment = {
+          NIX_STORED_PATH = "/var/lib/nix-stored";
+          NIX_STORED_LISTEN_INTERFACE = "127.0.0.1:8100";
+          NIX_STORED_PRIORITY = "30";
+          NIX_STORED_LOG_LEVEL = "info";
+          NIX_STORED_MAX_UPLOAD_SIZE = "32G";
+        };
+        credentials = [ ];
+        listen = "127.0.0.1:8100";
+        stateDirectory = "nix-stored";
+        problems = [ ];
+        warnings = [ ];
+        timeoutStopSec = 45;
+        bindsPrivilegedPort = false;
+        owners = (with' { }).owners;
+      };
+    };
+
+    ipv6-any = {
+      actual = (with' { listenAddress = "::"; }).listen;
+      expected = "[::]:8100";
+    };
+    ipv6-bracketed-loopback-needs-no-writer = {
+      actual =
+        let
+          r = with' { listenAddress = "[::1]"; };
+        in
+        [
+          r.environment.NIX_STORED_LISTEN_INTERFACE
+          r.warnings
+          r.problems
+        ];
+      expected = [
+        "[::1]:8100"
+        [ ]
+        [ ]
+      ];
+    };
+    host-name-refused = {
+      actual = oneMatching "not an IP address" (with' { listenAddress = "cache.example.org"; }).problems;
+      expected = true;
+    };
+    public-address-without-writer-warns = {
+      actual = oneMatching "refuses every upload" (with' { listenAddress = "0.0.0.0"; }).warnings;
+      expected = true;
+    };
+    public-address-with-writer = {
+      actual = (with' ({ listenAddress = "0.0.0.0"; } // users)).warnings;
+      expected = [ ];
+    };
+    firewall-on-loopback-warns = {
+      actual = oneMatching "openFirewall" (with' { openFirewall = true; }).warnings;
+      expected = true;
+    };
+
+    users-by-credential = {
+      actual =
+        let
+          r = with' users;
+        in
+        {
+          inherit (r) credentials problems;
+          users = {
+            inherit (r.environment)
+              NIX_STORED_USER_READ
+              NIX_STORED_USER_READ_PASSFILE
+              NIX_STORED_USER_WRITE
+              NIX_STORED_USER_WRITE_PASSFILE
+              ;
+          };
+          # The password file paths are only in LoadCredential=, never in the
+          # environment; the passwords themselves are nowhere.
+          passVariables = builtins.filter (n: builtins.match ".*_PASS" n != null) (
+            builtins.attrNames r.environment
+          );
+        };
+      expected = {
+        credentials = [
+          "read-password:/run/agenix/read"
+          "write-password:/run/agenix/write"
+        ];
+        problems = [ ];
+        users = {
+          NIX_STORED_USER_READ = "reader";
+          NIX_STORED_USER_READ_PASSFILE = "%d/read-password";
+          NIX_STORED_USER_WRITE = "writer";
+          NIX_STORED_USER_WRITE_PASSFILE = "%d/write-password";
+        };
+        passVariables = [ ];
+      };
+    };
+    password-file-in-store-refused = {
+      actual = oneMatching "in the Nix store" (with' {
+        writeUser = {
+          name = "writer";
+          passwordFile = "${storeDir}/0000000000000000000000000000000-pw";
+        };
+      }).problems;
+      expected = true;
+    };
+    password-file-relative-refused = {
+      actual = oneMatching "absolute path" (with' {
+        readUser = {
+          name = "reader";
+          passwordFile = "secrets/read";
+        };
+      }).problems;
+      expected = true;
+    };
+    user-name-with-colon-refused = {
+      actual = oneMatching "readUser.name" (with' {
+        readUser = {
+          name = "a:b";
+          passwordFile = "/run/agenix/read";
+        };
+      }).problems;
+      expected = true;
+    };
+
+    settings-passed-through = {
+      actual =
+        let
+          r = with' {
+            settings = {
+              NIX_STORED_BODY_TIMEOUT = 120;
+              NIX_STORED_STORE_DIR = "/gnu/store";
+              NIX_STORED_SOME_FUTURE_SWITCH = true;
+              NIX_STORED_TLS_KEY_FILE = "%d/tls-key";
+            };
+            credentialFiles.tls-key = "/run/agenix/tls-key";
+          };
+        in
+        {
+          inherit (r) problems credentials;
+          inherit (r.environment)
+            NIX_STORED_BODY_TIMEOUT
+            NIX_STORED_STORE_DIR
+            NIX_STORED_SOME_FUTURE_SWITCH
+            NIX_STORED_TLS_KEY_FILE
+            ;
+        };
+      expected = {
+        problems = [ ];
+        credentials = [ "tls-key:/run/agenix/tls-key" ];
+        NIX_STORED_BODY_TIMEOUT = "120";
+        NIX_STORED_STORE_DIR = "/gnu/store";
+        NIX_STORED_SOME_FUTURE_SWITCH = "true";
+        NIX_STORED_TLS_KEY_FILE = "%d/tls-key";
+      };
+    };
+    setting-owned-by-typed-option-refused = {
+      actual = oneMatching "services.nix-stored.priority instead" (with' {
+        settings.NIX_STORED_PRIORITY = 10;
+      }).problems;
+      expected = true;
+    };
+    password-in-settings-refused = {
+      actual = map (name: oneMatching "a secret in settings" (with' { settings.${name} = "hunter2"; }).problems) [
+        "NIX_STORED_USER_WRITE_PASS"
+        "NIX_STORED_USER_READ_PASS"
+        "NIX_STORED_S3_SECRET_ACCESS_KEY"
+        "NIX_STORED_API_TOKEN"
+      ];
+      expected = [
+        true
+        true
+        true
+        true
+      ];
+    };
+    non-server-variable-refused = {
+      actual = map (name: oneMatching "not a NIX_STORED_" (with' { settings.${name} = "x"; }).problems) [
+        "RUST_LOG"
+        "NIX_STORED_"
+        "nix_stored_priority"
+      ];
+      expected = [
+        true
+        true
+        true
+      ];
+    };
+    credential-name-reserved = {
+      actual = oneMatching "reserved" (with' { credentialFiles.write-password = "/run/agenix/x"; }).problems;
+      expected = true;
+    };
+    credential-in-store-refused = {
+      actual = oneMatching "in the Nix store" (with' { credentialFiles.k = "${storeDir}/x"; }).problems;
+      expected = true;
+    };
+
+    shutdown-timeout-bounds-systemd = {
+      actual = map (v: (with' { settings.NIX_STORED_SHUTDOWN_TIMEOUT = v; }).timeoutStopSec) [
+        100
+        "5"
+      ];
+      expected = [
+        115
+        20
+      ];
+    };
+    shutdown-timeout-not-a-number = {
+      actual = oneMatching "not a number of seconds" (with' {
+        settings.NIX_STORED_SHUTDOWN_TIMEOUT = "1m";
+      }).problems;
+      expected = true;
+    };
+
+    data-dir-below-var-lib = {
+      actual = (with' { dataDir = "/var/lib/caches/nix"; }).stateDirectory;
+      expected = "caches/nix";
+    };
+    data-dir-elsewhere-refused = {
+      actual = map (d: oneMatching "below /var/lib" (with' { dataDir = d; }).problems) [
+        "/srv/cache"
+        "/var/lib/"
+        "/var/lib/../etc"
+      ];
+      expected = [
+        true
+        true
+        true
+      ];
+    };
+
+    upload-size-checked = {
+      actual = map (s: (with' { maxUploadSize = s; }).problems == [ ]) [
+        "1073741824"
+        "512M"
+        "4GiB"
+        "lots"
+        "-1"
+      ];
+      expected = [
+        true
+        true
+        true
+        false
+        false
+      ];
+    };
+
+    trusted-keys-joined = {
+      actual =
+        (with' {
+          trustedPublicKeys = [
+            key
+            "other-1:AAAA"
+          ];
+        }).environment.NIX_STORED_TRUSTED_PUBLIC_KEYS;
+      expected = "${key} other-1:AAAA";
+    };
+    trusted-key-malformed = {
+      actual = oneMatching "not a key" (with' { trustedPublicKeys = [ "no-colon" ]; }).problems;
+      expected = true;
+    };
+
+    privileged-port = {
+      actual = [
+        (with' { port = 80; }).bindsPrivilegedPort
+        (with' {
+          port = 80;
+          socketActivation = true;
+        }).bindsPrivilegedPort
+        (with' { port = 1024; }).bindsPrivilegedPort
+      ];
+      expected = [
+        true
+        false
+        false
+      ];
+    };
+  };
+in
+builtins.filter (failure: failure != null) (
+  map (
+    name:
+    let
+      c = cases.${name};
+    in
+    if c.actual == c.expected then
+      null
+    else
+      {
+        inherit name;
+        inherit (c) expected actual;
+      }
+  ) (builtins.attrNames cases)
+)

@@ -1,0 +1,18 @@
+# The defaults of services.nix-stored's options, as ../environment.nix receives them
+# (shared by the pure checks; scripts/check-nix.sh compares these names with the
+# options nix/module.nix declares).
+{
+  dataDir = "/var/lib/nix-stored";
+  listenAddress = "127.0.0.1";
+  port = 8100;
+  priority = 30;
+  logLevel = "info";
+  maxUploadSize = "32G";
+  trustedPublicKeys = [ ];
+  readUser = null;
+  writeUser = null;
+  settings = { };
+  credentialFiles = { };
+  socketActivation = false;
+  openFirewall = false;
+}

@@ -1,0 +1,429 @@
+//! The OpenAPI 3 description of the HTTP interface, served at `/openapi.json`.
+//!
+//! It is assembled from the same constants the server answers with (content types
+//! from `cache::key::Kind`, NAR extensions from `cache::key`, the statuses of
+//! `http::error`), and a unit test checks every example path against the real key
+//! parser and every documented route against the metrics router, so the document
+//! cannot drift from the code without a test failing. `openapi.json` at the root of
+//! the repository is a copy for readers, compared with this one by the same tests.
+
+use std::sync::OnceLock;
+
+use serde_json::{json, Map, Value};
+
+use crate::cache::key::{Kind, NAR_EXTENSIONS};
+
+/// The document, rendered once.
+pub fn document() -> &'static str {
+    static DOC: OnceLock<String> = OnceLock::new();
+    DOC.get_or_init(|| {
+        serde_json::to_string_pretty(&build()).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    })
+}
+
+/// A nix32 character class (Nix's base-32 alphabet: no e, o, u, t).
+const NIX32: &str = "[0-9a-df-np-sv-z]";
+/// What Nix accepts in a store path name after the hash, never starting with a dot.
+const NAME: &str = "[A-Za-z0-9+_?=-][A-Za-z0-9+._?=-]{0,200}";
+
+/// One kind of cache object: a path template with one parameter.
+struct ObjectRoute {
+    kind: Kind,
+    template: &'static str,
+    param: Option<(&'static str, String, &'static str)>,
+    summary: &'static str,
+    put: &'static str,
+}
+
+fn object_routes() -> Vec<ObjectRoute> {
+    let exts: Vec<String> = NAR_EXTENSIONS
+        .iter()
+        .filter(|e| !e.is_empty())
+        .map(|e| regex_escape(e))
+        .collect();
+    vec![
+        ObjectRoute {
+            kind: Kind::CacheInfo,
+            template: "/nix-cache-info",
+            param: None,
+            summary: "The cache's description (StoreDir, WantMassQuery, Priority), generated from the settings",
+            put: "Accepted and ignored: the document is generated from the settings",
+        },
+        ObjectRoute {
+            kind: Kind::NarInfo,
+            template: "/{hash}.narinfo",
+            param: Some((
+                "hash",
+                format!("^{NIX32}{{32}}$"),
+                "nx73vzmbhpb3836sq4af0c7y7rlw5z6y",
+            )),
+            summary: "A store path's narinfo",
+            put: "Stores a narinfo once it parses as Nix parses it, names this hash, points at a NAR of the declared size that the cache has, and (with trusted keys) is signed",
+        },
+        ObjectRoute {
+            kind: Kind::Listing,
+            template: "/{hash}.ls",
+            param: Some((
+                "hash",
+                format!("^{NIX32}{{32}}$"),
+                "nx73vzmbhpb3836sq4af0c7y7rlw5z6y",
+            )),
+            summary: "The file listing of a store path's NAR (JSON)",
+            put: "Stores a listing",
+        },
+        ObjectRoute {
+            kind: Kind::Nar,
+            template: "/nar/{file}",
+            param: Some((
+                "file",
+                format!("^[01]{NIX32}{{51}}\\.nar({})?$", exts.join("|")),
+                "1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar.xz",
+            )),
+            summary: "A NAR file, named by the nix32 SHA-256 of its (possibly compressed) bytes; supports Range",
+            put: "Stores a NAR once its bytes hash to the name",
+        },
+        ObjectRoute {
+            kind: Kind::Log,
+            template: "/log/{drv}",
+            param: Some((
+                "drv",
+                format!("^{NIX32}{{32}}-{NAME}\\.drv$"),
+                "nx73vzmbhpb3836sq4af0c7y7rlw5z6y-hello-2.12.drv",
+            )),
+            summary: "The build log of a derivation",
+            put: "Stores a build log",
+        },
+        ObjectRoute {
+            kind: Kind::DebugInfo,
+            template: "/debuginfo/{id}",
+            param: Some((
+                "id",
+                "^[0-9a-f]{40}\\.debug$".to_owned(),
+                "02623eda209c26a59b1a8638ff7752f6b945c26b.debug",
+            )),
+            summary: "A debug-info link by ELF build id (JSON)",
+            put: "Stores a debug-info link (a JSON object)",
+        },
+        ObjectRoute {
+            kind: Kind::Realisation,
+            template: "/realisations/{id}",
+            param: Some((
+                "id",
+                format!("^sha256:[0-9a-f]{{64}}!{NAME}\\.doi$"),
+                "sha256:5a2bd4f1b6b8b6d4a6ab4e9b1fb66f0a3a8e1f2b7f57d3ac0d2f6b7a4b1c9d0e!out.doi",
+            )),
+            summary: "A realisation of a content-addressed derivation output (JSON)",
+            put: "Stores a realisation (a JSON object)",
+        },
+        ObjectRoute {
+            kind: Kind::Realisation,
+            template: "/build-trace-v2/{drv}/{output}",
+            param: None,
+            summary: "A build trace entry (JSON), the newer form of realisations",
+            put: "Stores a build trace entry (a JSON object)",
+        },
+    ]
+}
+
+fn regex_escape(s: &str) -> String {
+    s.replace('.', "\\.")
+}
+
+fn text(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": { "text/plain; charset=utf-8": { "schema": { "type": "string" } } }
+    })
+}
+
+fn empty(description: &str) -> Value {
+    json!({ "description": description })
+}
+
+/// The answers every cache-object operation may give besides its success.
+fn errors(r: &mut Map<String, Value>, codes: &[(&str, &str)]) {
+    for (code, why) in codes {
+        r.insert((*code).to_owned(), text(why));
+    }
+}
+
+const AUTH_ERRORS: [(&str, &str); 2] = [
+    (
+        "401",
+        "Credentials are needed (with a `WWW-Authenticate: Basic` challenge) or were wrong",
+    ),
+    (
+        "403",
+        "The user may not do this (e.g. the read user uploading)",
+    ),
+];
+
+fn object_path(route: &ObjectRoute) -> Value {
+    let ctype = route.kind.content_type();
+    let schema = match route.kind {
+        Kind::Listing | Kind::DebugInfo | Kind::Realisation => json!({ "type": "object" }),
+        Kind::Nar => json!({ "type": "string", "format": "binary" }),
+        Kind::CacheInfo | Kind::NarInfo | Kind::Log => json!({ "type": "string" }),
+    };
+    let body = json!({ ctype: { "schema": schema } });
+    // Uploads are recognised by their path, whatever their Content-Type.
+    let mut upload = body.clone();
+    if route.kind == Kind::Nar {
+        upload["application/octet-stream"] = json!({ "schema": schema });
+    }
+    if route.kind == Kind::CacheInfo {
+        // Ignored whatever it holds.
+        upload = json!({ ctype: { "schema": {} } });
+    }
+    let mut params = Vec::new();
+    if let Some((name, pattern, example)) = &route.param {
+        params.push(json!({
+            "name": name, "in": "path", "required": true,
+            "schema": { "type": "string", "pattern": pattern }, "example": example
+        }));
+    } else if route.template.starts_with("/build-trace-v2/") {
+        params.push(json!({
+            "name": "drv", "in": "path", "required": true,
+            "schema": { "type": "string", "pattern": format!("^{NIX32}{{32}}-{NAME}\\.drv$") },
+            "example": "nx73vzmbhpb3836sq4af0c7y7rlw5z6y-hello-2.12.drv"
+        }));
+        params.push(json!({
+            "name": "output", "in": "path", "required": true,
+            "schema": { "type": "string", "pattern": format!("^{NAME}\\.doi$") },
+            "example": "out.doi"
+        }));
+    }
+    let mut get = Map::new();
+    get.insert(
+        "200".into(),
+        json!({ "description": "The object", "content": body.clone() }),
+    );
+    if route.kind != Kind::CacheInfo {
+        get.insert(
+            "206".into(),
+            json!({ "description": "The requested byte range (`Range: bytes=…`)", "content": body.clone() }),
+        );
+        get.insert(
+            "416".into(),
+            text("The range starts beyond the end of the object"),
+        );
+        get.insert(
+            "404".into(),
+            text("The cache does not have this object (or the path is not a valid key)"),
+        );
+    }
+    errors(&mut get, &AUTH_ERRORS);
+    get.insert("500".into(), text("The storage failed to read the object"));
+    let mut head = Map::new();
+    head.insert(
+        "200".into(),
+        empty("The object exists; `Content-Length` is its size"),
+    );
+    if route.kind != Kind::CacheInfo {
+        head.insert("404".into(), empty("The cache does not have this object"));
+    }
+    head.insert("401".into(), empty("Credentials are needed or were wrong"));
+    head.insert("403".into(), empty("The user may not read"));
+    head.insert("500".into(), empty("The storage failed"));
+    let mut put = Map::new();
+    if route.kind == Kind::CacheInfo {
+        put.insert("204".into(), empty(route.put));
+    } else {
+        put.insert("201".into(), empty("Stored; the key was new"));
+        put.insert(
+            "204".into(),
+            empty("Stored; it replaced the previous object"),
+        );
+    }
+    errors(
+        &mut put,
+        &[
+            ("400", "The key or the body broke a verification rule (one-line reason); nothing was stored"),
+            ("408", "The body stopped arriving; nothing was stored"),
+            ("413", "The body is larger than the limit for this kind of object"),
+            ("415", "The body is content-encoded; upload it without Content-Encoding"),
+            ("500", "The storage failed; nothing was stored"),
+            ("507", "The storage is full; nothing was stored"),
+        ],
+    );
+    errors(&mut put, &AUTH_ERRORS);
+    json!({
+        "parameters": params,
+        "get": { "summary": route.summary, "operationId": format!("get{}", op_name(route)), "responses": get },
+        "head": { "summary": format!("{} (headers only)", route.summary), "operationId": format!("head{}", op_name(route)), "responses": head },
+        "put": {
+            "summary": route.put, "operationId": format!("put{}", op_name(route)),
+            // nix-cache-info uploads are ignored, with or without a body; a build that
+            // printed nothing has an empty log.
+            "requestBody": {
+                "required": !matches!(route.kind, Kind::CacheInfo | Kind::Log),
+                "content": upload
+            },
+            "responses": put
+        }
+    })
+}
+
+fn op_name(route: &ObjectRoute) -> String {
+    let name = match route.kind {
+        Kind::CacheInfo => "CacheInfo",
+        Kind::NarInfo => "NarInfo",
+        Kind::Nar => "Nar",
+        Kind::Listing => "Listing",
+        Kind::Log => "Log",
+        Kind::DebugInfo => "DebugInfo",
+        Kind::Realisation if route.template.starts_with("/build-trace") => "BuildTrace",
+        Kind::Realisation => "Realisation",
+    };
+    name.to_owned()
+}
+
+fn service_path(op: &str, summary: &str, ok: Value, extra: &[(&str, &str)], auth: bool) -> Value {
+    let mut get = Map::new();
+    get.insert("200".into(), ok);
+    errors(&mut get, extra);
+    let mut head = Map::new();
+    head.insert("200".into(), empty("As GET, without the body"));
+    for (code, why) in extra {
+        head.insert((*code).to_owned(), empty(why));
+    }
+    if auth {
+        errors(&mut get, &AUTH_ERRORS);
+        head.insert("401".into(), empty("Credentials are needed or were wrong"));
+        head.insert("403".into(), empty("The user may not read"));
+    }
+    let mut get_op = json!({ "summary": summary, "operationId": op, "responses": get });
+    let mut head_op =
+        json!({ "summary": summary, "operationId": format!("{op}Head"), "responses": head });
+    if !auth {
+        // Probes and readers need no credentials.
+        get_op["security"] = json!([]);
+        head_op["security"] = json!([]);
+    }
+    json!({ "get": get_op, "head": head_op })
+}
+
+fn build() -> Value {
+    let mut paths = Map::new();
+    for route in object_routes() {
+        paths.insert(route.template.to_owned(), object_path(&route));
+    }
+    paths.insert(
+        "/metrics".into(),
+        service_path(
+            "metrics",
+            "Prometheus metrics (requests, latency, bytes, rejected uploads, stored objects); 404 when NIX_STORED_METRICS=false",
+            json!({ "description": "Metrics in the Prometheus text format",
+                    "content": { "text/plain; version=0.0.4; charset=utf-8": { "schema": { "type": "string" } } } }),
+            &[("404", "Metrics are turned off")],
+            true,
+        ),
+    );
+    paths.insert(
+        "/healthz".into(),
+        service_path(
+            "healthz",
+            "Liveness: the process answers",
+            text("ok"),
+            &[],
+            false,
+        ),
+    );
+    paths.insert(
+        "/readyz".into(),
+        service_path(
+            "readyz",
+            "Readiness: the storage backend answers a lookup",
+            text("ready"),
+            &[(
+                "503",
+                "The storage backend does not answer (one-line reason)",
+            )],
+            false,
+        ),
+    );
+    paths.insert(
+        "/openapi.json".into(),
+        service_path(
+            "openapi",
+            "This document",
+            json!({ "description": "The OpenAPI 3 document", "content": { "application/json": { "schema": { "type": "object" } } } }),
+            &[],
+            false,
+        ),
+    );
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "nix-stored",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A Nix binary cache server: the binary cache protocol as Nix clients use it (GET, HEAD and PUT of cache objects), plus metrics, health and this document. Other methods are answered 405 with an Allow header."
+        },
+        "components": {
+            "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } }
+        },
+        // Credentials are optional: reads are public unless a read user is configured,
+        // and uploads are anonymous on a loopback address without a write user.
+        "security": [ { "basic": [] }, {} ],
+        "paths": paths
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::key::ObjectKey;
+    use crate::http::metrics::Route;
+
+    #[test]
+    fn examples_are_keys_of_their_kind() {
+        for route in object_routes() {
+            let path = match &route.param {
+                Some((name, _, example)) => route.template.replace(&format!("{{{name}}}"), example),
+                None => route
+                    .template
+                    .replace("{drv}", "nx73vzmbhpb3836sq4af0c7y7rlw5z6y-hello-2.12.drv")
+                    .replace("{output}", "out.doi"),
+            };
+            let key = ObjectKey::parse(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(key.kind(), route.kind, "{path}");
+            assert_ne!(Route::of(&path), Route::Other, "{path}");
+        }
+    }
+
+    #[test]
+    fn service_paths_are_routed_and_never_keys() {
+        let doc: Value = serde_json::from_str(document()).unwrap();
+        for path in ["/metrics", "/healthz", "/readyz", "/openapi.json"] {
+            assert!(doc["paths"][path].is_object(), "{path} undocumented");
+            assert!(ObjectKey::parse(path).is_err(), "{path} would shadow a key");
+            assert!(
+                !matches!(Route::of(path), Route::Other | Route::NarInfo | Route::Nar),
+                "{path}"
+            );
+        }
+    }
+
+    #[test]
+    fn every_nar_extension_is_documented() {
+        let doc: Value = serde_json::from_str(document()).unwrap();
+        let pattern = doc["paths"]["/nar/{file}"]["parameters"][0]["schema"]["pattern"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        for ext in NAR_EXTENSIONS.iter().filter(|e| !e.is_empty()) {
+            assert!(pattern.contains(&regex_escape(ext)), "{ext} in {pattern}");
+        }
+    }
+
+    /// The copy committed for readers is the document the server serves.
+    #[test]
+    fn committed_copy_is_current() {
+        let committed = include_str!("../../openapi.json");
+        assert_eq!(
+            committed.trim_end(),
+            document(),
+            "openapi.json is stale: run `cargo run -- --print-openapi > openapi.json`"
+        );
+    }
+}
