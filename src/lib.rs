@@ -26,6 +26,15 @@ pub struct StartError(String);
 
 /// Opens the storage, binds the address and serves until a termination signal.
 pub async fn run(config: Config) -> Result<(), StartError> {
+    let nofile = server::raise_nofile_limit()
+        .map_err(|e| StartError(format!("cannot read the open file limit: {e}")))?;
+    let max_connections = server::connection_limit(config.max_connections, nofile);
+    if server::limit_exceeds_descriptors(max_connections, nofile) {
+        tracing::warn!(
+            "NIX_STORED_MAX_CONNECTIONS {max_connections} may need more file descriptors than the limit of {nofile}: raise LimitNOFILE"
+        );
+    }
+    tracing::info!("connection limit {max_connections} (open file limit {nofile})");
     let storage = FsStorage::open(&config.path, config.store_dir.as_str()).map_err(|e| {
         StartError(format!(
             "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
@@ -79,7 +88,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         body_timeout: config.body_timeout,
         cache_policy,
     });
-    server::serve(listener, app, config.shutdown_timeout)
+    let options = server::ServeOptions {
+        header_timeout: config.header_timeout,
+        write_stall_timeout: config.body_timeout,
+        max_connections,
+        grace: config.shutdown_timeout,
+    };
+    server::serve(listener, app, options)
         .await
         .map_err(|e| StartError(format!("server failed: {e}")))
 }
