@@ -147,7 +147,10 @@ impl Cache {
         let limit = self.upload_limit(key.kind());
         match declared {
             Some(size) if size > limit => Err(CacheError::TooLarge { size, limit }),
-            _ => Ok(()),
+            // Never stored, so it needs no room.
+            _ if key.kind() == Kind::CacheInfo => Ok(()),
+            Some(size) => Ok(self.storage.ensure_room(size)?),
+            None => Ok(()),
         }
     }
 }

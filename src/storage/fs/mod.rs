@@ -210,9 +210,35 @@ impl Storage for FsStorage {
         Ok(true)
     }
 
+    fn ensure_room(&self, size: u64) -> Result<()> {
+        match available_bytes(&self.root) {
+            Ok(free) if size > free => Err(StorageError::Full),
+            Ok(_) => Ok(()),
+            // Not knowing is no reason to refuse: the write itself will tell.
+            Err(e) => {
+                tracing::debug!("statvfs {}: {e}", self.root.display());
+                Ok(())
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
     }
+}
+
+/// Bytes an unprivileged writer can still use on the filesystem holding `dir`
+/// (root may have a few percent more on ext4; those are kept for emergencies).
+fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs
+    // buffer that the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
