@@ -42,20 +42,37 @@ impl FsStorage {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let tmp = root.join(TMP_DIR);
-        match std::fs::remove_dir_all(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        // The directory itself is kept: on a full disk, recreating it could fail
+        // and the server must still start and serve what it has.
         std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        // An empty file: writability is about permissions, and a full disk still
+        // allows reads.
         let probe = tmp.join("write-probe");
-        std::fs::write(&probe, b"probe")?;
+        std::fs::write(&probe, b"")?;
         std::fs::remove_file(&probe)?;
         let info = root.join("nix-cache-info");
         if !info.exists() {
             let staged = tmp.join("nix-cache-info");
-            std::fs::write(&staged, format!("StoreDir: {store_dir}\n"))?;
-            std::fs::rename(&staged, &info)?;
+            let written = std::fs::write(&staged, format!("StoreDir: {store_dir}\n"))
+                .and_then(|()| std::fs::rename(&staged, &info));
+            match written {
+                Ok(()) => {}
+                // Only `file://` readers of the directory miss it; the server
+                // serves its own.
+                Err(e) if StorageError::is_no_space(&e) => {
+                    let _ = std::fs::remove_file(&staged);
+                    tracing::warn!("{} is full: nix-cache-info not written", root.display());
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(FsStorage {
             reader: read::Reader::new(&root)?,
