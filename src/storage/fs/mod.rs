@@ -258,6 +258,24 @@ fn available_bytes(dir: &Path) -> std::io::Result<u64> {
     Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
 }
 
+/// Creates `dir` and its missing parents, fsyncing the directory that holds each
+/// one: a new `nar/` must survive a power loss as surely as the object renamed
+/// into it, whose own directory is fsynced after the rename.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(dir).is_ok_and(|md| md.is_dir()) {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    create_dir_durably(parent)?;
+    match std::fs::create_dir(dir) {
+        // AlreadyExists: another upload is creating it and may not have synced
+        // the parent yet; syncing again is cheap and this is rare.
+        Ok(()) => std::fs::File::open(parent)?.sync_all(),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::File::open(parent)?.sync_all(),
+        Err(e) => Err(e),
+    }
+}
+
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
 /// that keep memory flat.
 const LIST_BATCH: usize = 4096;
@@ -319,7 +337,7 @@ impl Upload for FsUpload {
             file.sync_all()?;
             drop(file);
             let parent = target.parent().unwrap_or(Path::new("/"));
-            std::fs::create_dir_all(parent)?;
+            create_dir_durably(parent)?;
             let existed = std::fs::symlink_metadata(&target).is_ok();
             std::fs::rename(&temp, &target)?;
             // Make the rename itself durable, not just the file's bytes.
