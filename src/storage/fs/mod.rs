@@ -276,6 +276,48 @@ fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
     }
 }
 
+/// Renames `from` over `to`; `true` when `to` did not exist before.
+///
+/// Checking for the target and then renaming is a race: of many concurrent
+/// uploads of one key, several could see it absent and all answer 201. A rename
+/// that refuses to replace (`RENAME_NOREPLACE`) decides atomically which upload
+/// created the object; the others then replace it.
+fn rename_reporting_creation(from: &Path, to: &Path) -> std::io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let old = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+        let new = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+        // SAFETY: two valid NUL-terminated paths, resolved relative to the
+        // working directory only if relative (they are absolute here).
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                old.as_ptr(),
+                libc::AT_FDCWD,
+                new.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EEXIST) => {
+                std::fs::rename(from, to)?;
+                return Ok(false);
+            }
+            // Filesystems without RENAME_NOREPLACE: the racy check below.
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
+            _ => return Err(e),
+        }
+    }
+    let existed = std::fs::symlink_metadata(to).is_ok();
+    std::fs::rename(from, to)?;
+    Ok(!existed)
+}
+
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
 /// that keep memory flat.
 const LIST_BATCH: usize = 4096;
@@ -338,11 +380,10 @@ impl Upload for FsUpload {
             drop(file);
             let parent = target.parent().unwrap_or(Path::new("/"));
             create_dir_durably(parent)?;
-            let existed = std::fs::symlink_metadata(&target).is_ok();
-            std::fs::rename(&temp, &target)?;
+            let created = rename_reporting_creation(&temp, &target)?;
             // Make the rename itself durable, not just the file's bytes.
             std::fs::File::open(parent)?.sync_all()?;
-            Ok(!existed)
+            Ok(created)
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?
