@@ -345,7 +345,6 @@ fn slow_and_idle_clients() {
 
     let mut a = open_attackers(s.addr, n, &big.nar_key());
     let header = b"GET /nix-cache-info HTTP/1.1\r\nHost: x\r\nX-Slow: ".to_vec();
-    let stop = Arc::new(AtomicBool::new(false));
     let peak_fds = Arc::new(AtomicU64::new(0));
     // Legitimate clients, while the attackers hold their connections.
     let legit: Vec<_> = (0..4)
@@ -388,37 +387,33 @@ fn slow_and_idle_clients() {
     // Dribble until the legitimate clients are done, and at least past both timeouts.
     let started = Instant::now();
     let mut tick = 0;
-    let (mut headers_alive, mut bodies_alive) = (0, 0);
+    let mut bodies_alive = 0;
     while !legit.iter().all(|t| t.is_finished()) || started.elapsed() < Duration::from_secs(5) {
         let byte = header[tick.min(header.len() - 1)];
         let byte = if tick >= header.len() { b'a' } else { byte };
-        headers_alive = dribble(&mut a.header_dribblers, byte);
+        dribble(&mut a.header_dribblers, byte);
         bodies_alive = dribble(&mut a.body_dribblers, b'x');
         peak_fds.fetch_max(open_fds(pid) as u64, Ordering::Relaxed);
         tick += 1;
         std::thread::sleep(Duration::from_millis(250));
     }
-    stop.store(true, Ordering::Relaxed);
     let legit_wrong: usize = legit.into_iter().map(|t| t.join().unwrap()).sum();
-    // The server, not the clients, ended the idle and the dribbling-header
-    // connections (header timeout), and the stalled downloads (write stall).
+    // The server, not the clients, ended every attacking connection while the
+    // clients still hold them: the idle ones and the dribbling headers (header
+    // timeout), the bodies once they stop dribbling (body timeout), the stalled
+    // downloads (write stall), and with them the NAR descriptors and temp files.
     let idle_closed = common::eventually(Duration::from_secs(10), || {
         a.idle.iter_mut().all(closed_by_server)
     });
-    let idle_closed_count = a
-        .idle
-        .iter_mut()
-        .map(closed_by_server)
-        .filter(|c| *c)
-        .count();
+    let idle_closed_count = a.idle.iter_mut().map(closed_by_server).filter(|c| *c).count();
     let headers_closed = common::eventually(Duration::from_secs(10), || {
         dribble(&mut a.header_dribblers, b'a') == 0
     });
-    // The stalled readers still hold their sockets open; the server let go of
-    // them, and of the NAR they were reading.
-    let stalled_released = common::eventually(Duration::from_secs(20), || {
-        open_fds(pid) <= baseline + a.body_dribblers.len() + 2
+    let bodies_closed = common::eventually(Duration::from_secs(10), || {
+        a.body_dribblers.iter_mut().all(closed_by_server)
     });
+    let released = common::eventually(Duration::from_secs(20), || open_fds(pid) <= baseline);
+    let held = open_fds(pid);
     let bodies = a.body_dribblers.len();
     drop(a);
     let fds_back = common::eventually(Duration::from_secs(20), || open_fds(pid) <= baseline);
@@ -426,11 +421,10 @@ fn slow_and_idle_clients() {
     figures(
         TEST,
         format_args!(
-            "{n} idle, {} dribbling headers, {} dribbling bodies (alive: {bodies_alive}), {} stalled readers; 200 legitimate requests, {legit_wrong} wrong; idle closed by the server: {idle_closed_count}/{n}, header dribblers closed: {}, still alive at the end {headers_alive}; descriptors {baseline} before, {} peak, {after} after",
+            "{n} idle, {} dribbling headers, {} dribbling bodies (alive: {bodies_alive}), {} stalled readers; 200 legitimate requests, {legit_wrong} wrong; closed by the server while the clients held them: idle {idle_closed_count}/{n}, header dribblers {headers_closed}, body dribblers {bodies_closed}; descriptors {baseline} before, {} peak, {held} with every attacker still connected, {after} after they left",
             n / 2,
             bodies,
             n / 10,
-            headers_closed,
             peak_fds.load(Ordering::Relaxed),
         ),
     );
@@ -443,7 +437,8 @@ fn slow_and_idle_clients() {
         "idle connections were not closed by the server"
     );
     assert!(headers_closed, "slow headers were not cut off");
-    assert!(stalled_released, "stalled downloads kept their descriptors");
+    assert!(bodies_closed, "stalled upload bodies were not ended");
+    assert!(released, "the server kept descriptors of abandoned connections: {held} (baseline {baseline})");
     assert!(
         fds_back,
         "descriptors leaked: {baseline} before, {after} after"
