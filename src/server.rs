@@ -91,6 +91,11 @@ pub async fn serve(
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout)
+        // A client may shut down its sending side once the request is sent
+        // (`nc -N`, some scripts): it still gets its answer. Without this, hyper
+        // dropped the request on that EOF, and an upload fully received could be
+        // stored with no answer sent.
+        .half_close(true)
         .keep_alive(true);
     // One permit per connection: at the limit the loop stops accepting, and new
     // connections wait in the kernel's backlog until a connection ends (idle ones
