@@ -45,8 +45,8 @@ pub fn access_enabled() -> bool {
 ///
 /// Request lines bypass `tracing`'s formatter, which escapes messages one character
 /// at a time: on the hot path that cost as much as answering a miss. The caller
-/// guarantees the fields need no escaping (the request line parser only lets
-/// printable ASCII through).
+/// guarantees the fields need no escaping (the access log percent-encodes
+/// everything in the path that is not printable ASCII).
 pub fn access(line: std::fmt::Arguments<'_>) {
     if !access_enabled() {
         return;
