@@ -405,7 +405,12 @@ fn slow_and_idle_clients() {
     let idle_closed = common::eventually(Duration::from_secs(10), || {
         a.idle.iter_mut().all(closed_by_server)
     });
-    let idle_closed_count = a.idle.iter_mut().map(closed_by_server).filter(|c| *c).count();
+    let idle_closed_count = a
+        .idle
+        .iter_mut()
+        .map(closed_by_server)
+        .filter(|c| *c)
+        .count();
     let headers_closed = common::eventually(Duration::from_secs(10), || {
         dribble(&mut a.header_dribblers, b'a') == 0
     });
@@ -438,7 +443,10 @@ fn slow_and_idle_clients() {
     );
     assert!(headers_closed, "slow headers were not cut off");
     assert!(bodies_closed, "stalled upload bodies were not ended");
-    assert!(released, "the server kept descriptors of abandoned connections: {held} (baseline {baseline})");
+    assert!(
+        released,
+        "the server kept descriptors of abandoned connections: {held} (baseline {baseline})"
+    );
     assert!(
         fds_back,
         "descriptors leaked: {baseline} before, {after} after"
