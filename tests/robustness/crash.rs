@@ -188,28 +188,93 @@ fn run_writer(mut w: Writer) {
         // Keep the big NAR's memory only as long as needed.
         p.nar = Vec::new();
         own.push(p);
+        // Think time, as between builds: enough rounds of kills matter more than
+        // the number of objects, whose checks every round grow with them.
+        std::thread::sleep(Duration::from_millis(w.rng.below(60)));
     }
 }
 
-/// Digests of files, recomputed only when a file's identity or mtime changed
-/// (the server never writes in place, so an unchanged inode is unchanged bytes).
+/// The fields of a narinfo the checks need.
+struct NarinfoFields {
+    url: String,
+    file_hash: String,
+    file_size: u64,
+    /// `<hash>.narinfo` of each reference.
+    refs: Vec<String>,
+}
+
+/// `Key: value` fields of a narinfo.
+fn fields(text: &str) -> HashMap<&str, &str> {
+    text.lines().filter_map(|l| l.split_once(": ")).collect()
+}
+
+fn parse_narinfo(text: &str) -> NarinfoFields {
+    let fl = fields(text);
+    NarinfoFields {
+        url: fl.get("URL").copied().unwrap_or("").to_owned(),
+        file_hash: fl
+            .get("FileHash")
+            .and_then(|h| h.strip_prefix("sha256:"))
+            .unwrap_or("")
+            .to_owned(),
+        file_size: fl
+            .get("FileSize")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(u64::MAX),
+        refs: fl.get("References").map_or(Vec::new(), |r| {
+            r.split_whitespace()
+                .map(|r| format!("{}.narinfo", &r[..32.min(r.len())]))
+                .collect()
+        }),
+    }
+}
+
+/// What is known of a file: its identity, size, digest and, for a narinfo, its
+/// fields. Recomputed only when the identity or mtime changed (the server never
+/// writes in place, so an unchanged inode is unchanged bytes): a round costs a
+/// stat per file, not a read.
+struct Known {
+    id: (u64, i64, i64),
+    size: u64,
+    digest: String,
+    narinfo: Option<NarinfoFields>,
+}
+
 #[derive(Default)]
-struct Digests(HashMap<PathBuf, (u64, i64, i64, u64, String)>);
+struct Digests(HashMap<PathBuf, Known>);
 
 impl Digests {
-    fn of(&mut self, path: &Path) -> std::io::Result<String> {
+    fn entry(&mut self, path: &Path) -> std::io::Result<&Known> {
         use std::os::unix::fs::MetadataExt;
         let md = std::fs::metadata(path)?;
-        let id = (md.ino(), md.mtime(), md.mtime_nsec(), md.len());
-        if let Some((ino, s, ns, len, d)) = self.0.get(path) {
-            if (*ino, *s, *ns, *len) == id {
-                return Ok(d.clone());
-            }
+        let id = (md.ino(), md.mtime(), md.mtime_nsec());
+        let fresh = self
+            .0
+            .get(path)
+            .is_some_and(|k| k.id == id && k.size == md.len());
+        if !fresh {
+            let (digest, narinfo) = if path.extension().is_some_and(|e| e == "narinfo") {
+                let bytes = std::fs::read(path)?;
+                let fields = std::str::from_utf8(&bytes).ok().map(parse_narinfo);
+                (digest(&bytes), fields)
+            } else {
+                (file_digest(path)?, None)
+            };
+            let known = Known {
+                id,
+                size: md.len(),
+                digest,
+                narinfo,
+            };
+            self.0.insert(path.to_owned(), known);
         }
-        let d = file_digest(path)?;
         self.0
-            .insert(path.to_owned(), (id.0, id.1, id.2, id.3, d.clone()));
-        Ok(d)
+            .get(path)
+            .ok_or_else(|| std::io::Error::other("just inserted"))
+    }
+
+    fn of(&mut self, path: &Path) -> std::io::Result<String> {
+        self.entry(path).map(|k| k.digest.clone())
     }
 }
 
@@ -226,11 +291,6 @@ impl Problems {
     }
 }
 
-/// `Key: value` fields of a narinfo.
-fn fields(text: &str) -> HashMap<&str, &str> {
-    text.lines().filter_map(|l| l.split_once(": ")).collect()
-}
-
 /// The disk after a restart, against everything clients sent.
 fn verify_disk(dir: &Path, ledger: &Ledger, digests: &mut Digests, p: &mut Problems) {
     let files = common::files_below(dir);
@@ -244,16 +304,17 @@ fn verify_disk(dir: &Path, ledger: &Ledger, digests: &mut Digests, p: &mut Probl
         if f == "nix-cache-info" {
             continue;
         }
-        let d = match digests.of(&dir.join(f)) {
-            Ok(d) => d,
+        let known = match digests.entry(&dir.join(f)) {
+            Ok(k) => k,
             Err(e) => {
                 p.corrupt.push(format!("{f}: unreadable: {e}"));
                 continue;
             }
         };
+        let d = &known.digest;
         match ledger.keys.get(f.as_str()) {
             None => p.partial.push(format!("{f}: no client sent this key")),
-            Some(k) if k.acked.as_ref() != Some(&d) && !k.unanswered.contains(&d) => {
+            Some(k) if k.acked.as_ref() != Some(d) && !k.unanswered.contains(d) => {
                 let what = if k.acked.is_some() {
                     "differs from the acknowledged body"
                 } else {
@@ -269,46 +330,43 @@ fn verify_disk(dir: &Path, ledger: &Ledger, digests: &mut Digests, p: &mut Probl
                     .push(format!("{f}: hashes to {d}, not to its name"));
             }
         }
+        if !f.ends_with(".narinfo") {
+            continue;
+        }
+        let Some((url, want, refs)) = known.narinfo.as_ref().map(|i| {
+            (
+                i.url.clone(),
+                (i.file_size, i.file_hash.clone()),
+                i.refs.clone(),
+            )
+        }) else {
+            p.corrupt.push(format!("{f}: not UTF-8"));
+            continue;
+        };
+        // The NAR it points to: present, with its FileSize and FileHash (its own
+        // entry is checked against its name in this loop too).
+        if !present.contains(url.as_str()) {
+            p.corrupt.push(format!("{f}: URL {url} is not present"));
+        } else {
+            let got = digests
+                .entry(&dir.join(&url))
+                .ok()
+                .map(|k| (k.size, k.digest.clone()));
+            if got.as_ref() != Some(&want) {
+                p.corrupt.push(format!(
+                    "{f}: {url} is {got:?}, FileSize/FileHash say {want:?}"
+                ));
+            }
+        }
+        for r in refs {
+            if !present.contains(r.as_str()) {
+                p.corrupt.push(format!("{f}: reference {r} is absent"));
+            }
+        }
     }
     for (key, k) in &ledger.keys {
         if k.acked.is_some() && !present.contains(key.as_str()) {
             p.lost.push(format!("{key}: acknowledged, then missing"));
-        }
-    }
-    for f in files.iter().filter(|f| f.ends_with(".narinfo")) {
-        let Ok(text) = std::fs::read_to_string(dir.join(f)) else {
-            p.corrupt.push(format!("{f}: not UTF-8"));
-            continue;
-        };
-        let fl = fields(&text);
-        let url = fl.get("URL").copied().unwrap_or("");
-        let want_hash = fl
-            .get("FileHash")
-            .and_then(|h| h.strip_prefix("sha256:"))
-            .unwrap_or("");
-        let want_size: u64 = fl
-            .get("FileSize")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(u64::MAX);
-        if !present.contains(url) {
-            p.corrupt.push(format!("{f}: URL {url} is not present"));
-            continue;
-        }
-        let size = std::fs::metadata(dir.join(url)).map_or(0, |m| m.len());
-        let d = digests.of(&dir.join(url)).unwrap_or_default();
-        if size != want_size || d != want_hash {
-            p.corrupt.push(format!(
-                "{f}: {url} is {size} bytes hashing to {d}, FileSize/FileHash say {want_size}/{want_hash}"
-            ));
-        }
-        for r in fl
-            .get("References")
-            .map_or(Vec::new(), |r| r.split_whitespace().collect())
-        {
-            let info = format!("{}.narinfo", &r[..32.min(r.len())]);
-            if !present.contains(info.as_str()) {
-                p.corrupt.push(format!("{f}: reference {r} has no narinfo"));
-            }
         }
     }
 }
@@ -346,7 +404,7 @@ fn verify_http(server: &Server, keys: &[String], digests: &mut Digests, p: &mut 
                 continue;
             }
         }
-        if !key.ends_with(".narinfo") {
+        if r.status != 200 || !key.ends_with(".narinfo") {
             continue;
         }
         let text = r.text();
@@ -386,13 +444,30 @@ fn crash_loop() {
     let mut digests = Digests::default();
     let mut problems = Problems::default();
     let (mut kills, mut leftovers, mut http_checks, mut large_rounds) = (0u64, 0usize, 0u64, 0);
+    let (mut disk_time, mut http_time) = (Duration::ZERO, Duration::ZERO);
     for round in 0..=rounds {
         let server = ServerBuilder::new().dir(&dir).start();
         // After each restart: the disk, then the server, against the ledger.
+        let checking = std::time::Instant::now();
         {
             let l = ledger.lock().unwrap();
             verify_disk(&dir, &l, &mut digests, &mut problems);
-            let mut keys: Vec<String> = l.touched.iter().cloned().collect();
+            // Through the server: every key that was in flight at the kill, a
+            // sample of the round's others and of older ones (the disk check
+            // above covered them all), and everything at the end.
+            let touched: Vec<&String> = l.touched.iter().collect();
+            let mut keys: Vec<String> = touched
+                .iter()
+                .filter(|k| {
+                    l.keys
+                        .get(k.as_str())
+                        .is_some_and(|s| !s.unanswered.is_empty())
+                })
+                .map(|k| (*k).clone())
+                .collect();
+            if !touched.is_empty() {
+                keys.extend((0..20).map(|_| (*rng.pick(&touched)).clone()));
+            }
             let acked: Vec<&String> = l
                 .keys
                 .iter()
@@ -400,15 +475,17 @@ fn crash_loop() {
                 .map(|(key, _)| key)
                 .collect();
             if round == rounds {
-                // The end: every acknowledged object through the server.
                 keys.extend(acked.into_iter().cloned());
             } else if !acked.is_empty() {
-                keys.extend((0..25).map(|_| (*rng.pick(&acked)).clone()));
+                keys.extend((0..10).map(|_| (*rng.pick(&acked)).clone()));
             }
             keys.sort();
             keys.dedup();
             drop(l);
+            let disk_done = checking.elapsed();
             http_checks += verify_http(&server, &keys, &mut digests, &mut problems);
+            disk_time += disk_done;
+            http_time += checking.elapsed() - disk_done;
         }
         if problems.total() > 0 || round == rounds {
             check_log(&server, &mut problems);
@@ -458,11 +535,13 @@ fn crash_loop() {
     figures(
         TEST,
         format_args!(
-            "{rounds} rounds ({large_rounds} with a large NAR), {kills} kills, {} uploads sent, {} acknowledged ({} MiB), {} unanswered at a kill, {leftovers} temporary files cleaned at restarts, {objects} objects at the end, {http_checks} reads checked; {} lost, {} corrupt, {} partial visible, {} refused (seed {seed})",
+            "{rounds} rounds ({large_rounds} with a large NAR), {kills} kills, {} uploads sent, {} acknowledged ({} MiB), {} unanswered at a kill, {leftovers} temporary files cleaned at restarts, {objects} objects at the end, {http_checks} reads checked (checks took {:.1} s on disk, {:.1} s over HTTP); {} lost, {} corrupt, {} partial visible, {} refused (seed {seed})",
             l.sent,
             l.acked,
             l.acked_bytes >> 20,
             l.sent - l.acked - l.refused.len() as u64,
+            disk_time.as_secs_f64(),
+            http_time.as_secs_f64(),
             problems.lost.len(),
             problems.corrupt.len(),
             problems.partial.len(),
