@@ -6,6 +6,23 @@ pub mod ingest;
 pub mod key;
 pub mod narinfo;
 
+/// Cases per generated-input test: `default`, ten times as many with
+/// `NIX_STORED_ROBUST_FULL=1`, or `NIX_STORED_FUZZ_CASES`.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    if let Some(n) = std::env::var("NIX_STORED_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    if std::env::var("NIX_STORED_ROBUST_FULL").as_deref() == Ok("1") {
+        default * 10
+    } else {
+        default
+    }
+}
+
 use std::sync::Arc;
 
 use nix_derivation::StoreDir;
