@@ -103,8 +103,8 @@ struct Writer {
 }
 
 fn nar_size(rng: &mut Rng) -> usize {
-    let size = if full() {
-        rng.log_size(1, 64 << 20)
+    let size = if full() && rng.chance(1, 10) {
+        rng.log_size(256 << 10, 16 << 20)
     } else if rng.chance(1, 40) {
         rng.log_size(256 << 10, 4 << 20)
     } else {
@@ -493,7 +493,9 @@ fn crash_loop() {
         }
         ledger.lock().unwrap().touched.clear();
 
-        let large = full() || rng.chance(1, 20);
+        // One writer starts with an 8-64 MiB NAR in some rounds, so that kills
+        // also land in the middle of large bodies and their commits.
+        let large = rng.chance(by_mode(1, 3), 20);
         large_rounds += usize::from(large);
         let stop = Arc::new(AtomicBool::new(false));
         let writers: Vec<_> = (0..WRITERS)
@@ -511,7 +513,7 @@ fn crash_loop() {
                 std::thread::spawn(move || run_writer(w))
             })
             .collect();
-        let window = if large { 2000 } else { 300 };
+        let window = if large || full() { 2000 } else { 300 };
         std::thread::sleep(Duration::from_millis(rng.below(window)));
         let mut server = server;
         server.kill9();
