@@ -77,13 +77,25 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_STORE_DIR", default_value = "/nix/store")]
     pub store_dir: String,
 
-    /// Seconds a request body may stay idle before the upload is aborted.
+    /// Seconds an upload body may stay idle, or a download may wait for the client
+    /// to take more bytes, before the transfer is aborted.
     #[arg(long, env = "NIX_STORED_BODY_TIMEOUT", default_value = "60")]
     pub body_timeout: u64,
 
     /// Print the OpenAPI document of the HTTP interface and exit.
     #[arg(long)]
     pub print_openapi: bool,
+
+    /// Seconds a client gets to send a request's headers (from the connection's start,
+    /// or from the end of its previous request); idle connections close after it.
+    #[arg(long, env = "NIX_STORED_HEADER_TIMEOUT", default_value = "30")]
+    pub header_timeout: u64,
+
+    /// Most connections served at once; more wait in the listen backlog. Default:
+    /// 10000, or fewer when the file descriptor limit (raised to its hard limit at
+    /// start) cannot hold two descriptors per connection.
+    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
@@ -162,8 +174,12 @@ pub struct Config {
     pub trusted_keys: Vec<TrustedPublicKey>,
     /// Nix store directory.
     pub store_dir: StoreDir,
-    /// Idle body timeout.
+    /// Idle body timeout (uploads and downloads).
     pub body_timeout: std::time::Duration,
+    /// Time a client gets to send request headers.
+    pub header_timeout: std::time::Duration,
+    /// Connection limit set explicitly; `None` derives it from the descriptor limit.
+    pub max_connections: Option<usize>,
     /// Grace period on shutdown.
     pub shutdown_timeout: std::time::Duration,
     /// HTTPS certificate and key; `None` serves plain HTTP.
@@ -271,6 +287,12 @@ impl Config {
                     "NIX_STORED_TLS_KEY is set but NIX_STORED_TLS_CERT is not: HTTPS needs both",
                 )),
             };
+        if args.header_timeout == 0 {
+            return Err(err("NIX_STORED_HEADER_TIMEOUT must be at least 1 second"));
+        }
+        if args.max_connections == Some(0) {
+            return Err(err("NIX_STORED_MAX_CONNECTIONS must be at least 1"));
+        }
         Ok(Config {
             path: args.path,
             listen,
@@ -284,6 +306,8 @@ impl Config {
             trusted_keys,
             store_dir,
             body_timeout: std::time::Duration::from_secs(args.body_timeout),
+            header_timeout: std::time::Duration::from_secs(args.header_timeout),
+            max_connections: args.max_connections,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             tls,
         })
@@ -306,7 +330,7 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "path={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s shutdown_timeout={}s tls={}",
+            "path={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
             self.path.display(),
             self.listen,
             user(&self.read_user),
@@ -318,6 +342,9 @@ impl Config {
             self.trusted_keys.len(),
             self.store_dir.as_str(),
             self.body_timeout.as_secs(),
+            self.header_timeout.as_secs(),
+            self.max_connections
+                .map_or("auto".to_owned(), |n| n.to_string()),
             self.shutdown_timeout.as_secs(),
             tls,
         )
@@ -501,5 +528,11 @@ mod tests {
         assert!(parse(&["--log-level", "loud"]).is_err());
         assert!(parse(&["--trusted-public-keys", "k:notbase64"]).is_err());
         assert!(parse(&["--store-dir", "relative"]).is_err());
+        assert!(parse(&["--header-timeout", "0"]).is_err());
+        assert!(parse(&["--max-connections", "0"]).is_err());
+        assert_eq!(
+            parse(&["--max-connections", "7"]).unwrap().max_connections,
+            Some(7)
+        );
     }
 }

@@ -34,6 +34,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         )),
         None => None,
     };
+    let nofile = server::raise_nofile_limit()
+        .map_err(|e| StartError(format!("cannot read the open file limit: {e}")))?;
+    let max_connections = server::connection_limit(config.max_connections, nofile);
+    if server::limit_exceeds_descriptors(max_connections, nofile) {
+        tracing::warn!(
+            "NIX_STORED_MAX_CONNECTIONS {max_connections} may need more file descriptors than the limit of {nofile}: raise LimitNOFILE"
+        );
+    }
+    tracing::info!("connection limit {max_connections} (open file limit {nofile})");
     let storage = FsStorage::open(&config.path, config.store_dir.as_str()).map_err(|e| {
         StartError(format!(
             "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
@@ -100,9 +109,15 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics: http::metrics::Metrics::default(),
         metrics_enabled: config.metrics,
     });
+    let options = server::ServeOptions {
+        header_timeout: config.header_timeout,
+        write_stall_timeout: config.body_timeout,
+        max_connections,
+        grace: config.shutdown_timeout,
+    };
     match tls {
-        Some(tls) => server::serve_tls(listener, app, config.shutdown_timeout, tls).await,
-        None => server::serve(listener, app, config.shutdown_timeout).await,
+        Some(tls) => server::serve_tls(listener, app, options, tls).await,
+        None => server::serve(listener, app, options).await,
     }
     .map_err(|e| StartError(format!("server failed: {e}")))
 }

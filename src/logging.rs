@@ -85,8 +85,8 @@ pub fn access_enabled() -> bool {
 ///
 /// Request lines bypass `tracing`'s formatter, which escapes messages one character
 /// at a time: on the hot path that cost as much as answering a miss. In text, the
-/// fields need no escaping (the request line parser only lets printable ASCII
-/// through, and user names come from the configuration).
+/// fields need no escaping (the access log percent-encodes everything in the path
+/// that is not printable ASCII, and user names come from the configuration).
 pub fn access(l: &AccessLine<'_>) {
     if !access_enabled() {
         return;

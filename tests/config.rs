@@ -24,6 +24,8 @@ const VARIABLES: &[&str] = &[
     "NIX_STORED_TRUSTED_PUBLIC_KEYS",
     "NIX_STORED_STORE_DIR",
     "NIX_STORED_BODY_TIMEOUT",
+    "NIX_STORED_HEADER_TIMEOUT",
+    "NIX_STORED_MAX_CONNECTIONS",
     "NIX_STORED_SHUTDOWN_TIMEOUT",
     "NIX_STORED_TLS_CERT",
     "NIX_STORED_TLS_KEY",
@@ -184,6 +186,8 @@ fn other_bad_values() {
         ("NIX_STORED_TRUSTED_PUBLIC_KEYS", "name:AAAA"),
         ("NIX_STORED_STORE_DIR", "relative/store"),
         ("NIX_STORED_BODY_TIMEOUT", "0"),
+        ("NIX_STORED_HEADER_TIMEOUT", "0"),
+        ("NIX_STORED_MAX_CONNECTIONS", "0"),
     ];
     for (var, value) in cases {
         refuses(
@@ -201,6 +205,8 @@ fn timeouts_that_are_not_numbers() {
         ("NIX_STORED_BODY_TIMEOUT", "abc"),
         ("NIX_STORED_BODY_TIMEOUT", "-5"),
         ("NIX_STORED_SHUTDOWN_TIMEOUT", "soon"),
+        ("NIX_STORED_HEADER_TIMEOUT", "never"),
+        ("NIX_STORED_MAX_CONNECTIONS", "many"),
     ];
     for (var, value) in cases {
         refuses(
@@ -242,6 +248,8 @@ fn help_lists_every_variable_without_secrets() {
         "--trusted-public-keys",
         "--store-dir",
         "--body-timeout",
+        "--header-timeout",
+        "--max-connections",
         "--shutdown-timeout",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");

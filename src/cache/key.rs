@@ -389,3 +389,158 @@ mod tests {
         }
     }
 }
+
+/// Generated inputs: whatever the path, the parser never panics, and every key it
+/// accepts is a plain relative path of allowed characters that cannot leave the
+/// cache directory.
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// What every accepted key satisfies, whatever the input.
+    fn assert_safe(input: &str, key: &ObjectKey) {
+        let path = key.as_str();
+        assert_eq!(path, input.strip_prefix('/').unwrap_or(input));
+        assert!(!path.is_empty() && path.len() <= 512, "{path:?}");
+        assert!(
+            path.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-._?=!:/".contains(&b)),
+            "{path:?} has a character outside the allow-list"
+        );
+        for component in path.split('/') {
+            assert!(
+                !component.is_empty() && !component.starts_with('.'),
+                "{path:?} has an empty, dot or dot-dot component"
+            );
+        }
+        assert!(std::path::Path::new(path)
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_))));
+        // The accessors slice the path: they must hold for their kinds.
+        match key.kind() {
+            Kind::Nar => {
+                assert!(is_nix32_sha256(key.nar_file_hash().unwrap_or_default()));
+                assert!(NAR_EXTENSIONS.contains(&key.nar_extension().unwrap_or("?")));
+            }
+            Kind::NarInfo | Kind::Listing => {
+                assert!(is_nix32(
+                    key.store_hash().unwrap_or_default(),
+                    STORE_HASH_LEN
+                ));
+            }
+            _ => assert!(key.store_hash().is_none() && key.nar_file_hash().is_none()),
+        }
+        assert_eq!(
+            ObjectKey::parse(path).as_ref(),
+            Ok(key),
+            "parsing is stable"
+        );
+    }
+
+    fn check(input: &str) {
+        if let Ok(key) = ObjectKey::parse(input) {
+            assert_safe(input, &key);
+        }
+    }
+
+    const HASH: &str = "[0-9a-df-np-sv-z]{32}";
+    const FILE_HASH: &str = "[01][0-9a-df-np-sv-z]{51}";
+    const NAME: &str = "[a-zA-Z0-9][a-zA-Z0-9+._?=-]{0,30}";
+
+    /// Keys of every shape a client uses, with their kind.
+    fn valid_key() -> impl Strategy<Value = (String, Kind)> {
+        prop_oneof![
+            Just(("/nix-cache-info".to_owned(), Kind::CacheInfo)),
+            HASH.prop_map(|h| (format!("/{h}.narinfo"), Kind::NarInfo)),
+            HASH.prop_map(|h| (format!("{h}.ls"), Kind::Listing)),
+            (FILE_HASH, prop::sample::select(NAR_EXTENSIONS))
+                .prop_map(|(h, e)| (format!("/nar/{h}.nar{e}"), Kind::Nar)),
+            (HASH, NAME).prop_map(|(h, n)| (format!("/log/{h}-{n}.drv"), Kind::Log)),
+            "[0-9a-f]{40}".prop_map(|id| (format!("/debuginfo/{id}.debug"), Kind::DebugInfo)),
+            ("[0-9a-f]{64}", NAME).prop_map(|(h, o)| (
+                format!("/realisations/sha256:{h}!{o}.doi"),
+                Kind::Realisation
+            )),
+            (HASH, NAME, NAME).prop_map(|(h, n, o)| (
+                format!("/build-trace-v2/{h}-{n}.drv/{o}.doi"),
+                Kind::Realisation
+            )),
+        ]
+    }
+
+    /// Characters that make paths hostile.
+    const NASTY: &[&str] = &[
+        ".", "..", "/", "/../", "%", "%2e", "%2f", "\0", "\\", " ", "e", "E", "é", "\u{202e}",
+        "\u{9b}", ":", "!", "?", "#", "~", "*", "\n", "//", ".tmp",
+    ];
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        Insert(usize, &'static str),
+        Replace(usize, &'static str),
+        Delete(usize),
+        Truncate(usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        let nasty = prop::sample::select(NASTY);
+        prop_oneof![
+            (any::<usize>(), nasty.clone()).prop_map(|(i, s)| Edit::Insert(i, s)),
+            (any::<usize>(), nasty).prop_map(|(i, s)| Edit::Replace(i, s)),
+            any::<usize>().prop_map(Edit::Delete),
+            any::<usize>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn apply(path: &str, edits: &[Edit]) -> String {
+        let mut chars: Vec<String> = path.chars().map(String::from).collect();
+        for e in edits {
+            let len = chars.len();
+            match e {
+                Edit::Insert(i, s) => chars.insert(i % (len + 1), (*s).to_owned()),
+                Edit::Replace(i, s) if len > 0 => chars[i % len] = (*s).to_owned(),
+                Edit::Delete(i) if len > 0 => {
+                    chars.remove(i % len);
+                }
+                Edit::Truncate(i) => chars.truncate(i % (len + 1)),
+                _ => {}
+            }
+        }
+        chars.concat()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::cache::fuzz_cases(2000)))]
+
+        #[test]
+        fn any_string(input in any::<String>()) {
+            check(&input);
+        }
+
+        #[test]
+        fn path_like_strings(input in "/?([a-z0-9.%:!_-]{0,60}/){0,4}[a-z0-9.%:!_-]{0,60}") {
+            check(&input);
+        }
+
+        #[test]
+        fn valid_keys_are_accepted((path, kind) in valid_key()) {
+            let key = ObjectKey::parse(&path);
+            prop_assert!(key.is_ok(), "{path:?} refused: {key:?}");
+            let key = key.unwrap_or_else(|_| unreachable!());
+            prop_assert_eq!(key.kind(), kind);
+            assert_safe(&path, &key);
+        }
+
+        #[test]
+        fn edited_keys((path, _) in valid_key(), edits in prop::collection::vec(edit(), 1..4)) {
+            let edited = apply(&path, &edits);
+            check(&edited);
+            // No encoding and no NUL ever passes (`..` inside a name is a name;
+            // as a component, `assert_safe` refuses it).
+            if edited.contains('%') || edited.contains('\0') {
+                prop_assert!(ObjectKey::parse(&edited).is_err(), "{edited:?} accepted");
+            }
+        }
+    }
+}

@@ -6,6 +6,23 @@ pub mod ingest;
 pub mod key;
 pub mod narinfo;
 
+/// Cases per generated-input test: `default`, ten times as many with
+/// `NIX_STORED_ROBUST_FULL=1`, or `NIX_STORED_FUZZ_CASES`.
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    if let Some(n) = std::env::var("NIX_STORED_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return n;
+    }
+    if std::env::var("NIX_STORED_ROBUST_FULL").as_deref() == Ok("1") {
+        default * 10
+    } else {
+        default
+    }
+}
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -219,7 +236,10 @@ impl Cache {
         let limit = self.upload_limit(key.kind());
         match declared {
             Some(size) if size > limit => Err(CacheError::TooLarge { size, limit }),
-            _ => Ok(()),
+            // Never stored, so it needs no room.
+            _ if key.kind() == Kind::CacheInfo => Ok(()),
+            Some(size) => Ok(self.storage.ensure_room(size)?),
+            None => Ok(()),
         }
     }
 }

@@ -178,7 +178,7 @@ mod tests {
     use super::*;
 
     // Produced by Nix 2.8 (compression none, signed by test-cache-1).
-    const GOOD: &str = "StorePath: /nix/store/nx73vzmbhpb3836sq4af0c7y7rlw5z6y-b-top
+    pub(super) const GOOD: &str = "StorePath: /nix/store/nx73vzmbhpb3836sq4af0c7y7rlw5z6y-b-top
 URL: nar/1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar
 Compression: none
 FileHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p
@@ -189,7 +189,7 @@ References: 5xf4hlminf1vnpb5awkarlb8wxix6mca-a-dep
 Sig: test-cache-1:JYPd+r3BW12yJxfmNEGc7i2Tzg4qqMv359bEix3iF4iDAr/UH8gv3JWOk2mpg+NCqp4uZX+BGFuExX/mwvXDDQ==
 CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
 ";
-    const KEY: &str = "nx73vzmbhpb3836sq4af0c7y7rlw5z6y";
+    pub(super) const KEY: &str = "nx73vzmbhpb3836sq4af0c7y7rlw5z6y";
     const PUBKEY: &str = "test-cache-1:DZFFwF/5PPclp0cIqjJCty5ElDaVKFCiNBqWUhBOK08=";
 
     fn run(body: &str, keys: &[TrustedPublicKey]) -> Result<CheckedNarInfo, String> {
@@ -271,5 +271,169 @@ CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
             let err = run(&body, &[]).map(|_| ()).expect_err(expect);
             assert!(err.contains(expect), "expected {expect:?} in {err:?}");
         }
+    }
+}
+
+/// Generated narinfos: whatever the bytes, validation never panics, and whatever it
+/// accepts points at a NAR key matching its `FileHash`, `FileSize` and compression.
+#[cfg(test)]
+mod fuzz {
+    use super::tests::{GOOD, KEY};
+    use super::*;
+    use proptest::prelude::*;
+
+    fn run(body: &[u8]) -> Result<CheckedNarInfo, String> {
+        let dir = StoreDir::default();
+        check(
+            body,
+            KEY,
+            &NarInfoPolicy {
+                store_dir: &dir,
+                trusted_keys: &[],
+            },
+        )
+    }
+
+    /// What every accepted narinfo satisfies.
+    fn assert_consistent(body: &[u8], checked: &CheckedNarInfo) {
+        let text = std::str::from_utf8(body).expect("accepted narinfos are UTF-8");
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(": ")))
+        };
+        assert_eq!(checked.nar.kind(), Kind::Nar);
+        assert_eq!(Some(checked.nar.as_str()), field("URL"));
+        let file_hash = checked.nar.nar_file_hash().unwrap_or_default();
+        assert_eq!(
+            field("FileHash").and_then(|h| h.strip_prefix("sha256:")),
+            Some(file_hash),
+            "the NAR key is the FileHash"
+        );
+        assert_eq!(
+            field("FileSize").and_then(|s| s.parse().ok()),
+            Some(checked.file_size)
+        );
+        assert!(field("Compression").is_some());
+        // One value per field (Nix and this parser could otherwise read different
+        // ones): only signatures repeat.
+        let mut names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once(": ").map(|(n, _)| n))
+            .filter(|n| *n != "Sig")
+            .collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all, "a field appears twice in {text:?}");
+        assert!(field("StorePath").is_some_and(|p| p.contains(KEY)));
+        for r in &checked.references {
+            assert!(r.len() == 32 && r != KEY, "{r:?}");
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Edit {
+        DeleteLine(usize),
+        DuplicateLine(usize),
+        SwapLines(usize, usize),
+        ReplaceByte(usize, u8),
+        InsertText(usize, String),
+        Truncate(usize),
+    }
+
+    fn edit() -> impl Strategy<Value = Edit> {
+        prop_oneof![
+            any::<usize>().prop_map(Edit::DeleteLine),
+            any::<usize>().prop_map(Edit::DuplicateLine),
+            (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Edit::SwapLines(a, b)),
+            (any::<usize>(), any::<u8>()).prop_map(|(i, b)| Edit::ReplaceByte(i, b)),
+            (
+                any::<usize>(),
+                prop_oneof![
+                    Just("\n".to_owned()),
+                    Just("\r\n".to_owned()),
+                    Just(": ".to_owned()),
+                    Just("sha256:".to_owned()),
+                    Just("99999999999999999999999".to_owned()),
+                    Just("-1".to_owned()),
+                    Just("../".to_owned()),
+                    Just("/nix/store/".to_owned()),
+                    "[A-Za-z]{1,12}: [ -~]{0,80}\n",
+                    "[ -~]{0,40}",
+                ]
+            )
+                .prop_map(|(i, s)| Edit::InsertText(i, s)),
+            any::<usize>().prop_map(Edit::Truncate),
+        ]
+    }
+
+    fn apply(body: &[u8], edits: &[Edit]) -> Vec<u8> {
+        let mut lines: Vec<Vec<u8>> = body
+            .split_inclusive(|b| *b == b'\n')
+            .map(<[u8]>::to_vec)
+            .collect();
+        for e in edits {
+            let n = lines.len().max(1);
+            match e {
+                Edit::DeleteLine(i) if !lines.is_empty() => {
+                    lines.remove(i % n);
+                }
+                Edit::DuplicateLine(i) if !lines.is_empty() => {
+                    let l = lines[i % n].clone();
+                    lines.insert(i % n, l);
+                }
+                Edit::SwapLines(a, b) if !lines.is_empty() => lines.swap(a % n, b % n),
+                _ => {
+                    let mut flat = lines.concat();
+                    let len = flat.len();
+                    match e {
+                        Edit::ReplaceByte(i, b) if len > 0 => flat[i % len] = *b,
+                        Edit::InsertText(i, s) => {
+                            let at = i % (len + 1);
+                            flat.splice(at..at, s.bytes());
+                        }
+                        Edit::Truncate(i) => flat.truncate(i % (len + 1)),
+                        _ => {}
+                    }
+                    lines = flat
+                        .split_inclusive(|b| *b == b'\n')
+                        .map(<[u8]>::to_vec)
+                        .collect();
+                }
+            }
+        }
+        lines.concat()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::cache::fuzz_cases(3000)))]
+
+        #[test]
+        fn any_bytes(body in prop::collection::vec(any::<u8>(), 0..2048)) {
+            if let Ok(checked) = run(&body) {
+                assert_consistent(&body, &checked);
+            }
+        }
+
+        #[test]
+        fn key_value_lines(body in "([A-Za-z]{1,12}: [ -~]{0,100}\n){0,12}") {
+            if let Ok(checked) = run(body.as_bytes()) {
+                assert_consistent(body.as_bytes(), &checked);
+            }
+        }
+
+        #[test]
+        fn edited_narinfos(edits in prop::collection::vec(edit(), 1..5)) {
+            let body = apply(GOOD.as_bytes(), &edits);
+            if let Ok(checked) = run(&body) {
+                assert_consistent(&body, &checked);
+            }
+        }
+    }
+
+    #[test]
+    fn the_unedited_narinfo_is_consistent() {
+        let checked = run(GOOD.as_bytes()).unwrap();
+        assert_consistent(GOOD.as_bytes(), &checked);
     }
 }

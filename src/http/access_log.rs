@@ -21,9 +21,8 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     let started = Instant::now();
     let method = req.method().clone();
-    // The path only: query strings are not part of any key and are not logged. The
-    // request line parser only lets printable ASCII through, so it needs no escaping.
-    let path = req.uri().path().to_owned();
+    // The path only: query strings are not part of any key and are not logged.
+    let path = loggable_path(req.uri().path());
     let bytes_in = content_length(req.headers());
     let version = version_text(req.version());
     let route = Route::of(&path);
@@ -83,6 +82,25 @@ fn version_text(v: hyper::Version) -> &'static str {
     }
 }
 
+/// The path as it goes into the log: printable ASCII as it is, every other byte
+/// percent-encoded. The request line parser lets any UTF-8 through, including C1
+/// controls (`\u{9b}` starts a terminal escape sequence) and bidirectional
+/// overrides, which must not reach an operator's terminal or log viewer raw.
+fn loggable_path(path: &str) -> String {
+    if path.bytes().all(|b| b.is_ascii_graphic()) {
+        return path.to_owned();
+    }
+    let mut out = String::with_capacity(path.len() + 16);
+    for b in path.bytes() {
+        if b.is_ascii_graphic() {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// `id` in lowercase hex, without allocating.
 fn hex_id(mut id: u64, buf: &mut [u8; 16]) -> &str {
     let mut i = buf.len();
@@ -107,6 +125,15 @@ fn content_length(h: &hyper::HeaderMap) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::hex_id;
+
+    #[test]
+    fn paths_are_logged_printable() {
+        use super::loggable_path;
+        assert_eq!(loggable_path("/nar/abc.nar"), "/nar/abc.nar");
+        assert_eq!(loggable_path("/a\u{9b}31m"), "/a%C2%9B31m");
+        assert_eq!(loggable_path("/\u{202e}x"), "/%E2%80%AEx");
+        assert_eq!(loggable_path("/é"), "/%C3%A9");
+    }
 
     #[test]
     fn request_ids_are_lowercase_hex() {

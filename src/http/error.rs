@@ -116,9 +116,13 @@ impl HttpError {
                     h.insert(header::CONTENT_RANGE, v);
                 }
             }
-            // An unread or half-read body cannot be resumed on this connection.
+            // An unread or half-read body cannot be resumed on this connection (a
+            // full disk is found before the body or in the middle of it).
             HttpError::Cache(
-                CacheError::BodyTimeout | CacheError::BodyBroken(_) | CacheError::TooLarge { .. },
+                CacheError::BodyTimeout
+                | CacheError::BodyBroken(_)
+                | CacheError::TooLarge { .. }
+                | CacheError::Storage(StorageError::Full),
             ) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -65,11 +65,16 @@ pub enum StorageError {
 impl StorageError {
     /// Classifies an I/O error, so a full disk is reported as such.
     pub fn from_io(err: std::io::Error) -> Self {
-        // ENOSPC and EDQUOT both mean "no room for this write".
-        match err.raw_os_error() {
-            Some(28) | Some(122) => StorageError::Full,
-            _ => StorageError::Io(err),
+        if Self::is_no_space(&err) {
+            StorageError::Full
+        } else {
+            StorageError::Io(err)
         }
+    }
+
+    /// Whether an I/O error means "no room for this write" (ENOSPC, EDQUOT).
+    pub fn is_no_space(err: &std::io::Error) -> bool {
+        matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
     }
 }
 
@@ -129,6 +134,13 @@ pub trait Storage: Send + Sync + 'static {
     /// run once in the background. `Ok(None)` when this backend cannot count.
     async fn usage(&self) -> Result<Option<Usage>> {
         Ok(None)
+    }
+    /// Fails with [`StorageError::Full`] when an object of `size` bytes certainly
+    /// does not fit, so an upload can be refused before its body is read. Passing
+    /// does not reserve anything: a write can still run out of space.
+    fn ensure_room(&self, size: u64) -> Result<()> {
+        let _ = size;
+        Ok(())
     }
     /// A short human description for the startup log.
     fn describe(&self) -> String;

@@ -43,20 +43,37 @@ impl FsStorage {
         std::fs::create_dir_all(root)?;
         let root = root.canonicalize()?;
         let tmp = root.join(TMP_DIR);
-        match std::fs::remove_dir_all(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == ErrorKind::NotFound => {}
-            Err(e) => return Err(e),
-        }
+        // The directory itself is kept: on a full disk, recreating it could fail
+        // and the server must still start and serve what it has.
         std::fs::create_dir_all(&tmp)?;
+        for entry in std::fs::read_dir(&tmp)? {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(entry.path())?;
+            } else {
+                std::fs::remove_file(entry.path())?;
+            }
+        }
+        // An empty file: writability is about permissions, and a full disk still
+        // allows reads.
         let probe = tmp.join("write-probe");
-        std::fs::write(&probe, b"probe")?;
+        std::fs::write(&probe, b"")?;
         std::fs::remove_file(&probe)?;
         let info = root.join("nix-cache-info");
         if !info.exists() {
             let staged = tmp.join("nix-cache-info");
-            std::fs::write(&staged, format!("StoreDir: {store_dir}\n"))?;
-            std::fs::rename(&staged, &info)?;
+            let written = std::fs::write(&staged, format!("StoreDir: {store_dir}\n"))
+                .and_then(|()| std::fs::rename(&staged, &info));
+            match written {
+                Ok(()) => {}
+                // Only `file://` readers of the directory miss it; the server
+                // serves its own.
+                Err(e) if StorageError::is_no_space(&e) => {
+                    let _ = std::fs::remove_file(&staged);
+                    tracing::warn!("{} is full: nix-cache-info not written", root.display());
+                }
+                Err(e) => return Err(e),
+            }
         }
         Ok(FsStorage {
             reader: read::Reader::new(&root)?,
@@ -221,6 +238,18 @@ impl Storage for FsStorage {
         Ok(Some(usage))
     }
 
+    fn ensure_room(&self, size: u64) -> Result<()> {
+        match available_bytes(&self.root) {
+            Ok(free) if size > free => Err(StorageError::Full),
+            Ok(_) => Ok(()),
+            // Not knowing is no reason to refuse: the write itself will tell.
+            Err(e) => {
+                tracing::debug!("statvfs {}: {e}", self.root.display());
+                Ok(())
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.display())
     }
@@ -248,6 +277,80 @@ fn count_files(root: &Path) -> std::io::Result<Usage> {
         }
     }
     Ok(usage)
+}
+
+/// Bytes an unprivileged writer can still use on the filesystem holding `dir`
+/// (root may have a few percent more on ext4; those are kept for emergencies).
+fn available_bytes(dir: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
+    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs
+    // buffer that the call fills in.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// Creates `dir` and its missing parents, fsyncing the directory that holds each
+/// one: a new `nar/` must survive a power loss as surely as the object renamed
+/// into it, whose own directory is fsynced after the rename.
+fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
+    if std::fs::metadata(dir).is_ok_and(|md| md.is_dir()) {
+        return Ok(());
+    }
+    let parent = dir.parent().unwrap_or(Path::new("/"));
+    create_dir_durably(parent)?;
+    match std::fs::create_dir(dir) {
+        // AlreadyExists: another upload is creating it and may not have synced
+        // the parent yet; syncing again is cheap and this is rare.
+        Ok(()) => std::fs::File::open(parent)?.sync_all(),
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::File::open(parent)?.sync_all(),
+        Err(e) => Err(e),
+    }
+}
+
+/// Renames `from` over `to`; `true` when `to` did not exist before.
+///
+/// Checking for the target and then renaming is a race: of many concurrent
+/// uploads of one key, several could see it absent and all answer 201. A rename
+/// that refuses to replace (`RENAME_NOREPLACE`) decides atomically which upload
+/// created the object; the others then replace it.
+fn rename_reporting_creation(from: &Path, to: &Path) -> std::io::Result<bool> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let old = std::ffi::CString::new(from.as_os_str().as_bytes())?;
+        let new = std::ffi::CString::new(to.as_os_str().as_bytes())?;
+        // SAFETY: two valid NUL-terminated paths, resolved relative to the
+        // working directory only if relative (they are absolute here).
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                old.as_ptr(),
+                libc::AT_FDCWD,
+                new.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EEXIST) => {
+                std::fs::rename(from, to)?;
+                return Ok(false);
+            }
+            // Filesystems without RENAME_NOREPLACE: the racy check below.
+            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
+            _ => return Err(e),
+        }
+    }
+    let existed = std::fs::symlink_metadata(to).is_ok();
+    std::fs::rename(from, to)?;
+    Ok(!existed)
 }
 
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
@@ -346,19 +449,11 @@ impl Upload for FsUpload {
             file.sync_data()?;
             drop(file);
             let parent = target.parent().unwrap_or(Path::new("/"));
-            if !parent.is_dir() {
-                std::fs::create_dir_all(parent)?;
-                // A new folder (`nar/`, `log/`, …) is itself an entry of its parent: make
-                // that durable too, or a crash could lose the folder with what is in it.
-                if let Some(grandparent) = parent.parent() {
-                    std::fs::File::open(grandparent)?.sync_all()?;
-                }
-            }
-            let existed = std::fs::symlink_metadata(&target).is_ok();
-            std::fs::rename(&temp, &target)?;
+            create_dir_durably(parent)?;
+            let created = rename_reporting_creation(&temp, &target)?;
             // Make the rename itself durable, not just the file's bytes.
             std::fs::File::open(parent)?.sync_all()?;
-            Ok(!existed)
+            Ok(created)
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))?
