@@ -86,9 +86,11 @@ EOF
   echo $! >"$dir/garage.pid"
   local node=""
   for _ in $(seq 100); do
-    if node=$("${g[@]}" node id -q 2>/dev/null); then
+    # `node id` reads the key on disk; `status` proves the daemon answers RPC.
+    if "${g[@]}" status >/dev/null 2>&1 && node=$("${g[@]}" node id -q 2>/dev/null); then
       break
     fi
+    node=
     if ! kill -0 "$(cat "$dir/garage.pid")" 2>/dev/null; then
       echo "garage.sh: Garage exited; its log:" >&2
       cat "$dir/garage.log" >&2

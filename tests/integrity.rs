@@ -58,10 +58,7 @@ fn refused(s: &Server, h: &str, body: &[u8], why: &str, keep: &[&str]) {
         404,
         "{why}: narinfo must not be served"
     );
-    assert!(
-        !s.store.exists(&format!("{h}.narinfo")),
-        "{why}: stored"
-    );
+    assert!(!s.store.exists(&format!("{h}.narinfo")), "{why}: stored");
     assert_only(s, keep);
 }
 
@@ -1113,7 +1110,11 @@ fn a_large_upload_with_the_wrong_hash_is_discarded_whole() {
     let whole = get(&s, &right);
     assert_eq!(whole.body.len(), big.len());
     for i in [0, 9, 19] {
-        assert_eq!(whole.body[i * MIB..(i + 1) * MIB], big.block(i)[..], "block {i}");
+        assert_eq!(
+            whole.body[i * MIB..(i + 1) * MIB],
+            big.block(i)[..],
+            "block {i}"
+        );
     }
     let from = 17 * MIB + 5;
     let r = send(

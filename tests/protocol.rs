@@ -645,7 +645,11 @@ fn malformed_keys_and_traversal_are_refused_and_write_nothing() {
         before,
         "malformed PUTs must not create anything, inside or outside the store"
     );
-    assert_eq!(s.store.files(), stored_before, "malformed PUTs stored nothing");
+    assert_eq!(
+        s.store.files(),
+        stored_before,
+        "malformed PUTs stored nothing"
+    );
     // The server still works.
     assert_eq!(get(&s, "/nix-cache-info").status, 200);
     drop(s);
@@ -711,7 +715,10 @@ fn directory_layout_is_a_file_cache() {
         format!("{h}.ls"),
         format!("log/{}", drv(&h)),
         format!("debuginfo/{DEBUG_ID}.debug"),
-        format!("realisations/sha256:{}!out.doi", "0123456789abcdef".repeat(4)),
+        format!(
+            "realisations/sha256:{}!out.doi",
+            "0123456789abcdef".repeat(4)
+        ),
         format!("build-trace-v2/{h}-x.drv/out.doi"),
     ] {
         assert!(store.exists(&key), "{key} is stored");

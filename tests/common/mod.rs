@@ -165,9 +165,7 @@ impl Garage {
         let root = object_store::path::Path::from(prefix);
         let objects: Vec<object_store::ObjectMeta> = self
             .rt
-            .block_on(
-                object_store::ObjectStore::list(&self.client, Some(&root)).try_collect(),
-            )
+            .block_on(object_store::ObjectStore::list(&self.client, Some(&root)).try_collect())
             .expect("list the test bucket");
         let mut keys: Vec<String> = objects
             .iter()
