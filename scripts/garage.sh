@@ -121,6 +121,7 @@ EOF
     # Stops Garage once the process that asked for it is gone.
     (
       while kill -0 "$watch_pid" 2>/dev/null; do sleep 1; done
+      rm -f "$dir/watcher.pid"
       stop "$dir"
     ) >/dev/null 2>&1 </dev/null &
     echo $! >"$dir/watcher.pid"
