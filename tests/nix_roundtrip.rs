@@ -567,7 +567,7 @@ fn two_servers_on_one_store() {
 /// Nix follows: the NAR bytes come from the bucket, not through the server.
 #[test]
 fn substitution_through_presigned_redirects() {
-    if fs_only("presigned redirects are an S3 setting") {
+    if s3_only("presigned redirects are an S3 setting") {
         return;
     }
     let Some(nix) = Nix::new() else { return };
@@ -644,7 +644,7 @@ fn substitution_through_presigned_redirects() {
 /// Redirects come after authorisation: without the read password there is no URL.
 #[test]
 fn redirects_need_the_read_password() {
-    if fs_only("presigned redirects are an S3 setting") {
+    if s3_only("presigned redirects are an S3 setting") {
         return;
     }
     let s = ServerBuilder::new()

@@ -60,6 +60,15 @@ pub fn fs_only(reason: &str) -> bool {
     s3_backend()
 }
 
+/// Prints why a test applies to S3 only and returns `true` when running against a
+/// directory.
+pub fn s3_only(reason: &str) -> bool {
+    if !s3_backend() {
+        eprintln!("skipped for the filesystem backend: {reason}");
+    }
+    !s3_backend()
+}
+
 /// The Garage server of this run, and an S3 client of the tests' own to inspect it.
 pub struct Garage {
     pub endpoint: String,
