@@ -24,7 +24,8 @@ NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
 # (scripts/garage.sh installs Garage when missing); every server gets a fresh prefix
 # of its bucket.
 garage_dir=$(mktemp -d "${TMPDIR:-/tmp}/nix-stored-garage.XXXXXX")
-trap 'bash scripts/garage.sh stop "$garage_dir"' EXIT
+# On failure, Garage's own log says whether the store was the problem.
+trap 'rc=$?; [ $rc = 0 ] || tail -n 30 "$garage_dir/garage.log" >&2 || true; bash scripts/garage.sh stop "$garage_dir"' EXIT
 bash scripts/garage.sh start "$garage_dir" >"$garage_dir.env"
 while IFS='=' read -r name value; do
   export "$name=$value"
