@@ -82,7 +82,7 @@ api_bind_addr = "127.0.0.1:$admin_port"
 EOF
   chmod 600 "$dir/garage.toml"
   local g=("$bin" -c "$dir/garage.toml")
-  RUST_LOG=warn setsid "${g[@]}" server >"$dir/garage.log" 2>&1 </dev/null &
+  RUST_LOG=${GARAGE_LOG:-warn} setsid "${g[@]}" server >"$dir/garage.log" 2>&1 </dev/null &
   echo $! >"$dir/garage.pid"
   local node=""
   for _ in $(seq 100); do
