@@ -9,6 +9,12 @@ are imported into it first). Every server runs pinned to core 0 and the load gen
 workload runs `runs` times for a fixed duration and the median is reported, with the
 ratio nix-stored/peer measured in the same run.
 
+With Garage installed (scripts/garage.sh installs it), "nix-stored-s3" is one more
+column: the same nix-stored on the S3 backend, the synthetic cache copied into a bucket
+of a single-node Garage that runs pinned to core 0 with the server (the serving side
+gets one core in every column). It is left out of the growth workload (copying a
+million objects into the bucket would dominate the run).
+
 Workloads: narinfo hits, GET and HEAD misses, nix-cache-info, NAR GET (small and large,
 1 and 16 connections), NAR PUT; growth (hits, misses, start-up time and memory at
 several cache sizes); end to end (`nix copy --to` and substitution of a closure with
@@ -21,7 +27,10 @@ miss that is not a 404, a body that does not match the cache).
 Python standard library only; the chart is drawn by bench/chart.py with matplotlib.
 """
 import argparse
+import concurrent.futures
+import datetime
 import hashlib
+import hmac
 import http.client
 import json
 import os
@@ -36,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -225,6 +235,101 @@ class NixStored(Kind):
             for line in f:
                 if "panicked" in line or " ERROR " in line:
                     raise Broken(f"{self.name} logged: {line.strip()}")
+
+
+class S3Bucket:
+    """A Garage of this run (scripts/garage.sh), and copies of cache directories in it."""
+
+    def __init__(self, work: str):
+        self.dir = os.path.join(work, "garage")
+        out = run(["bash", os.path.join(REPO, "scripts", "garage.sh"), "start", self.dir], "scripts/garage.sh start")
+        self.env = dict(line.split("=", 1) for line in out.stdout.split() if "=" in line)
+        with open(os.path.join(self.dir, "garage.pid")) as f:
+            # The store is part of the serving side: on core 0 with the server.
+            run(["taskset", "-a", "-p", "-c", "0", f.read().strip()], "pinning Garage")
+        self.endpoint = self.env["NIX_STORED_TEST_S3_ENDPOINT"]
+        self.bucket = self.env["NIX_STORED_TEST_S3_BUCKET"]
+        self.region = self.env["NIX_STORED_TEST_S3_REGION"]
+        self.key_id = self.env["NIX_STORED_TEST_S3_KEY_ID"]
+        self.secret = self.env["NIX_STORED_TEST_S3_SECRET"]
+        self.synced: dict[str, dict[str, tuple]] = {}
+
+    def close(self) -> None:
+        subprocess.run(["bash", os.path.join(REPO, "scripts", "garage.sh"), "stop", self.dir], capture_output=True)
+
+    def put(self, conn: http.client.HTTPConnection, key: str, body: bytes) -> None:
+        """One AWS SigV4-signed PutObject."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        host = self.endpoint.split("://", 1)[1]
+        path = "/" + self.bucket + "/" + "/".join(
+            urllib.parse.quote(part, safe="-_.~") for part in key.split("/"))
+        payload = hashlib.sha256(body).hexdigest()
+        headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
+        signed = ";".join(sorted(headers))
+        canonical = "\n".join(["PUT", path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload])
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        k = ("AWS4" + self.secret).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+        headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.key_id}/{scope}, SignedHeaders={signed}, "
+                                    f"Signature={sig}")
+        conn.request("PUT", path, body=body, headers=headers)
+        r = conn.getresponse()
+        data = r.read()
+        if r.status != 200:
+            raise Broken(f"S3 PUT {key} -> {r.status} {data[:300]!r}")
+
+    def sync(self, root: str) -> str:
+        """Copies what changed in `root` since the last call into the bucket; returns the prefix."""
+        prefix = "bench-" + os.path.basename(os.path.dirname(root)) + "-" + os.path.basename(root)
+        done = self.synced.setdefault(root, {})
+        todo = []
+        for dirpath, dirnames, files in os.walk(root):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for name in files:
+                full = os.path.join(dirpath, name)
+                rel = os.path.relpath(full, root)
+                st = os.stat(full)
+                if done.get(rel) != (st.st_size, st.st_mtime_ns):
+                    todo.append((rel, full, (st.st_size, st.st_mtime_ns)))
+        host, port = self.endpoint.split("://", 1)[1].rsplit(":", 1)
+
+        def upload(batch: list) -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            for rel, full, sig in batch:
+                with open(full, "rb") as f:
+                    self.put(conn, f"{prefix}/{rel}", f.read())
+                done[rel] = sig
+            conn.close()
+
+        t = time.monotonic()
+        batches = [todo[i::8] for i in range(8)]
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            for f in [pool.submit(upload, b) for b in batches if b]:
+                f.result()
+        log(f"S3: copied {len(todo)} objects of {root} into the bucket in {time.monotonic() - t:.1f}s")
+        return prefix
+
+
+class NixStoredS3(NixStored):
+    """nix-stored on the S3 backend, serving a copy of the directory in Garage."""
+
+    def __init__(self, name: str, work: str, bucket: S3Bucket):
+        super().__init__(name, work)
+        self.bucket = bucket
+
+    def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
+        prefix = self.bucket.sync(root)
+        port = free_port()
+        b = self.bucket
+        env = dict(os.environ, NIX_STORED_S3_BUCKET=b.bucket, NIX_STORED_S3_PREFIX=prefix,
+                   NIX_STORED_S3_ENDPOINT=b.endpoint, NIX_STORED_S3_REGION=b.region, AWS_ACCESS_KEY_ID=b.key_id,
+                   AWS_SECRET_ACCESS_KEY=b.secret, NIX_STORED_LISTEN_INTERFACE=f"127.0.0.1:{port}",
+                   NIX_STORED_LOG_LEVEL="info")
+        return Server(self.name, [NIX_STORED], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
 
 
 class Nginx(Kind):
@@ -612,7 +717,7 @@ def growth(cfg, kinds: list[Kind], lg: str, results: dict) -> None:
         log(f"growth: {n} narinfos ({time.monotonic() - t:.1f}s to write)")
         key0 = open(keys_file).readline().strip()
         for kind in kinds:
-            if isinstance(kind, Harmonia):
+            if isinstance(kind, (Harmonia, NixStoredS3)):
                 continue
             srv = kind.start(root, probe=f"/{key0}.narinfo")
             try:
@@ -887,7 +992,7 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
               + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in main["startup"].items()) + "."]
 
     if gres:
-        gk = [k.name for k in kinds if not isinstance(k, Harmonia)]
+        gk = [k.name for k in kinds if not isinstance(k, (Harmonia, NixStoredS3))]
         L += ["", "## Growth", "",
               f"narinfo GET hits and misses (64 connections, {cfg.runs} run(s) of {cfg.growth_duration:g} s, median) "
               "on caches of N paths, grown in place; start-up is exec to the first narinfo hit answered 200; "
@@ -961,6 +1066,21 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
         target(f"NAR GET {cfg.big // MIB} MiB ≥ 0.9× nginx MB/s (sendfile)",
                [(p, ok, f"{w.split(', ')[1]}: {d}") for w in by_target["big"] for p, ok, d in vs_nginx(w, "mbps", 0.9)])
         target("NAR PUT ≥ 0.8× nginx WebDAV MB/s", vs_nginx(by_target["put"][0], "mbps", 0.8))
+        s3 = [k.name for k in kinds if isinstance(k, NixStoredS3)]
+        if s3:
+            checks = []
+            for w in main["workloads"]:
+                fs, sv = results.get((w.name, "nix-stored")), results.get((w.name, s3[0]))
+                need = {"hit": 0.8, "big": 0.7, "put": 0.7}.get(w.target)
+                if w.path in ("nar1m",):
+                    need = 0.7
+                if need and fs and sv:
+                    r = sv[w.metric] / fs[w.metric]
+                    checks.append(("s3", r >= need, f"{w.name} {r:.2f}× (≥ {need})"))
+            target("nix-stored on S3 (Garage) against the directory backend: narinfo hits ≥ 0.8×, NARs ≥ 0.7×",
+                   checks or [("", None, "not measured")])
+        else:
+            target("nix-stored on S3 against the directory backend", [("", None, "not measured (no Garage)")])
         if any(isinstance(k, Harmonia) for k in kinds):
             checks = []
             for w in main["workloads"]:
@@ -1069,6 +1189,15 @@ def main() -> int:
     lg = os.path.join(cfg.work, "loadgen")
     kinds: list[Kind] = [NixStored("nix-stored", cfg.work), Nginx("nginx", cfg.work, False),
                          Nginx("nginx+ofc", cfg.work, True)]
+    bucket = None
+    if os.access(os.path.expanduser("~/.cargo/bin/garage"), os.X_OK) or shutil.which("garage"):
+        try:
+            bucket = S3Bucket(cfg.work)
+            kinds.insert(1, NixStoredS3("nix-stored-s3", cfg.work, bucket))
+        except Broken as e:
+            log(f"nix-stored-s3: skipped (Garage did not start: {e})")
+    else:
+        log("nix-stored-s3: skipped (Garage is not installed: scripts/garage.sh installs it)")
     harmonia = None
     if os.environ.get("HARMONIA_BIN"):
         harmonia = Harmonia("harmonia", cfg.work, os.environ["HARMONIA_BIN"], nix_env(cfg))
@@ -1108,6 +1237,8 @@ def main() -> int:
     except Broken as e:
         log(f"bench: FAILED: {e}")
     finally:
+        if bucket:
+            bucket.close()
         if harmonia:
             harmonia.close()
             if os.path.isdir(os.path.join(cfg.work, "cache")):

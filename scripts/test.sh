@@ -23,6 +23,20 @@ cargo clippy --all-targets -- -D warnings
 # (2 GiB) round trip is part of the suite.
 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
 
+# The same black-box tests against the S3 backend, on one Garage for the whole run
+# (scripts/garage.sh installs Garage when missing); every server gets a fresh prefix
+# of its bucket.
+garage_dir=$(mktemp -d "${TMPDIR:-/tmp}/nix-stored-garage.XXXXXX")
+# On failure, Garage's own log says whether the store was the problem.
+trap 'rc=$?; [ $rc = 0 ] || grep -i -E "signal|shut|panic|error" "$garage_dir/garage.log" | tail -n 30 >&2 || true; bash scripts/garage.sh stop "$garage_dir"' EXIT
+GARAGE_LOG=${GARAGE_LOG:-info} bash scripts/garage.sh start "$garage_dir" >"$garage_dir.env"
+while IFS='=' read -r name value; do
+  export "$name=$value"
+done <"$garage_dir.env"
+rm -f "$garage_dir.env"
+NIX_STORED_TEST_BACKEND=s3 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 \
+  cargo test --test protocol --test integrity --test auth --test nix_roundtrip
+
 # The OpenAPI document against the live server, with schemathesis from PyPI.
 bash scripts/conformance.sh target/debug/nix-stored
 

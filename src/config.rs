@@ -8,6 +8,8 @@ use clap::Parser;
 use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
+use crate::storage::s3::S3Settings;
+
 /// Command line and environment of the server.
 #[derive(Debug, Parser)]
 #[command(
@@ -101,6 +103,52 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
     pub shutdown_timeout: u64,
 
+    /// Where objects live: `fs` (the NIX_STORED_PATH directory) or `s3` (a bucket).
+    /// Unset: `s3` when NIX_STORED_S3_BUCKET is set, else `fs`.
+    #[arg(long, env = "NIX_STORED_STORAGE")]
+    pub storage: Option<String>,
+
+    /// S3 bucket holding the cache.
+    #[arg(long, env = "NIX_STORED_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+
+    /// Key prefix inside the bucket (e.g. `cache` puts narinfos at `cache/<hash>.narinfo`).
+    #[arg(long, env = "NIX_STORED_S3_PREFIX", default_value = "")]
+    pub s3_prefix: String,
+
+    /// S3 endpoint URL, for stores other than AWS (e.g. `http://127.0.0.1:3900`).
+    /// Unset: AWS_ENDPOINT_URL, else AWS itself.
+    #[arg(long, env = "NIX_STORED_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region. Unset: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1.
+    #[arg(long, env = "NIX_STORED_S3_REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style addressing (`endpoint/bucket/key`); false for virtual-hosted
+    /// (`bucket.endpoint/key`).
+    #[arg(long, env = "NIX_STORED_S3_PATH_STYLE", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub s3_path_style: bool,
+
+    /// AWS shared credentials file holding the S3 key (profile AWS_PROFILE, else
+    /// `default`); takes precedence over AWS_ACCESS_KEY_ID and ~/.aws/credentials.
+    #[arg(long, env = "NIX_STORED_S3_CREDENTIALS_FILE")]
+    pub s3_credentials_file: Option<PathBuf>,
+
+    /// Answer NAR downloads with a redirect to a presigned S3 URL instead of streaming
+    /// them through the server.
+    #[arg(long, env = "NIX_STORED_S3_REDIRECT", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub s3_redirect: bool,
+
+    /// Seconds a presigned redirect URL stays valid (at most 604800, S3's limit).
+    #[arg(long, env = "NIX_STORED_S3_REDIRECT_EXPIRY", default_value = "300")]
+    pub s3_redirect_expiry: u64,
+
+    /// Milliseconds a narinfo read from S3 may be answered from memory (0: never).
+    /// Bounds how long a narinfo replaced or deleted by another server can be served.
+    #[arg(long, env = "NIX_STORED_S3_NARINFO_TTL", default_value = "5000")]
+    pub s3_narinfo_ttl: u64,
+
     /// PEM file with the TLS certificate chain (the server's certificate first). With
     /// NIX_STORED_TLS_KEY, the server speaks HTTPS (HTTP/2 and HTTP/1.1) instead of HTTP.
     /// Reloaded on SIGHUP and when it changes.
@@ -149,11 +197,22 @@ pub enum LogLevel {
     Error,
 }
 
+/// Where the cache's objects live.
+#[derive(Debug, Clone)]
+pub enum StorageConfig {
+    /// A local directory (NIX_STORED_PATH).
+    Fs(PathBuf),
+    /// An S3 bucket.
+    S3(S3Settings),
+}
+
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Cache directory.
+    /// Cache directory, used when `storage` is [`StorageConfig::Fs`].
     pub path: PathBuf,
+    /// Storage backend.
+    pub storage: StorageConfig,
     /// Listen address.
     pub listen: SocketAddr,
     /// Read user, if any.
@@ -198,6 +257,7 @@ fn err(msg: impl Into<String>) -> ConfigError {
 impl Config {
     /// Validates parsed arguments.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
+        let storage = storage(&args)?;
         let listen: SocketAddr = args.listen_interface.parse().map_err(|_| {
             err(format!(
                 "NIX_STORED_LISTEN_INTERFACE {:?} is not an address like 127.0.0.1:8100 or [::1]:8100",
@@ -294,6 +354,7 @@ impl Config {
             return Err(err("NIX_STORED_MAX_CONNECTIONS must be at least 1"));
         }
         Ok(Config {
+            storage,
             path: args.path,
             listen,
             read_user,
@@ -330,8 +391,11 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "path={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
-            self.path.display(),
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
+            match &self.storage {
+                StorageConfig::Fs(p) => format!("fs:{}", p.display()),
+                StorageConfig::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
+            },
             self.listen,
             user(&self.read_user),
             user(&self.write_user),
@@ -349,6 +413,109 @@ impl Config {
             tls,
         )
     }
+}
+
+/// The storage settings: S3 when asked for (or when a bucket is named), checked
+/// here as far as that needs no network; the bucket itself is checked at start.
+fn storage(args: &Args) -> Result<StorageConfig, ConfigError> {
+    let s3 = match args
+        .storage
+        .as_deref()
+        .map(str::to_ascii_lowercase)
+        .as_deref()
+    {
+        Some("fs") => {
+            if args.s3_bucket.is_some() {
+                return Err(err(
+                    "NIX_STORED_S3_BUCKET is set but NIX_STORED_STORAGE is fs; unset one of them",
+                ));
+            }
+            false
+        }
+        Some("s3") => true,
+        None => args.s3_bucket.is_some(),
+        Some(other) => {
+            return Err(err(format!(
+                "NIX_STORED_STORAGE {other:?} is not one of fs, s3"
+            )))
+        }
+    };
+    if !s3 {
+        return Ok(StorageConfig::Fs(args.path.clone()));
+    }
+    let bucket = args.s3_bucket.clone().unwrap_or_default();
+    // S3's rules, loosely: what no store accepts is refused before any request.
+    let valid_bucket = (3..=63).contains(&bucket.len())
+        && bucket
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
+        && !bucket.starts_with(['-', '.'])
+        && !bucket.ends_with(['-', '.']);
+    if bucket.is_empty() {
+        return Err(err(
+            "NIX_STORED_STORAGE is s3 but NIX_STORED_S3_BUCKET is not set",
+        ));
+    }
+    if !valid_bucket {
+        return Err(err(format!(
+            "NIX_STORED_S3_BUCKET {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
+        )));
+    }
+    let prefix = args.s3_prefix.trim_matches('/').to_owned();
+    if prefix
+        .split('/')
+        .any(|seg| prefix.contains("//") || seg == "." || seg == "..")
+    {
+        return Err(err(format!(
+            "NIX_STORED_S3_PREFIX {:?} must be a plain path like cache or team/cache",
+            args.s3_prefix
+        )));
+    }
+    let endpoint = match args.s3_endpoint.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(e) => {
+            let lower = e.to_ascii_lowercase();
+            let host = lower
+                .strip_prefix("http://")
+                .or_else(|| lower.strip_prefix("https://"))
+                .unwrap_or("");
+            if host.is_empty() || host.starts_with('/') {
+                return Err(err(format!(
+                    "NIX_STORED_S3_ENDPOINT {e:?} is not a URL like https://s3.example.com or http://127.0.0.1:3900"
+                )));
+            }
+            Some(e.trim_end_matches('/').to_owned())
+        }
+    };
+    let region = match args.s3_region.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(r) => Some(r.to_owned()),
+    };
+    if let Some(file) = &args.s3_credentials_file {
+        std::fs::metadata(file).map_err(|e| {
+            err(format!(
+                "NIX_STORED_S3_CREDENTIALS_FILE {}: cannot read it: {e}",
+                file.display()
+            ))
+        })?;
+    }
+    if args.s3_redirect_expiry == 0 || args.s3_redirect_expiry > 604_800 {
+        return Err(err(
+            "NIX_STORED_S3_REDIRECT_EXPIRY must be between 1 and 604800 seconds (7 days, S3's limit)",
+        ));
+    }
+    Ok(StorageConfig::S3(S3Settings {
+        bucket,
+        prefix,
+        endpoint,
+        region,
+        path_style: args.s3_path_style,
+        credentials_file: args.s3_credentials_file.clone(),
+        redirect: args
+            .s3_redirect
+            .then(|| std::time::Duration::from_secs(args.s3_redirect_expiry)),
+        narinfo_ttl: std::time::Duration::from_millis(args.s3_narinfo_ttl),
+    }))
 }
 
 fn credentials(
@@ -534,5 +701,38 @@ mod tests {
             parse(&["--max-connections", "7"]).unwrap().max_connections,
             Some(7)
         );
+    }
+
+    #[test]
+    fn s3_is_chosen_by_a_bucket_and_checked_offline() {
+        let c = parse(&["--s3-bucket", "cache", "--s3-prefix", "/a/b/"]).unwrap();
+        let StorageConfig::S3(s) = c.storage else {
+            panic!("a bucket selects S3")
+        };
+        assert_eq!(s.prefix, "a/b");
+        assert!(s.path_style && s.redirect.is_none());
+        assert!(matches!(parse(&[]).unwrap().storage, StorageConfig::Fs(_)));
+        for bad in [
+            &["--storage", "s3"][..],
+            &["--storage", "ftp"],
+            &["--storage", "fs", "--s3-bucket", "cache"],
+            &["--s3-bucket", "Bad_Bucket!"],
+            &["--s3-bucket", "cache", "--s3-endpoint", "s3.example.com"],
+            &["--s3-bucket", "cache", "--s3-prefix", "a/../b"],
+            &["--s3-bucket", "cache", "--s3-redirect-expiry", "0"],
+            &[
+                "--s3-bucket",
+                "cache",
+                "--s3-credentials-file",
+                "/nonexistent/c",
+            ],
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?}");
+        }
+        let r = parse(&["--s3-bucket", "cache", "--s3-redirect", "yes"]).unwrap();
+        let StorageConfig::S3(s) = r.storage else {
+            panic!()
+        };
+        assert_eq!(s.redirect, Some(std::time::Duration::from_secs(300)));
     }
 }

@@ -15,10 +15,12 @@ pub mod tls;
 use std::sync::Arc;
 
 use cache::{Cache, CacheSettings};
-use config::Config;
+use config::{Config, StorageConfig};
 use http::auth::Auth;
 use http::AppState;
 use storage::fs::FsStorage;
+use storage::s3::S3Storage;
+use storage::Storage;
 
 /// A startup failure, reported as one line.
 #[derive(Debug, thiserror::Error)]
@@ -43,15 +45,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
     }
     tracing::info!("connection limit {max_connections} (open file limit {nofile})");
-    let storage = FsStorage::open(&config.path, config.store_dir.as_str()).map_err(|e| {
-        StartError(format!(
-            "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
-            config.path.display()
-        ))
-    })?;
-    tracing::info!("storage: {}", storage::Storage::describe(&storage));
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Fs(path) => Arc::new(
+            FsStorage::open(path, config.store_dir.as_str()).map_err(|e| {
+                StartError(format!(
+                    "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
+                    path.display()
+                ))
+            })?,
+        ),
+        StorageConfig::S3(settings) => Arc::new(
+            S3Storage::open(settings.clone(), config.store_dir.as_str())
+                .await
+                .map_err(StartError)?,
+        ),
+    };
+    tracing::info!("storage: {}", storage.describe());
     let cache = Cache::new(
-        Arc::new(storage),
+        storage,
         CacheSettings {
             store_dir: config.store_dir.clone(),
             priority: config.priority,

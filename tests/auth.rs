@@ -102,14 +102,13 @@ struct Fixture {
     narinfo: String,
 }
 
-fn populate(dir: &Path) -> Fixture {
+fn populate(store: &Store) -> Fixture {
     let nar = nar_of(b"served to those allowed to read");
     let fh = nix32_sha256(&nar);
     let h = store_hash("auth fixture");
     let narinfo = NarInfo::uncompressed(STORE, &h, "fixture", &nar, &[]).render();
-    std::fs::create_dir_all(dir.join("nar")).unwrap();
-    std::fs::write(dir.join(format!("nar/{fh}.nar")), &nar).unwrap();
-    std::fs::write(dir.join(format!("{h}.narinfo")), &narinfo).unwrap();
+    store.write(&format!("nar/{fh}.nar"), &nar);
+    store.write(&format!("{h}.narinfo"), narinfo.as_bytes());
     Fixture {
         nar,
         nar_key: format!("/nar/{fh}.nar"),
@@ -118,9 +117,9 @@ fn populate(dir: &Path) -> Fixture {
     }
 }
 
-fn builder(setup: Setup, dir: &Path, passfiles: Option<&Path>) -> ServerBuilder {
+fn builder(setup: Setup, store: &Store, passfiles: Option<&Path>) -> ServerBuilder {
     let mut b = ServerBuilder::new()
-        .dir(dir)
+        .store(store)
         .env("NIX_STORED_LOG_LEVEL", "debug");
     if !setup.loopback {
         b = b.env("NIX_STORED_LISTEN_INTERFACE", "0.0.0.0:0");
@@ -179,7 +178,13 @@ fn check_denial(r: &Response, status: u16, what: &str) {
 /// Runs the whole matrix against one configuration.
 fn matrix(setup: Setup, passfiles: bool) {
     let base = temp_dir("auth");
-    let dir = base.join("store");
+    let dir = match Store::fresh("auth") {
+        Store::Dir(d) => {
+            let _ = std::fs::remove_dir_all(&d);
+            Store::Dir(base.join("store"))
+        }
+        s3 => s3,
+    };
     let fx = populate(&dir);
     let s = builder(setup, &dir, passfiles.then_some(base.as_path())).start();
     let cache_control_scope = if setup.read_user { "private" } else { "public" };
@@ -248,8 +253,8 @@ fn matrix(setup: Setup, passfiles: bool) {
         ];
         for (path, body) in uploads {
             let what = format!("{setup:?} PUT {path} with {cred:?}");
-            let existed = dir.join(&path[1..]).exists();
-            let before = std::fs::read(dir.join(&path[1..])).ok();
+            let before = dir.read(&path);
+            let existed = before.is_some();
             let r = request(&s, "PUT", &path, cred, &body);
             match expected(setup, "PUT", cred) {
                 Expect::Allowed => {
@@ -260,24 +265,24 @@ fn matrix(setup: Setup, passfiles: bool) {
                         r.text()
                     );
                     if path != "/nix-cache-info" {
-                        assert_eq!(std::fs::read(dir.join(&path[1..])).unwrap(), body, "{what}");
+                        assert_eq!(dir.read(&path).unwrap(), body, "{what}");
                     }
                 }
                 Expect::Status(st) => {
                     check_denial(&r, st, &what);
                     assert_eq!(
-                        std::fs::read(dir.join(&path[1..])).ok(),
+                        dir.read(&path),
                         before,
                         "{what}: a refused upload changed the store"
                     );
                     if !existed {
-                        assert!(!dir.join(&path[1..]).exists(), "{what}: stored");
+                        assert!(!dir.exists(&path), "{what}: stored");
                     }
                 }
             }
         }
     }
-    assert!(files_below(&dir.join(".tmp")).is_empty());
+    assert!(dir.pending().is_empty());
 
     // Secrets never reach the log, even at debug level.
     let log = s.log();
@@ -489,6 +494,6 @@ fn the_read_user_cannot_upload_anything() {
             .unwrap();
         let first = read_head(&mut std::io::BufReader::new(stream)).unwrap();
         assert_eq!(first.status, 403, "no 100 Continue for the read user");
-        assert_eq!(files_below(&s.dir), vec!["nix-cache-info".to_owned()]);
+        assert_eq!(s.store.files(), vec!["nix-cache-info".to_owned()]);
     }
 }

@@ -29,6 +29,16 @@ const VARIABLES: &[&str] = &[
     "NIX_STORED_SHUTDOWN_TIMEOUT",
     "NIX_STORED_TLS_CERT",
     "NIX_STORED_TLS_KEY",
+    "NIX_STORED_STORAGE",
+    "NIX_STORED_S3_BUCKET",
+    "NIX_STORED_S3_PREFIX",
+    "NIX_STORED_S3_ENDPOINT",
+    "NIX_STORED_S3_REGION",
+    "NIX_STORED_S3_PATH_STYLE",
+    "NIX_STORED_S3_CREDENTIALS_FILE",
+    "NIX_STORED_S3_REDIRECT",
+    "NIX_STORED_S3_REDIRECT_EXPIRY",
+    "NIX_STORED_S3_NARINFO_TTL",
 ];
 
 const SECRET: &str = "Sup3r-s3cret-frobozz";
@@ -352,5 +362,132 @@ fn the_store_directory_is_created() {
     let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
     assert_eq!(r.status, 201, "{}", r.text());
     drop(s);
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+// ---------------------------------------------------------------------------------
+// S3: a wrong setting fails at start, after one check against the real bucket
+// (Garage, started for this test binary when scripts/test.sh did not start one).
+
+/// A server pointed at the shared Garage, in a fresh prefix.
+fn s3_server() -> ServerBuilder {
+    let g = garage();
+    let mut b = ServerBuilder::new().store(&Store::Dir(temp_dir("unused")));
+    for (k, v) in g.server_env(&format!("config-{}", std::process::id())) {
+        b = b.env(&k, &v);
+    }
+    b
+}
+
+#[test]
+fn s3_misconfiguration_fails_at_start() {
+    let cases = [
+        (
+            "unreachable endpoint",
+            s3_server().env("NIX_STORED_S3_ENDPOINT", "http://127.0.0.1:1"),
+            "unreachable",
+        ),
+        (
+            "wrong secret",
+            s3_server().env("AWS_SECRET_ACCESS_KEY", "0".repeat(64).as_str()),
+            "credentials were refused",
+        ),
+        (
+            "unknown key id",
+            s3_server().env("AWS_ACCESS_KEY_ID", "GK00000000000000000000000000"),
+            "credentials were refused",
+        ),
+        (
+            "missing bucket",
+            s3_server().env("NIX_STORED_S3_BUCKET", "no-such-bucket"),
+            "does not exist",
+        ),
+        (
+            "wrong region",
+            s3_server().env("NIX_STORED_S3_REGION", "eu-west-9"),
+            "NIX_STORED_S3_REGION",
+        ),
+        (
+            "invalid bucket name",
+            s3_server().env("NIX_STORED_S3_BUCKET", "Not A Bucket"),
+            "NIX_STORED_S3_BUCKET",
+        ),
+        (
+            "s3 without a bucket",
+            ServerBuilder::new().env("NIX_STORED_STORAGE", "s3"),
+            "NIX_STORED_S3_BUCKET",
+        ),
+        (
+            "endpoint without a scheme",
+            s3_server().env("NIX_STORED_S3_ENDPOINT", "127.0.0.1:3900"),
+            "NIX_STORED_S3_ENDPOINT",
+        ),
+        (
+            "missing credentials file",
+            s3_server().env("NIX_STORED_S3_CREDENTIALS_FILE", "/nonexistent/credentials"),
+            "NIX_STORED_S3_CREDENTIALS_FILE",
+        ),
+    ];
+    for (what, builder, reason) in cases {
+        let started = std::time::Instant::now();
+        let stderr = refuses(what, builder);
+        assert!(
+            stderr.contains(reason),
+            "{what}: no {reason:?} in\n{stderr}"
+        );
+        assert!(
+            !stderr.contains(&garage().secret),
+            "{what}: the secret is shown:\n{stderr}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(15),
+            "{what}: took {:?} to fail",
+            started.elapsed()
+        );
+    }
+}
+
+#[test]
+fn s3_credentials_from_a_file() {
+    let g = garage();
+    let base = temp_dir("s3-creds");
+    let file = base.join("credentials");
+    std::fs::write(
+        &file,
+        format!(
+            "[default]\naws_access_key_id = wrong\naws_secret_access_key = wrong\n\n[cache]\naws_access_key_id = {}\naws_secret_access_key = {}\n",
+            g.key_id, g.secret
+        ),
+    )
+    .unwrap();
+    let file = file.to_str().unwrap();
+    // The setting wins over the environment; the profile comes from AWS_PROFILE.
+    let s = s3_server()
+        .env("AWS_SECRET_ACCESS_KEY", "wrong")
+        .env("NIX_STORED_S3_CREDENTIALS_FILE", file)
+        .env("AWS_PROFILE", "cache")
+        .start();
+    let nar = nar_of(b"credentials file");
+    let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
+    assert!(matches!(r.status, 201 | 204), "{}", r.text());
+    drop(s);
+    // The standard AWS_SHARED_CREDENTIALS_FILE is read when the environment has no key.
+    let s = s3_server()
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", file)
+        .env("AWS_PROFILE", "cache")
+        .start();
+    assert_eq!(get(&s, "/nix-cache-info").status, 200);
+    drop(s);
+    // The default profile's key is refused by the bucket: a clear error at start.
+    let stderr = refuses(
+        "default profile with a wrong key",
+        s3_server()
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env("NIX_STORED_S3_CREDENTIALS_FILE", file),
+    );
+    assert!(stderr.contains("credentials were refused"), "{stderr}");
     let _ = std::fs::remove_dir_all(&base);
 }

@@ -236,7 +236,7 @@ fn zstd_upload_with_listings_and_log_then_substitution() {
         &c.app,
     );
     nix.ok("nix", &["store", "copy-log", "--to", &url, &c.drv]);
-    let files = files_below(&s.dir);
+    let files = s.store.files();
     assert_eq!(
         files.iter().filter(|f| f.ends_with(".narinfo")).count(),
         3,
@@ -280,7 +280,9 @@ fn xz_and_uncompressed_round_trips_with_copy_from() {
             &format!("{}?compression={compression}&secret-key={sk}", s.url()),
             &c.app,
         );
-        let nars: Vec<String> = files_below(&s.dir)
+        let nars: Vec<String> = s
+            .store
+            .files()
             .into_iter()
             .filter(|f| f.starts_with("nar/"))
             .collect();
@@ -369,7 +371,7 @@ fn basic_auth_through_a_netrc_file() {
         ],
     );
     assert_eq!(
-        files_below(&s.dir),
+        s.store.files(),
         vec!["nix-cache-info"],
         "a refused upload stored something"
     );
@@ -386,7 +388,8 @@ fn basic_auth_through_a_netrc_file() {
         ],
     );
     assert_eq!(
-        files_below(&s.dir)
+        s.store
+            .files()
             .iter()
             .filter(|f| f.ends_with(".narinfo"))
             .count(),
@@ -411,6 +414,27 @@ fn basic_auth_through_a_netrc_file() {
     assert!(nix.valid(&c.app));
 }
 
+/// Copies every object of `store` into a fresh directory.
+fn export(store: &Store) -> PathBuf {
+    let dir = temp_dir("export");
+    let out = Store::Dir(dir.clone());
+    for key in store.files() {
+        out.write(&key, &store.read(&key).expect("listed object"));
+    }
+    dir
+}
+
+/// The objects Nix wrote to `dir`, put into `store` as they are.
+fn import(dir: &Path, store: &Store) {
+    for key in files_below(dir) {
+        store.write(&key, &std::fs::read(dir.join(&key)).unwrap());
+    }
+}
+
+/// The store is the layout Nix's binary cache stores share (`file://`, and `s3://`,
+/// which writes the same keys): what the server stored, Nix reads, and what Nix wrote,
+/// the server serves. For S3 the objects go between the bucket and a directory
+/// unchanged, because Debian's Nix is built without its S3 store.
 #[test]
 fn the_store_directory_is_a_file_cache_both_ways() {
     let Some(nix) = Nix::new() else { return };
@@ -424,7 +448,11 @@ fn the_store_directory_is_a_file_cache_both_ways() {
         &c.app,
     );
     nix.delete(&c);
-    let file_url = format!("file://{}", s.dir.display());
+    let exported = match &s.store {
+        Store::Dir(d) => d.clone(),
+        other => export(other),
+    };
+    let file_url = format!("file://{}", exported.display());
     nix.ok(
         "nix",
         &[
@@ -438,15 +466,28 @@ fn the_store_directory_is_a_file_cache_both_ways() {
         ],
     );
     assert!(nix.valid(&c.app));
+    if !matches!(s.store, Store::Dir(_)) {
+        let _ = std::fs::remove_dir_all(&exported);
+    }
 
-    // What Nix wrote to a directory, served as it is.
+    // What Nix wrote to a directory (or a bucket), served as it is.
     let dir = temp_dir("filecache");
     let c2 = nix.build();
     nix.copy_to(
         &format!("file://{}?compression=xz&secret-key={sk}", dir.display()),
         &c2.app,
     );
-    let s2 = ServerBuilder::new().dir(&dir).start();
+    let store = match Store::fresh("nixwritten") {
+        Store::Dir(d) => {
+            let _ = std::fs::remove_dir_all(&d);
+            Store::Dir(dir.clone())
+        }
+        bucket => {
+            import(&dir, &bucket);
+            bucket
+        }
+    };
+    let s2 = ServerBuilder::new().store(&store).start();
     nix.delete(&c2);
     nix.ok(
         "nix-store",
@@ -464,6 +505,179 @@ fn the_store_directory_is_a_file_cache_both_ways() {
     assert!(nix.valid(&c2.app));
     drop(s2);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Several servers in front of one store: a closure uploaded through one is
+/// substituted through the other at once (no memory of either hides it).
+#[test]
+fn two_servers_on_one_store() {
+    let Some(nix) = Nix::new() else { return };
+    let (sk, pk) = nix.keys();
+    let store = Store::fresh("shared");
+    let a = ServerBuilder::new().store(&store).start();
+    let b = ServerBuilder::new().store(&store).start();
+    let c = nix.build();
+    let subst = |server: &Server| {
+        nix.run(
+            "nix-store",
+            &[
+                "-r",
+                &c.app,
+                "--option",
+                "substituters",
+                &server.url(),
+                "--option",
+                "trusted-public-keys",
+                &pk,
+            ],
+        )
+    };
+    // B is asked first, while it has nothing: a miss must not be remembered.
+    let narinfo = format!(
+        "/{}.narinfo",
+        c.app
+            .trim_start_matches("/nix/store/")
+            .split('-')
+            .next()
+            .unwrap()
+    );
+    assert_eq!(get(&b, &narinfo).status, 404);
+    nix.copy_to(
+        &format!("{}?compression=zstd&secret-key={sk}", a.url()),
+        &c.app,
+    );
+    nix.delete(&c);
+    assert!(subst(&b).status.success(), "substitution through B failed");
+    assert!(nix.valid(&c.app));
+    // And the other way round, with a new closure.
+    let c2 = nix.build();
+    nix.copy_to(
+        &format!("{}?compression=xz&secret-key={sk}", b.url()),
+        &c2.app,
+    );
+    nix.delete(&c2);
+    nix.ok(
+        "nix-store",
+        &[
+            "-r",
+            &c2.app,
+            "--option",
+            "substituters",
+            &a.url(),
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert!(nix.valid(&c2.app));
+    drop((a, b));
+    store.remove();
+}
+
+/// With NIX_STORED_S3_REDIRECT, NAR downloads are redirects to presigned URLs, which
+/// Nix follows: the NAR bytes come from the bucket, not through the server.
+#[test]
+fn substitution_through_presigned_redirects() {
+    if s3_only("presigned redirects are an S3 setting") {
+        return;
+    }
+    let Some(nix) = Nix::new() else { return };
+    let (sk, pk) = nix.keys();
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_S3_REDIRECT", "true")
+        .env("NIX_STORED_S3_REDIRECT_EXPIRY", "60")
+        .start();
+    let c = nix.build();
+    let before = app_contents(&c);
+    nix.copy_to(
+        &format!("{}?compression=zstd&secret-key={sk}", s.url()),
+        &c.app,
+    );
+    let nars: Vec<String> = s
+        .store
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("nar/"))
+        .collect();
+    assert_eq!(nars.len(), 3, "{nars:?}");
+    // One NAR by hand: a 307 to the bucket, whose answer is the NAR itself.
+    let r = get(&s, &format!("/{}", nars[0]));
+    assert_eq!(r.status, 307, "{}", r.text());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    let location = r.header("location").expect("a Location").to_owned();
+    assert!(
+        location.starts_with(&garage().endpoint) && location.contains("X-Amz-Signature="),
+        "{location}"
+    );
+    let url = location.strip_prefix("http://").unwrap();
+    let (host, target) = url.split_at(url.find('/').unwrap());
+    let direct = send(host.parse().unwrap(), "GET", target, &[], b"");
+    assert_eq!(direct.status, 200, "{}", direct.text());
+    assert_eq!(direct.body, s.store.read(&nars[0]).unwrap());
+    // HEAD and narinfos are still answered by the server; absent NARs are 404s.
+    assert_eq!(head(&s, &format!("/{}", nars[0])).status, 200);
+    assert_eq!(
+        get(
+            &s,
+            "/nar/0000000000000000000000000000000000000000000000000000.nar"
+        )
+        .status,
+        404
+    );
+
+    nix.delete(&c);
+    nix.ok(
+        "nix-store",
+        &[
+            "-r",
+            &c.app,
+            "--option",
+            "substituters",
+            &s.url(),
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    assert_eq!(app_contents(&c), before);
+    // Every NAR Nix fetched was a redirect (request lines are written in batches:
+    // wait for the last ones).
+    let nar_gets_logged = || s.log().matches("GET /nar/").count();
+    assert!(
+        eventually(std::time::Duration::from_secs(5), || nar_gets_logged() >= 5),
+        "{}",
+        s.log()
+    );
+    let log = s.log();
+    let nar_gets: Vec<&str> = log.lines().filter(|l| l.contains("GET /nar/")).collect();
+    assert!(
+        nar_gets
+            .iter()
+            .all(|l| l.contains(" 307 ") || l.contains("/nar/0000")),
+        "{nar_gets:#?}"
+    );
+}
+
+/// Redirects come after authorisation: without the read password there is no URL.
+#[test]
+fn redirects_need_the_read_password() {
+    if s3_only("presigned redirects are an S3 setting") {
+        return;
+    }
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_S3_REDIRECT", "1")
+        .env("NIX_STORED_USER_READ", "reader")
+        .env("NIX_STORED_USER_READ_PASS", "r-secret")
+        .start();
+    let nar = nar_of(b"redirect with auth");
+    let key = format!("/nar/{}.nar", nix32_sha256(&nar));
+    assert_eq!(put(&s, &key, &nar).status, 201);
+    let r = get(&s, &key);
+    assert_eq!(r.status, 401);
+    assert!(r.header("location").is_none());
+    let auth = basic("reader", "r-secret");
+    let r = send(s.addr, "GET", &key, &[("Authorization", &auth)], b"");
+    assert_eq!(r.status, 307, "{}", r.text());
 }
 
 /// A 2 GiB path up and down through the server: its memory must not grow with the

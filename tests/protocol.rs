@@ -199,8 +199,8 @@ fn nix_cache_info_is_generated_and_put_is_ignored() {
     assert!(hd.body.is_empty());
     assert_eq!(hd.header("content-length"), r.header("content-length"));
 
-    // Written at start for file:// use.
-    let on_disk = std::fs::read_to_string(s.dir.join("nix-cache-info")).unwrap();
+    // Written at start for file:// (and Nix's s3://) use.
+    let on_disk = String::from_utf8(s.store.read("nix-cache-info").unwrap()).unwrap();
     assert!(on_disk.contains("StoreDir: /nix/store\n"), "{on_disk:?}");
 
     // PUT is accepted and ignored: nothing written, the served file does not change.
@@ -212,7 +212,7 @@ fn nix_cache_info_is_generated_and_put_is_ignored() {
     assert_eq!(r.status, 204, "{}", r.text());
     assert_eq!(get(&s, "/nix-cache-info").text(), CACHE_INFO);
     assert_eq!(
-        std::fs::read_to_string(s.dir.join("nix-cache-info")).unwrap(),
+        String::from_utf8(s.store.read("nix-cache-info").unwrap()).unwrap(),
         on_disk
     );
 }
@@ -231,18 +231,18 @@ fn nix_cache_info_follows_the_configuration() {
 
 #[test]
 fn an_existing_nix_cache_info_file_is_kept() {
-    let dir = temp_dir("keep-info");
+    let store = Store::fresh("keep-info");
     let mine = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 10\n";
-    std::fs::write(dir.join("nix-cache-info"), mine).unwrap();
-    let s = ServerBuilder::new().dir(&dir).start();
+    store.write("nix-cache-info", mine.as_bytes());
+    let s = ServerBuilder::new().store(&store).start();
     assert_eq!(get(&s, "/nix-cache-info").status, 200);
     assert_eq!(
-        std::fs::read_to_string(dir.join("nix-cache-info")).unwrap(),
-        mine,
+        store.read("nix-cache-info").unwrap(),
+        mine.as_bytes(),
         "nix-cache-info is written only if missing"
     );
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
+    store.remove();
 }
 
 #[test]
@@ -349,7 +349,7 @@ fn mutable_objects_are_overwritten() {
             g2.header("etag"),
             "{path}: the ETag must change with the content"
         );
-        let on_disk = std::fs::read(s.dir.join(path.trim_start_matches('/'))).unwrap();
+        let on_disk = s.store.read(&path).unwrap();
         assert_eq!(on_disk, second, "{path} on disk");
 
         // Same bytes again: still a successful overwrite.
@@ -595,8 +595,13 @@ fn malformed_keys_and_traversal_are_refused_and_write_nothing() {
     let store = base.join("store");
     // A decoy the traversal attempts would hit.
     let outside = base.join("x");
-    let s = ServerBuilder::new().dir(&store).start();
+    let s = if s3_backend() {
+        ServerBuilder::new().start()
+    } else {
+        ServerBuilder::new().dir(&store).start()
+    };
     let before = entries_below(&base);
+    let stored_before = s.store.files();
 
     // A valid NAR body, so that only the key can be the reason for a refusal.
     let body = nar_of(b"malformed");
@@ -640,6 +645,11 @@ fn malformed_keys_and_traversal_are_refused_and_write_nothing() {
         before,
         "malformed PUTs must not create anything, inside or outside the store"
     );
+    assert_eq!(
+        s.store.files(),
+        stored_before,
+        "malformed PUTs stored nothing"
+    );
     // The server still works.
     assert_eq!(get(&s, "/nix-cache-info").status, 200);
     drop(s);
@@ -660,19 +670,21 @@ fn query_strings_do_not_change_the_key() {
 
 #[test]
 fn directory_layout_is_a_file_cache() {
-    let dir = temp_dir("layout");
-    // Leftovers of an interrupted upload are removed at start.
-    std::fs::create_dir_all(dir.join(".tmp")).unwrap();
-    std::fs::write(dir.join(".tmp").join("upload-leftover"), b"partial").unwrap();
-    let s = ServerBuilder::new().dir(&dir).start();
+    let store = Store::fresh("layout");
+    if let Store::Dir(dir) = &store {
+        // Leftovers of an interrupted upload are removed at start.
+        std::fs::create_dir_all(dir.join(".tmp")).unwrap();
+        std::fs::write(dir.join(".tmp").join("upload-leftover"), b"partial").unwrap();
+    }
+    let s = ServerBuilder::new().store(&store).start();
     assert!(
-        dir.join("nix-cache-info").is_file(),
+        store.exists("nix-cache-info"),
         "nix-cache-info written at start"
     );
     assert!(
-        files_below(&dir.join(".tmp")).is_empty(),
+        store.pending().is_empty(),
         ".tmp emptied at start: {:?}",
-        files_below(&dir.join(".tmp"))
+        store.pending()
     );
 
     let h = store_hash("layout");
@@ -687,38 +699,37 @@ fn directory_layout_is_a_file_cache() {
         .collect();
     expected.push("nix-cache-info".into());
     expected.sort();
-    assert_eq!(files_below(&dir), expected, "exactly the documented files");
+    assert_eq!(store.files(), expected, "exactly the documented files");
     for o in &objects {
         assert_eq!(
-            std::fs::read(dir.join(o.path.trim_start_matches('/'))).unwrap(),
+            store.read(&o.path).unwrap(),
             o.body,
-            "{} on disk",
+            "{} in the store",
             o.path
         );
     }
-    // Explicit spot checks of the documented paths.
-    assert!(dir.join(format!("{h}.narinfo")).is_file());
-    assert!(dir.join(format!("{h}.ls")).is_file());
-    assert!(dir.join("log").join(drv(&h)).is_file());
-    assert!(dir
-        .join("debuginfo")
-        .join(format!("{DEBUG_ID}.debug"))
-        .is_file());
-    assert!(dir
-        .join("realisations")
-        .join(format!("sha256:{}!out.doi", "0123456789abcdef".repeat(4)))
-        .is_file());
-    assert!(dir
-        .join("build-trace-v2")
-        .join(format!("{h}-x.drv"))
-        .join("out.doi")
-        .is_file());
+    // Explicit spot checks of the documented paths (also what `nix copy --to
+    // file://` and `s3://` write).
+    for key in [
+        format!("{h}.narinfo"),
+        format!("{h}.ls"),
+        format!("log/{}", drv(&h)),
+        format!("debuginfo/{DEBUG_ID}.debug"),
+        format!(
+            "realisations/sha256:{}!out.doi",
+            "0123456789abcdef".repeat(4)
+        ),
+        format!("build-trace-v2/{h}-x.drv/out.doi"),
+    ] {
+        assert!(store.exists(&key), "{key} is stored");
+    }
     // Nothing but the documented top-level entries.
-    let mut top: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let mut top: Vec<String> = store
+        .files()
+        .iter()
+        .map(|f| f.split('/').next().unwrap_or("").to_owned())
         .collect();
-    top.sort();
+    top.dedup();
     let allowed = [
         ".tmp",
         "build-trace-v2",
@@ -733,19 +744,16 @@ fn directory_layout_is_a_file_cache() {
     for name in &top {
         assert!(allowed.contains(&name.as_str()), "unexpected entry {name}");
     }
-    assert!(
-        files_below(&dir.join(".tmp")).is_empty(),
-        ".tmp empty after uploads"
-    );
+    assert!(store.pending().is_empty(), ".tmp empty after uploads");
     drop(s);
 
-    // A directory written this way is served as it is by a new process.
-    let s = ServerBuilder::new().dir(&dir).start();
+    // A store written this way is served as it is by a new process.
+    let s = ServerBuilder::new().store(&store).start();
     for o in &objects {
         assert_eq!(get(&s, &o.path).body, o.body, "{} after restart", o.path);
     }
     drop(s);
-    let _ = std::fs::remove_dir_all(&dir);
+    store.remove();
 }
 
 #[test]

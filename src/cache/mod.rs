@@ -216,6 +216,22 @@ impl Cache {
         Ok(self.storage.open(key.as_str(), offset).await?)
     }
 
+    /// Where a client can download `key` directly: a presigned URL, for NARs only and
+    /// only when the backend is configured for it. `None` means: serve it here.
+    /// Checks that the object exists first, so a missing NAR is still a plain 404.
+    pub async fn redirect_url(&self, key: &ObjectKey) -> Result<Option<String>, CacheError> {
+        if key.kind() != Kind::Nar {
+            return Ok(None);
+        }
+        let Some(url) = self.storage.presign_get(key.as_str()).await? else {
+            return Ok(None);
+        };
+        match self.storage.stat(key.as_str()).await? {
+            Some(_) => Ok(Some(url)),
+            None => Ok(None),
+        }
+    }
+
     /// The largest body accepted for this kind of object.
     pub fn upload_limit(&self, kind: Kind) -> u64 {
         match kind {

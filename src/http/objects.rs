@@ -164,6 +164,14 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
     if key.kind() == Kind::CacheInfo {
         return Ok(cache_info(app, true));
     }
+    if let Some(location) = app
+        .cache
+        .redirect_url(key)
+        .await?
+        .and_then(|url| HeaderValue::from_str(&url).ok())
+    {
+        return Ok(redirect(location));
+    }
     let range = headers
         .get(header::RANGE)
         .and_then(|v| v.to_str().ok())
@@ -206,6 +214,19 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
     }
     object_headers(app, key, &reader.meta, resp.headers_mut());
     Ok(resp)
+}
+
+/// A `307` to where the object can be fetched directly. Not cacheable: the URL
+/// expires, and a shared cache would hand it out after that.
+/// (A URL that is no header value is served here instead.)
+fn redirect(location: HeaderValue) -> Response {
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, location);
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(0));
+    resp
 }
 
 async fn put(

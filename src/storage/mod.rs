@@ -6,6 +6,7 @@
 //! anything that is not a plain relative path.
 
 pub mod fs;
+pub mod s3;
 
 use std::pin::Pin;
 
@@ -141,6 +142,14 @@ pub trait Storage: Send + Sync + 'static {
     fn ensure_room(&self, size: u64) -> Result<()> {
         let _ = size;
         Ok(())
+    }
+    /// A short-lived URL from which a client can fetch the object itself, when this
+    /// backend is configured to hand such URLs out (the HTTP layer then redirects NAR
+    /// downloads there); `None` otherwise. Says nothing about whether the object
+    /// exists.
+    async fn presign_get(&self, key: &str) -> Result<Option<String>> {
+        let _ = key;
+        Ok(None)
     }
     /// A short human description for the startup log.
     fn describe(&self) -> String;

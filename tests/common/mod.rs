@@ -44,11 +44,315 @@ pub fn temp_dir(tag: &str) -> PathBuf {
     dir
 }
 
+// ---------------------------------------------------------------------------------
+// Storage backends: the same tests run against a directory and against S3 (a real
+// Garage server).
+
+/// Whether the servers of this run use the S3 backend: `NIX_STORED_TEST_BACKEND=s3`
+/// (scripts/test.sh runs the protocol, integrity, auth and Nix tests a second time so).
+pub fn s3_backend() -> bool {
+    std::env::var("NIX_STORED_TEST_BACKEND").is_ok_and(|b| b == "s3")
+}
+
+/// Prints why a test does not apply to S3 and returns `true` when running against it.
+pub fn fs_only(reason: &str) -> bool {
+    if s3_backend() {
+        eprintln!("skipped for the S3 backend: {reason}");
+    }
+    s3_backend()
+}
+
+/// Prints why a test applies to S3 only and returns `true` when running against a
+/// directory.
+pub fn s3_only(reason: &str) -> bool {
+    if !s3_backend() {
+        eprintln!("skipped for the filesystem backend: {reason}");
+    }
+    !s3_backend()
+}
+
+/// The Garage server of this run, and an S3 client of the tests' own to inspect it.
+pub struct Garage {
+    pub endpoint: String,
+    pub region: String,
+    pub bucket: String,
+    pub key_id: String,
+    pub secret: String,
+    rt: tokio::runtime::Runtime,
+    client: object_store::aws::AmazonS3,
+}
+
+/// The shared Garage: the one scripts/test.sh started (`NIX_STORED_TEST_S3_*`), or
+/// else one started by scripts/garage.sh for this test binary, stopped when it exits.
+pub fn garage() -> &'static Garage {
+    static GARAGE: std::sync::OnceLock<Garage> = std::sync::OnceLock::new();
+    GARAGE.get_or_init(|| {
+        let var = |k: &str| std::env::var(format!("NIX_STORED_TEST_S3_{k}")).ok();
+        let vars: Vec<(String, String)> = if var("ENDPOINT").is_some() {
+            ["ENDPOINT", "REGION", "BUCKET", "KEY_ID", "SECRET"]
+                .iter()
+                .map(|k| (k.to_string(), var(k).unwrap_or_default()))
+                .collect()
+        } else {
+            let dir = temp_dir("garage");
+            let out = Command::new("bash")
+                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/garage.sh"))
+                .arg("start")
+                .arg(&dir)
+                .arg(std::process::id().to_string())
+                .stderr(Stdio::inherit())
+                .output()
+                .expect("run scripts/garage.sh");
+            assert!(out.status.success(), "scripts/garage.sh start failed");
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter_map(|l| l.strip_prefix("NIX_STORED_TEST_S3_"))
+                .filter_map(|l| l.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        };
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(n, _)| n == k)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no NIX_STORED_TEST_S3_{k} from Garage"))
+        };
+        let (endpoint, region, bucket, key_id, secret) = (
+            get("ENDPOINT"),
+            get("REGION"),
+            get("BUCKET"),
+            get("KEY_ID"),
+            get("SECRET"),
+        );
+        let client = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint(&endpoint)
+            .with_region(&region)
+            .with_bucket_name(&bucket)
+            .with_access_key_id(&key_id)
+            .with_secret_access_key(&secret)
+            .with_allow_http(true)
+            .build()
+            .expect("S3 client for the tests");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        Garage {
+            endpoint,
+            region,
+            bucket,
+            key_id,
+            secret,
+            rt,
+            client,
+        }
+    })
+}
+
+impl Garage {
+    /// The environment that points a server at `prefix` in the test bucket.
+    pub fn server_env(&self, prefix: &str) -> Vec<(String, String)> {
+        [
+            ("NIX_STORED_S3_BUCKET", self.bucket.as_str()),
+            ("NIX_STORED_S3_PREFIX", prefix),
+            ("NIX_STORED_S3_ENDPOINT", self.endpoint.as_str()),
+            ("NIX_STORED_S3_REGION", self.region.as_str()),
+            ("AWS_ACCESS_KEY_ID", self.key_id.as_str()),
+            ("AWS_SECRET_ACCESS_KEY", self.secret.as_str()),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn path(prefix: &str, key: &str) -> object_store::path::Path {
+        object_store::path::Path::parse(format!("{prefix}/{key}")).expect("object path")
+    }
+
+    /// Keys below `prefix`, relative to it, sorted.
+    pub fn list(&self, prefix: &str) -> Vec<String> {
+        use futures_util::TryStreamExt;
+        let root = object_store::path::Path::from(prefix);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .rt
+            .block_on(object_store::ObjectStore::list(&self.client, Some(&root)).try_collect())
+            .expect("list the test bucket");
+        let mut keys: Vec<String> = objects
+            .iter()
+            .map(|o| {
+                o.location
+                    .as_ref()
+                    .strip_prefix(&format!("{prefix}/"))
+                    .unwrap_or(o.location.as_ref())
+                    .to_owned()
+            })
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    /// The object under `prefix/key`, if any.
+    pub fn read(&self, prefix: &str, key: &str) -> Option<Vec<u8>> {
+        use object_store::ObjectStoreExt;
+        let path = Self::path(prefix, key);
+        self.rt.block_on(async {
+            match self.client.get(&path).await {
+                Ok(r) => Some(r.bytes().await.expect("read object").to_vec()),
+                Err(object_store::Error::NotFound { .. }) => None,
+                Err(e) => panic!("GET {path}: {e}"),
+            }
+        })
+    }
+
+    /// Stores `bytes` under `prefix/key`, as another tool would.
+    pub fn write(&self, prefix: &str, key: &str, bytes: &[u8]) {
+        use object_store::ObjectStoreExt;
+        let path = Self::path(prefix, key);
+        self.rt
+            .block_on(self.client.put(&path, bytes.to_vec().into()))
+            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
+    }
+
+    /// Keys of the multipart uploads begun and neither completed nor aborted below
+    /// `prefix` (S3's ListMultipartUploads, through a presigned URL).
+    pub fn pending_uploads(&self, prefix: &str) -> Vec<String> {
+        use object_store::signer::{Method, SignedUrlOptions, Signer};
+        let options = SignedUrlOptions::default()
+            .with_query([("uploads", ""), ("prefix", &format!("{prefix}/"))]);
+        let url = self
+            .rt
+            .block_on(self.client.signed_url_opts(
+                Method::GET,
+                &object_store::path::Path::from(""),
+                Duration::from_secs(60),
+                &options,
+            ))
+            .expect("presign ListMultipartUploads");
+        let addr: SocketAddr = format!(
+            "{}:{}",
+            url.host_str().unwrap_or("127.0.0.1"),
+            url.port().unwrap_or(80)
+        )
+        .parse()
+        .expect("Garage listens on an IP address");
+        let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
+        let r = send(addr, "GET", &target, &[], b"");
+        let text = r.text();
+        assert_eq!(r.status, 200, "ListMultipartUploads: {text}");
+        let mut keys = Vec::new();
+        for upload in text.split("<Upload>").skip(1) {
+            if let Some(key) = upload
+                .split("<Key>")
+                .nth(1)
+                .and_then(|k| k.split("</Key>").next())
+            {
+                keys.push(key.to_owned());
+            }
+        }
+        keys.sort();
+        keys
+    }
+}
+
+/// Where a server keeps its objects: a directory, or a prefix of the test bucket.
+#[derive(Clone, Debug)]
+pub enum Store {
+    /// A cache directory (the filesystem backend).
+    Dir(PathBuf),
+    /// A key prefix in the shared Garage bucket (the S3 backend).
+    S3(String),
+}
+
+impl Store {
+    /// A fresh, empty store of the backend this run tests.
+    pub fn fresh(tag: &str) -> Store {
+        if s3_backend() {
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0);
+            Store::S3(format!("{tag}-{}-{n}-{nanos}", std::process::id()))
+        } else {
+            Store::Dir(temp_dir(tag))
+        }
+    }
+
+    /// Every stored object, relative, sorted (in a directory: also uploads in progress
+    /// under `.tmp/`).
+    pub fn files(&self) -> Vec<String> {
+        match self {
+            Store::Dir(d) => files_below(d),
+            Store::S3(p) => garage().list(p),
+        }
+    }
+
+    /// Uploads begun and not finished: temporary files, or multipart uploads.
+    pub fn pending(&self) -> Vec<String> {
+        match self {
+            Store::Dir(d) => files_below(&d.join(".tmp")),
+            Store::S3(p) => garage().pending_uploads(p),
+        }
+    }
+
+    /// The object under `key` (relative, no leading `/`), if any.
+    pub fn read(&self, key: &str) -> Option<Vec<u8>> {
+        let key = key.trim_start_matches('/');
+        match self {
+            Store::Dir(d) => std::fs::read(d.join(key)).ok(),
+            Store::S3(p) => garage().read(p, key),
+        }
+    }
+
+    /// Whether an object exists under `key`.
+    pub fn exists(&self, key: &str) -> bool {
+        self.read(key).is_some()
+    }
+
+    /// Stores an object directly, as another tool would (`nix copy --to file://` or
+    /// `s3://`).
+    pub fn write(&self, key: &str, bytes: &[u8]) {
+        let key = key.trim_start_matches('/');
+        match self {
+            Store::Dir(d) => {
+                let path = d.join(key);
+                std::fs::create_dir_all(path.parent().expect("key has a parent"))
+                    .expect("create parent");
+                std::fs::write(path, bytes).expect("write object");
+            }
+            Store::S3(p) => garage().write(p, key, bytes),
+        }
+    }
+
+    /// The Nix store URL of this store, for Nix's own binary cache stores.
+    pub fn nix_url(&self) -> String {
+        match self {
+            Store::Dir(d) => format!("file://{}", d.display()),
+            Store::S3(p) => {
+                let g = garage();
+                let host = g.endpoint.trim_start_matches("http://");
+                format!(
+                    "s3://{}/{p}?endpoint={host}&scheme=http&region={}",
+                    g.bucket, g.region
+                )
+            }
+        }
+    }
+
+    /// Removes a directory store (S3 prefixes go with the Garage of the run).
+    pub fn remove(&self) {
+        if let Store::Dir(d) = self {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
 /// Configuration of one server process.
 pub struct ServerBuilder {
     env: Vec<(String, String)>,
     args: Vec<String>,
-    dir: Option<PathBuf>,
+    store: Option<Store>,
 }
 
 impl Default for ServerBuilder {
@@ -66,7 +370,7 @@ impl ServerBuilder {
                 ("NIX_STORED_LISTEN_INTERFACE".into(), "127.0.0.1:0".into()),
             ],
             args: Vec::new(),
-            dir: None,
+            store: None,
         }
     }
 
@@ -89,13 +393,20 @@ impl ServerBuilder {
         self
     }
 
-    /// Uses `dir` as the store directory instead of a fresh one (it is not removed).
+    /// Uses `dir` as the store directory instead of a fresh one (it is not removed);
+    /// the filesystem backend, whatever backend the run tests.
     pub fn dir(mut self, dir: &Path) -> Self {
-        self.dir = Some(dir.to_path_buf());
+        self.store = Some(Store::Dir(dir.to_path_buf()));
         self
     }
 
-    fn command(&self, dir: &Path) -> Command {
+    /// Uses `store` instead of a fresh store (it is not removed).
+    pub fn store(mut self, store: &Store) -> Self {
+        self.store = Some(store.clone());
+        self
+    }
+
+    fn command(&self, store: &Store) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nix-stored"));
         // Settings of the environment the tests run in must not leak into the server.
         for (k, _) in std::env::vars_os() {
@@ -103,8 +414,15 @@ impl ServerBuilder {
                 cmd.env_remove(k);
             }
         }
-        cmd.env("NIX_STORED_PATH", dir)
-            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        match store {
+            Store::Dir(dir) => {
+                cmd.env("NIX_STORED_PATH", dir);
+            }
+            Store::S3(prefix) => {
+                cmd.envs(garage().server_env(prefix));
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -115,9 +433,14 @@ impl ServerBuilder {
     /// Spawns the server and waits (at most 20 s) for its `listening on http://` (or
     /// `https://`) line; panics with the log otherwise.
     pub fn start(self) -> Server {
-        let owns_dir = self.dir.is_none();
-        let dir = self.dir.clone().unwrap_or_else(|| temp_dir("store"));
-        let mut child = self.command(&dir).spawn().expect("spawn nix-stored");
+        let owns_dir = self.store.is_none();
+        let store = self.store.clone().unwrap_or_else(|| Store::fresh("store"));
+        let dir = match &store {
+            Store::Dir(d) => d.clone(),
+            // Not used by an S3 server; kept so that `Server::dir` always exists.
+            Store::S3(_) => temp_dir("unused"),
+        };
+        let mut child = self.command(&store).spawn().expect("spawn nix-stored");
         let log = Arc::new(Mutex::new(Vec::<String>::new()));
         let (tx, rx) = mpsc::channel::<(&'static str, String)>();
         let stderr = child.stderr.take().expect("piped stderr");
@@ -182,6 +505,7 @@ impl ServerBuilder {
             addr,
             scheme,
             dir,
+            store,
             owns_dir,
             child: Some(child),
             log,
@@ -191,9 +515,12 @@ impl ServerBuilder {
     /// Runs a server that is expected to refuse its configuration: waits for it to
     /// exit (killing it after 20 s) and returns its exit status and stderr.
     pub fn start_expect_failure(self) -> (ExitStatus, String) {
-        let owns_dir = self.dir.is_none();
-        let dir = self.dir.clone().unwrap_or_else(|| temp_dir("store"));
-        let mut child = self.command(&dir).spawn().expect("spawn nix-stored");
+        let owns_dir = self.store.is_none();
+        let store = self
+            .store
+            .clone()
+            .unwrap_or_else(|| Store::Dir(temp_dir("store")));
+        let mut child = self.command(&store).spawn().expect("spawn nix-stored");
         let mut stderr = child.stderr.take().expect("piped stderr");
         let reader = std::thread::spawn(move || {
             let mut out = Vec::new();
@@ -215,7 +542,7 @@ impl ServerBuilder {
         };
         let err = reader.join().unwrap_or_default();
         if owns_dir {
-            let _ = std::fs::remove_dir_all(&dir);
+            store.remove();
         }
         (status, err)
     }
@@ -226,7 +553,10 @@ pub struct Server {
     pub addr: SocketAddr,
     /// `http` or `https`, as the server announced.
     pub scheme: &'static str,
+    /// The cache directory (for an S3 server, an unused empty directory).
     pub dir: PathBuf,
+    /// Where the server keeps its objects.
+    pub store: Store,
     owns_dir: bool,
     child: Option<Child>,
     log: Arc<Mutex<Vec<String>>>,
@@ -284,7 +614,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        if self.owns_dir {
+        if self.owns_dir || matches!(self.store, Store::S3(_)) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -738,6 +1068,17 @@ pub fn entries_below(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+/// Waits until `s` is visibly writing an upload (a temporary file or a multipart
+/// upload); an S3 server sends bodies below one part in a single PUT at the end, so
+/// for those a short pause stands in.
+pub fn wait_for_upload_start(s: &Server, large: bool) -> bool {
+    if matches!(s.store, Store::S3(_)) && !large {
+        std::thread::sleep(Duration::from_millis(500));
+        return true;
+    }
+    eventually(Duration::from_secs(30), || !s.store.pending().is_empty())
 }
 
 /// Polls `f` every 50 ms for at most `limit` (waits for a state, never asserts timing).
