@@ -46,7 +46,8 @@ stop() {
       kill -0 "$pid" 2>/dev/null || break
       sleep 0.1
     done
-    kill -9 "$pid" 2>/dev/null || true
+    # Only a Garage that is still there: its pid may already be another process's.
+    if kill -0 "$pid" 2>/dev/null; then kill -9 "$pid" 2>/dev/null || true; fi
   fi
   if [ -f "$dir/watcher.pid" ]; then
     kill "$(cat "$dir/watcher.pid")" 2>/dev/null || true

@@ -1150,6 +1150,49 @@ fn a_large_upload_with_the_wrong_hash_is_discarded_whole() {
 }
 
 #[test]
+fn concurrent_puts_of_one_large_nar() {
+    // Several multipart uploads of one key on S3: the store may drop the others when
+    // the first completes; every client must still get a success.
+    let s = ServerBuilder::new().start();
+    let big = BigFile::new(20);
+    let key = format!("/nar/{}.nar", big.hash());
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut stream = connect(s.addr);
+                    stream
+                        .write_all(&request_head(
+                            s.addr,
+                            "PUT",
+                            &key,
+                            &[],
+                            Some(big.len() as u64),
+                        ))
+                        .unwrap();
+                    for i in 0..big.blocks {
+                        stream.write_all(&big.block(i)).unwrap();
+                    }
+                    read_response(&mut BufReader::new(stream), false)
+                        .unwrap()
+                        .status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|st| matches!(st, 201 | 204)),
+        "{statuses:?}\n{}",
+        s.log()
+    );
+    let got = get(&s, &key);
+    assert_eq!(got.body.len(), big.len());
+    assert_eq!(got.body[19 * MIB..], big.block(19)[..]);
+    assert_only(&s, &[&key[1..]]);
+}
+
+#[test]
 fn sigterm_when_idle_exits_0() {
     let mut s = ServerBuilder::new().start();
     assert_eq!(get(&s, "/nix-cache-info").status, 200);

@@ -345,6 +345,7 @@ impl Storage for S3Storage {
             multipart: None,
             parts: JoinSet::new(),
             parts_sent: 0,
+            superseded: false,
             finished: false,
         }))
     }
@@ -428,6 +429,8 @@ struct S3Upload {
     multipart: Option<Box<dyn MultipartUpload>>,
     parts: JoinSet<object_store::Result<()>>,
     parts_sent: usize,
+    /// The store dropped the multipart upload (see [`S3Upload::join_one`]).
+    superseded: bool,
     finished: bool,
 }
 
@@ -454,6 +457,10 @@ impl S3Upload {
             }
         };
         let part = std::mem::take(&mut self.buf);
+        if self.superseded {
+            // Nothing more to send to an upload the store dropped.
+            return Ok(());
+        }
         self.parts
             .spawn(multipart.put_part(PutPayload::from(Bytes::from(part))));
         self.parts_sent += 1;
@@ -462,9 +469,32 @@ impl S3Upload {
 
     async fn join_one(&mut self) -> Result<()> {
         match self.parts.join_next().await {
+            Some(Ok(Err(e))) if is_not_found(&e) => {
+                // The store dropped this upload: another upload of the same key was
+                // completed meanwhile (Garage does this). The rest of the body is
+                // still read and verified; commit decides.
+                self.superseded = true;
+                Ok(())
+            }
             Some(Ok(r)) => r.map_err(backend),
             Some(Err(e)) => Err(StorageError::Io(std::io::Error::other(e.to_string()))),
             None => Ok(()),
+        }
+    }
+
+    /// After the store dropped this upload for a concurrent one of the same key:
+    /// success when that one is there. Both bodies passed the same verification (a
+    /// NAR's content is its name), so the key holds what this upload would have
+    /// stored; for other kinds the other writer simply came last.
+    async fn superseded_outcome(&mut self, err: StorageError) -> Result<bool> {
+        match self.store.head(&self.path).await {
+            Ok(_) => {
+                self.finished = true;
+                self.multipart = None;
+                self.memo.forget(&self.key);
+                Ok(false)
+            }
+            Err(_) => Err(err),
         }
     }
 }
@@ -502,8 +532,19 @@ impl Upload for S3Upload {
             while !self.parts.is_empty() {
                 self.join_one().await?;
             }
-            if let Some(m) = self.multipart.as_mut() {
-                m.complete().await.map_err(backend)?;
+            let completed = match self.multipart.as_mut() {
+                Some(_) if self.superseded => Err(StorageError::Io(std::io::Error::other(
+                    "the store dropped this multipart upload",
+                ))),
+                Some(m) => match m.complete().await {
+                    Ok(_) => Ok(()),
+                    Err(e) if is_not_found(&e) => Err(backend(e)),
+                    Err(e) => return Err(backend(e)),
+                },
+                None => Ok(()),
+            };
+            if let Err(e) = completed {
+                return self.superseded_outcome(e).await;
             }
         }
         self.finished = true;
@@ -563,6 +604,7 @@ mod tests {
             multipart: None,
             parts: JoinSet::new(),
             parts_sent: 0,
+            superseded: false,
             finished: true,
         };
         while up.parts_sent < 10_000 {
