@@ -1,8 +1,23 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine (run as root): installs the real
 # Nix client the end-to-end tests drive, then formatting, lints and every test.
+#
+#   --full            the long robustness run (NIX_STORED_ROBUST_FULL=1: bigger
+#                     uploads in the crash loop, the ten-minute soak, 10x the
+#                     generated inputs)
+#   --allow-no-mount  let the full-disk test skip when it cannot mount its tmpfs
+#                     (it fails otherwise)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+export NIX_STORED_REQUIRE_MOUNT=1
+for arg in "$@"; do
+  case "$arg" in
+    --full) export NIX_STORED_ROBUST_FULL=1 ;;
+    --allow-no-mount) export NIX_STORED_REQUIRE_MOUNT=0 ;;
+    *) echo "usage: $0 [--full] [--allow-no-mount]" >&2; exit 2 ;;
+  esac
+done
 
 if ! command -v nix >/dev/null || [ ! -x /bin/busybox ] || ! command -v curl >/dev/null ||
   ! command -v openssl >/dev/null; then
@@ -20,7 +35,8 @@ done
 cargo fmt --check
 cargo clippy --all-targets -- -D warnings
 # The Nix tests fail instead of skipping when nix is missing, and the large
-# (2 GiB) round trip is part of the suite.
+# (2 GiB) round trip is part of the suite. The robustness tests
+# (tests/robustness/) print their figures, "robustness: <test>: …", on stderr.
 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
 
 # The same black-box tests against the S3 backend, on one Garage for the whole run
