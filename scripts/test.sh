@@ -44,7 +44,7 @@ NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
 # of its bucket.
 garage_dir=$(mktemp -d "${TMPDIR:-/tmp}/nix-stored-garage.XXXXXX")
 # On failure, Garage's own log says whether the store was the problem.
-trap 'rc=$?; [ $rc = 0 ] || grep -i -E "signal|shut|panic|error" "$garage_dir/garage.log" | tail -n 30 >&2 || true; bash scripts/garage.sh stop "$garage_dir"' EXIT
+trap 'rc=$?; [ $rc = 0 ] || grep -v -E "INFO|DEBUG" "$garage_dir/garage.log" | grep -i -E "signal|shut|panic|error|warn" | tail -n 30 >&2 || true; bash scripts/garage.sh stop "$garage_dir"' EXIT
 GARAGE_LOG=${GARAGE_LOG:-info} bash scripts/garage.sh start "$garage_dir" >"$garage_dir.env"
 while IFS='=' read -r name value; do
   export "$name=$value"

@@ -743,11 +743,12 @@ fn https_upload_and_substitution_over_http2() {
     let to = format!("{url}?compression=zstd&secret-key={sk}");
 
     nix.fails("nix", &["copy", "--to", &to, &c.app]);
-    assert_eq!(files_below(&s.dir), vec!["nix-cache-info"]);
+    assert_eq!(s.store.files(), vec!["nix-cache-info"]);
     nix.ca_file = Some(ca.clone());
     nix.copy_to(&to, &c.app);
     assert_eq!(
-        files_below(&s.dir)
+        s.store
+            .files()
             .iter()
             .filter(|f| f.ends_with(".narinfo"))
             .count(),
