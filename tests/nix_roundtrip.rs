@@ -280,12 +280,7 @@ fn xz_and_uncompressed_round_trips_with_copy_from() {
             &format!("{}?compression={compression}&secret-key={sk}", s.url()),
             &c.app,
         );
-        let nars: Vec<String> = s
-            .store
-            .files()
-            .into_iter()
-            .filter(|f| f.starts_with("nar/"))
-            .collect();
+        let nars = s.store.nars();
         assert_eq!(nars.len(), 3);
         assert!(
             nars.iter()
@@ -593,12 +588,7 @@ fn substitution_through_presigned_redirects() {
         &format!("{}?compression=zstd&secret-key={sk}", s.url()),
         &c.app,
     );
-    let nars: Vec<String> = s
-        .store
-        .files()
-        .into_iter()
-        .filter(|f| f.starts_with("nar/"))
-        .collect();
+    let nars = s.store.nars();
     assert_eq!(nars.len(), 3, "{nars:?}");
     // One NAR by hand: a 307 to the bucket, whose answer is the NAR itself.
     let r = get(&s, &format!("/{}", nars[0]));

@@ -2,10 +2,8 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixDatagram;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -36,38 +34,8 @@ fn serves_on_the_socket_systemd_passes() {
     let dir = temp_dir("socket-activation");
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    // As systemd does: the socket is descriptor 3, LISTEN_PID is the server's pid
-    // (exec keeps the shell's), LISTEN_FDS the count.
-    cmd.args([
-        "-c",
-        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\"",
-        env!("CARGO_BIN_EXE_nix-stored"),
-    ])
-    .env("NIX_STORED_PATH", &dir)
-    // An address this machine cannot bind: starting at all proves the passed
-    // socket was used instead.
-    .env("NIX_STORED_LISTEN_INTERFACE", "192.0.2.1:8100")
-    .env("NIX_STORED_LOG_LEVEL", "info")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    // SAFETY: dup2 is async-signal-safe; it runs in the child between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            // When the listener already is descriptor 3, dup2 does nothing and the
-            // descriptor keeps its close-on-exec flag: clear it explicitly.
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = socket_activated(&listener);
+    cmd.env("NIX_STORED_PATH", &dir);
     let child = cmd.spawn().unwrap();
     drop(listener);
     let served = eventually(Duration::from_secs(20), || {

@@ -7,13 +7,14 @@
 
 mod common;
 
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::tls::*;
 use common::*;
 
-fn cert_dir() -> std::path::PathBuf {
+fn cert_dir() -> PathBuf {
     temp_dir("tls")
 }
 
@@ -452,41 +453,14 @@ fn sigterm_closes_idle_tls_connections_and_exits() {
 
 #[test]
 fn serves_https_on_the_socket_systemd_passes() {
-    use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
-    use std::process::Stdio;
     let dir = cert_dir();
     let cert = TestCert::generate(&dir, "activated", KeyFormat::Pkcs8Ec);
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap();
-    let fd = listener.as_raw_fd();
-    let mut cmd = Command::new("sh");
-    cmd.args([
-        "-c",
-        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\"",
-        env!("CARGO_BIN_EXE_nix-stored"),
-    ])
-    .env("NIX_STORED_PATH", dir.join("store"))
-    .env("NIX_STORED_LISTEN_INTERFACE", "192.0.2.1:8100")
-    .env("NIX_STORED_LOG_LEVEL", "info")
-    .env("NIX_STORED_TLS_CERT", &cert.cert)
-    .env("NIX_STORED_TLS_KEY", &cert.key)
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    // SAFETY: fcntl and dup2 are async-signal-safe; this runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if fd == 3 {
-                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::dup2(fd, 3) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    let mut cmd = socket_activated(&listener);
+    cmd.env("NIX_STORED_PATH", dir.join("store"))
+        .env("NIX_STORED_TLS_CERT", &cert.cert)
+        .env("NIX_STORED_TLS_KEY", &cert.key);
     let child = cmd.spawn().unwrap();
     drop(listener);
     let served = eventually(Duration::from_secs(20), || {
@@ -529,73 +503,57 @@ fn bad_certificates_and_keys_stop_the_server_at_start() {
     assert!(line.contains("NIX_STORED_TLS_CERT"), "{line}");
 
     let missing = dir.join("missing.pem");
-    let line = refuses(
-        "missing certificate file",
-        ServerBuilder::new().tls(&TestCert {
-            cert: missing.clone(),
-            key: a.key.clone(),
-        }),
-    );
-    assert!(
-        line.contains("cannot read") && line.contains("missing.pem"),
-        "{line}"
-    );
-    let line = refuses(
-        "missing key file",
-        ServerBuilder::new().tls(&TestCert {
-            cert: a.cert.clone(),
-            key: missing,
-        }),
-    );
-    assert!(
-        line.contains("NIX_STORED_TLS_KEY") && line.contains("cannot read"),
-        "{line}"
-    );
-
     let garbage = dir.join("garbage.pem");
     std::fs::write(&garbage, "hello, I am not PEM\n").unwrap();
-    let line = refuses(
-        "garbage certificate",
-        ServerBuilder::new().tls(&TestCert {
-            cert: garbage.clone(),
-            key: a.key.clone(),
-        }),
-    );
-    assert!(
-        line.contains("NIX_STORED_TLS_CERT") && line.contains("no CERTIFICATE"),
-        "{line}"
-    );
-    let line = refuses(
-        "garbage key",
-        ServerBuilder::new().tls(&TestCert {
-            cert: a.cert.clone(),
-            key: garbage,
-        }),
-    );
-    assert!(
-        line.contains("NIX_STORED_TLS_KEY") && line.contains("private key"),
-        "{line}"
-    );
-    let line = refuses(
-        "certificate given as the key",
-        ServerBuilder::new().tls(&TestCert {
-            cert: a.cert.clone(),
-            key: a.cert.clone(),
-        }),
-    );
-    assert!(line.contains("NIX_STORED_TLS_KEY"), "{line}");
-
-    let line = refuses(
-        "key of another certificate",
-        ServerBuilder::new().tls(&TestCert {
-            cert: a.cert.clone(),
-            key: b.key.clone(),
-        }),
-    );
-    assert!(
-        line.contains("is not the private key of the certificate"),
-        "{line}"
-    );
+    // (what, certificate file, key file, what the one error line must say)
+    let pairs: [(&str, &PathBuf, &PathBuf, &[&str]); 6] = [
+        (
+            "missing certificate file",
+            &missing,
+            &a.key,
+            &["cannot read", "missing.pem"],
+        ),
+        (
+            "missing key file",
+            &a.cert,
+            &missing,
+            &["NIX_STORED_TLS_KEY", "cannot read"],
+        ),
+        (
+            "garbage certificate",
+            &garbage,
+            &a.key,
+            &["NIX_STORED_TLS_CERT", "no CERTIFICATE"],
+        ),
+        (
+            "garbage key",
+            &a.cert,
+            &garbage,
+            &["NIX_STORED_TLS_KEY", "private key"],
+        ),
+        (
+            "certificate given as the key",
+            &a.cert,
+            &a.cert,
+            &["NIX_STORED_TLS_KEY"],
+        ),
+        (
+            "key of another certificate",
+            &a.cert,
+            &b.key,
+            &["is not the private key of the certificate"],
+        ),
+    ];
+    for (what, cert, key, says) in pairs {
+        let line = refuses(
+            what,
+            ServerBuilder::new().tls(&TestCert {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+        );
+        assert!(says.iter().all(|s| line.contains(s)), "{what}: {line}");
+    }
 
     let encrypted = dir.join("encrypted.key");
     let out = Command::new("openssl")

@@ -288,6 +288,13 @@ impl Store {
         }
     }
 
+    /// The stored NARs (`nar/…`), sorted.
+    pub fn nars(&self) -> Vec<String> {
+        let mut files = self.files();
+        files.retain(|f| f.starts_with("nar/"));
+        files
+    }
+
     /// Uploads begun and not finished: temporary files, or multipart uploads.
     pub fn pending(&self) -> Vec<String> {
         match self {
@@ -1091,4 +1098,41 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     f()
+}
+
+/// The server as systemd starts a socket-activated service: `listener` becomes
+/// descriptor 3, `LISTEN_PID` is the server's pid (exec keeps the shell's) and
+/// `LISTEN_FDS=1`. The configured address is one this machine cannot bind, so
+/// serving at all proves the passed socket was used. Add the store, then spawn.
+pub fn socket_activated(listener: &std::net::TcpListener) -> Command {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\"",
+        env!("CARGO_BIN_EXE_nix-stored"),
+    ])
+    .env("NIX_STORED_LISTEN_INTERFACE", "192.0.2.1:8100")
+    .env("NIX_STORED_LOG_LEVEL", "info")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    // SAFETY: fcntl and dup2 are async-signal-safe; this runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            // When the listener already is descriptor 3, dup2 does nothing and the
+            // descriptor keeps its close-on-exec flag: clear it explicitly.
+            if fd == 3 {
+                if libc::fcntl(3, libc::F_SETFD, 0) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(fd, 3) < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
