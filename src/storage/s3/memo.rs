@@ -75,7 +75,10 @@ impl Memo {
             Entry {
                 fetched,
                 meta: meta.clone(),
-                bytes: bytes.clone(),
+                // A copy: the body may be a slice of the HTTP client's much larger read
+                // buffer, which a shared `Bytes` would keep alive (tens of KiB per
+                // narinfo, over 100 MiB for a full memo).
+                bytes: Bytes::copy_from_slice(bytes),
             },
         );
     }
