@@ -46,9 +46,10 @@ const INLINE_READ_MAX: u64 = 64 * 1024;
 pub const PART_SIZE: usize = 8 * 1024 * 1024;
 /// How many parts are sent with the same size before it doubles.
 const PARTS_PER_SIZE: usize = 1000;
-/// Parts being sent at once for one upload: enough to keep the link busy while the
-/// next part is received; memory per upload stays below (this + 1) × part size.
-pub const PARTS_IN_FLIGHT: usize = 2;
+/// Parts being sent at once for one upload: one part goes to the store while the
+/// next is received from the client; memory per upload stays below (this + 1) × part
+/// size (16 MiB), so four concurrent NAR uploads fit well under 100 MiB.
+pub const PARTS_IN_FLIGHT: usize = 1;
 
 /// Where the bucket is and how to talk to it.
 #[derive(Debug, Clone)]
@@ -501,14 +502,26 @@ impl S3Upload {
 
 #[async_trait]
 impl Upload for S3Upload {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        if self.buf.capacity() == 0 {
-            self.buf
-                .reserve(self.part_size().min(chunk.len().max(64 * 1024)));
-        }
-        self.buf.extend_from_slice(chunk);
-        if self.buf.len() >= self.part_size() {
-            self.send_part().await?;
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
+        while !chunk.is_empty() {
+            let size = self.part_size();
+            let take = (size - self.buf.len()).min(chunk.len());
+            let needed = self.buf.len() + take;
+            if needed > self.buf.capacity() {
+                // Grow by doubling, but never past the part size: a part keeps its
+                // whole allocation while in flight, and Vec's own doubling would make
+                // that twice the part.
+                let cap = (self.buf.capacity() * 2)
+                    .max(needed)
+                    .max(64 * 1024)
+                    .min(size);
+                self.buf.reserve_exact(cap - self.buf.len());
+            }
+            self.buf.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.buf.len() >= size {
+                self.send_part().await?;
+            }
         }
         Ok(())
     }
