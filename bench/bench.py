@@ -1223,7 +1223,9 @@ def main() -> int:
     if os.access(os.path.expanduser("~/.cargo/bin/garage"), os.X_OK) or shutil.which("garage"):
         try:
             bucket = S3Bucket(cfg.work)
-            kinds.insert(1, NixStoredS3("nix-stored-s3", cfg.work, bucket))
+            # Last, and Garage stopped right after: its background work after the copy
+            # and the uploads would otherwise share core 0 with the other servers' runs.
+            s3_kind = NixStoredS3("nix-stored-s3", cfg.work, bucket)
         except Broken as e:
             log(f"nix-stored-s3: skipped (Garage did not start: {e})")
     else:
@@ -1234,6 +1236,8 @@ def main() -> int:
         kinds.append(harmonia)
     else:
         log("harmonia: skipped (HARMONIA_BIN is not set)")
+    if bucket:
+        kinds.append(s3_kind)
     notes: list[str] = []
     results, gres, eres = {}, {}, {}
     main_info = None
@@ -1248,6 +1252,9 @@ def main() -> int:
         run(["rustc", "-O", "--edition", "2021", "-o", lg, os.path.join(HERE, "loadgen.rs")], "building bench/loadgen.rs")
         if "main" in parts:
             main_info = main_workloads(cfg, kinds, lg, results, notes)
+        if bucket:
+            bucket.close()
+            bucket = None
         if "growth" in parts:
             growth(cfg, kinds, lg, gres)
         if "e2e" in parts:
