@@ -224,6 +224,21 @@ fn app_contents(c: &Closure) -> String {
     std::fs::read_to_string(Path::new(&c.app).join("bin/app")).unwrap()
 }
 
+/// `nix-store` arguments that realise `path` from the substituter `url` alone,
+/// trusting only the key `pk`.
+fn realise_args<'a>(path: &'a str, url: &'a str, pk: &'a str) -> [&'a str; 8] {
+    [
+        "-r",
+        path,
+        "--option",
+        "substituters",
+        url,
+        "--option",
+        "trusted-public-keys",
+        pk,
+    ]
+}
+
 #[test]
 fn zstd_upload_with_listings_and_log_then_substitution() {
     let Some(nix) = Nix::new() else { return };
@@ -250,19 +265,7 @@ fn zstd_upload_with_listings_and_log_then_substitution() {
 
     let before = app_contents(&c);
     nix.delete(&c);
-    nix.ok(
-        "nix-store",
-        &[
-            "-r",
-            &c.app,
-            "--option",
-            "substituters",
-            &url,
-            "--option",
-            "trusted-public-keys",
-            &pk,
-        ],
-    );
+    nix.ok("nix-store", &realise_args(&c.app, &url, &pk));
     assert_eq!(app_contents(&c), before);
     let log = nix.ok("nix", &["log", "--store", &url, &c.app]);
     assert!(log.contains(&format!("building app-{}", c.tag)), "{log}");
@@ -313,19 +316,7 @@ fn unsigned_uploads_are_not_substituted_with_require_sigs() {
     let (_, pk) = nix.keys();
     nix.copy_to(&format!("{}?compression=zstd", s.url()), &c.app);
     nix.delete(&c);
-    nix.fails(
-        "nix-store",
-        &[
-            "-r",
-            &c.app,
-            "--option",
-            "substituters",
-            &s.url(),
-            "--option",
-            "trusted-public-keys",
-            &pk,
-        ],
-    );
+    nix.fails("nix-store", &realise_args(&c.app, &s.url(), &pk));
     assert!(!nix.valid(&c.app));
 }
 
@@ -392,16 +383,7 @@ fn basic_auth_through_a_netrc_file() {
     );
 
     nix.delete(&c);
-    let subst = [
-        "-r",
-        c.app.as_str(),
-        "--option",
-        "substituters",
-        url.as_str(),
-        "--option",
-        "trusted-public-keys",
-        pk.as_str(),
-    ];
+    let subst = realise_args(c.app.as_str(), url.as_str(), pk.as_str());
     nix.fails("nix-store", &subst);
     let mut with_reader = subst.to_vec();
     with_reader.extend(["--option", "netrc-file", reader.as_str()]);
@@ -484,19 +466,7 @@ fn the_store_directory_is_a_file_cache_both_ways() {
     };
     let s2 = ServerBuilder::new().store(&store).start();
     nix.delete(&c2);
-    nix.ok(
-        "nix-store",
-        &[
-            "-r",
-            &c2.app,
-            "--option",
-            "substituters",
-            &s2.url(),
-            "--option",
-            "trusted-public-keys",
-            &pk,
-        ],
-    );
+    nix.ok("nix-store", &realise_args(&c2.app, &s2.url(), &pk));
     assert!(nix.valid(&c2.app));
     drop(s2);
     std::fs::remove_dir_all(&dir).unwrap();
@@ -512,21 +482,7 @@ fn two_servers_on_one_store() {
     let a = ServerBuilder::new().store(&store).start();
     let b = ServerBuilder::new().store(&store).start();
     let c = nix.build();
-    let subst = |server: &Server| {
-        nix.run(
-            "nix-store",
-            &[
-                "-r",
-                &c.app,
-                "--option",
-                "substituters",
-                &server.url(),
-                "--option",
-                "trusted-public-keys",
-                &pk,
-            ],
-        )
-    };
+    let subst = |server: &Server| nix.run("nix-store", &realise_args(&c.app, &server.url(), &pk));
     // B is asked first, while it has nothing: a miss must not be remembered.
     let narinfo = format!(
         "/{}.narinfo",
@@ -551,19 +507,7 @@ fn two_servers_on_one_store() {
         &c2.app,
     );
     nix.delete(&c2);
-    nix.ok(
-        "nix-store",
-        &[
-            "-r",
-            &c2.app,
-            "--option",
-            "substituters",
-            &a.url(),
-            "--option",
-            "trusted-public-keys",
-            &pk,
-        ],
-    );
+    nix.ok("nix-store", &realise_args(&c2.app, &a.url(), &pk));
     assert!(nix.valid(&c2.app));
     drop((a, b));
     store.remove();
@@ -616,19 +560,7 @@ fn substitution_through_presigned_redirects() {
     );
 
     nix.delete(&c);
-    nix.ok(
-        "nix-store",
-        &[
-            "-r",
-            &c.app,
-            "--option",
-            "substituters",
-            &s.url(),
-            "--option",
-            "trusted-public-keys",
-            &pk,
-        ],
-    );
+    nix.ok("nix-store", &realise_args(&c.app, &s.url(), &pk));
     assert_eq!(app_contents(&c), before);
     // Every NAR Nix fetched was a redirect (request lines are written in batches:
     // wait for the last ones).
@@ -747,16 +679,7 @@ fn https_upload_and_substitution_over_http2() {
 
     let before = app_contents(&c);
     nix.delete(&c);
-    let subst = [
-        "-r",
-        c.app.as_str(),
-        "--option",
-        "substituters",
-        url.as_str(),
-        "--option",
-        "trusted-public-keys",
-        pk.as_str(),
-    ];
+    let subst = realise_args(c.app.as_str(), url.as_str(), pk.as_str());
     nix.ca_file = None;
     nix.fails("nix-store", &subst);
     assert!(!nix.valid(&c.app));
