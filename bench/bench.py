@@ -235,7 +235,7 @@ class NixStored(Kind):
     def start(self, root: str, probe: str = "/nix-cache-info") -> Server:
         port = free_port()
         env = dict(os.environ, NIX_STORED_PATH=root, NIX_STORED_LISTEN_INTERFACE=f"127.0.0.1:{port}",
-                   NIX_STORED_LOG_LEVEL="info")
+                   NIX_STORED_LOG_LEVEL="info", NIX_STORED_ANONYMOUS_WRITES="true")
         return Server(self.name, [NIX_STORED], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
 
     def check_stopped(self, code: int, srv: Server) -> None:
@@ -339,7 +339,7 @@ class NixStoredS3(NixStored):
         env = dict(os.environ, NIX_STORED_S3_BUCKET=b.bucket, NIX_STORED_S3_PREFIX=prefix,
                    NIX_STORED_S3_ENDPOINT=b.endpoint, NIX_STORED_S3_REGION=b.region, AWS_ACCESS_KEY_ID=b.key_id,
                    AWS_SECRET_ACCESS_KEY=b.secret, NIX_STORED_LISTEN_INTERFACE=f"127.0.0.1:{port}",
-                   NIX_STORED_LOG_LEVEL="info")
+                   NIX_STORED_LOG_LEVEL="info", NIX_STORED_ANONYMOUS_WRITES="true")
         srv = Server(self.name, [NIX_STORED], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
         srv.helpers = [b.pid]
         return srv

@@ -25,6 +25,7 @@
   trustedPublicKeys,
   readUser,
   writeUser,
+  anonymousWrites ? false,
   settings,
   credentialFiles,
   socketActivation,
@@ -70,6 +71,7 @@ let
     NIX_STORED_USER_READ_PASSFILE = "readUser.passwordFile";
     NIX_STORED_USER_WRITE = "writeUser.name";
     NIX_STORED_USER_WRITE_PASSFILE = "writeUser.passwordFile";
+    NIX_STORED_ANONYMOUS_WRITES = "anonymousWrites";
   };
 
   # Variables that would carry a secret in the unit file, hence in the world-readable
@@ -192,21 +194,27 @@ let
     ++ settingProblems;
 
   warnings =
-    optional (writeUser == null && !isLoopback)
-      "services.nix-stored: no writeUser and ${bare} is not a loopback address, so the server refuses every upload; set writeUser to accept uploads"
+    optional (writeUser == null && !anonymousWrites)
+      "services.nix-stored: no writeUser, so the server refuses every upload; set writeUser (or anonymousWrites on a single-user machine) to accept uploads"
+    ++ optional (anonymousWrites && writeUser == null && !isLoopback)
+      "services.nix-stored: anonymousWrites on ${bare}, which is not a loopback address: anyone who can connect can upload"
+    ++ optional (anonymousWrites && writeUser != null)
+      "services.nix-stored: anonymousWrites is ignored because writeUser is set (uploads need its credentials)"
     ++ optional (openFirewall && isLoopback)
       "services.nix-stored: openFirewall opens port ${toString port}, but the server listens on loopback (${bare}) only";
 
   environment =
     {
       NIX_STORED_PATH = dataDir;
-      # Also set with socket activation: the server then serves on the socket systemd
-      # passes, but still decides from this address whether anonymous uploads are
-      # allowed (loopback only).
+      # Also set with socket activation, where the server serves on the socket
+      # systemd passes and ignores it.
       NIX_STORED_LISTEN_INTERFACE = listen;
       NIX_STORED_PRIORITY = toString priority;
       NIX_STORED_LOG_LEVEL = logLevel;
       NIX_STORED_MAX_UPLOAD_SIZE = maxUploadSize;
+    }
+    // optionalAttrs anonymousWrites {
+      NIX_STORED_ANONYMOUS_WRITES = "true";
     }
     // optionalAttrs (trustedPublicKeys != [ ]) {
       NIX_STORED_TRUSTED_PUBLIC_KEYS = concatStringsSep " " trustedPublicKeys;

@@ -71,8 +71,7 @@ in
       example = "::";
       description = ''
         IP address to listen on (IPv4 or IPv6, no host names; `::` is every IPv6 and
-        IPv4 address). Uploads without a write user are only allowed on a loopback
-        address. With `socketActivation`, systemd listens on it instead.
+        IPv4 address). With `socketActivation`, systemd listens on it instead.
       '';
     };
 
@@ -138,9 +137,21 @@ in
     '';
 
     writeUser = userOption "write" ''
-      The user allowed to upload (and read). `null`: anonymous uploads, which the
-      server only allows on a loopback `listenAddress`.
+      The user allowed to upload (and read). `null`: uploads are refused, unless
+      `anonymousWrites` is set.
     '';
+
+    anonymousWrites = mkOption {
+      type = types.bool;
+      default = false;
+      description = ''
+        Accept uploads without credentials when no `writeUser` is set
+        (`NIX_STORED_ANONYMOUS_WRITES`). Whoever can reach the server can then write
+        to the cache: on loopback that is every local user, a reverse proxy on the
+        same host and any web page a local browser opens (DNS rebinding). Meant for
+        a single-user machine.
+      '';
+    };
 
     credentialFiles = mkOption {
       type = types.attrsOf types.str;

@@ -3,7 +3,7 @@
 # document: every operation, every check except `positive_data_acceptance` (a
 # schema-valid narinfo or NAR is not a verified one: a narinfo must point at a stored
 # NAR and a NAR must hash to its name, which JSON Schema cannot express, so the server
-# rightly answers 400). Twice: anonymous on loopback, and with read and write users.
+# rightly answers 400). Twice: anonymous uploads on loopback, and with read and write users.
 #
 #   scripts/conformance.sh [path/to/nix-stored]   (default: target/debug/nix-stored)
 #   CONFORMANCE_EXAMPLES=500 scripts/conformance.sh   for a longer run
@@ -64,7 +64,7 @@ run() {
   [ "$status" -eq 0 ] || { echo "conformance: $name: schemathesis found violations" >&2; exit 1; }
 }
 
-start
+start NIX_STORED_ANONYMOUS_WRITES=true
 run "anonymous on loopback"
 stop
 

@@ -15,7 +15,8 @@ use crate::storage::s3::S3Settings;
 #[command(
     name = "nix-stored",
     version,
-    about = "A Nix binary cache server: takes uploads from `nix copy --to http://…`, verifies them, serves them back."
+    about = "A Nix binary cache server: takes uploads from `nix copy --to http://…`, verifies them, serves them back.",
+    after_help = "Passwords come from files (--user-read-passfile, --user-write-passfile) or from the environment only:\n  NIX_STORED_USER_READ_PASS   password of the read user [env: NIX_STORED_USER_READ_PASS]\n  NIX_STORED_USER_WRITE_PASS  password of the write user [env: NIX_STORED_USER_WRITE_PASS]\nThere are no password flags: a command line is visible to every local user in `ps`."
 )]
 pub struct Args {
     /// Directory holding the cache (itself a valid `file://` binary cache).
@@ -33,22 +34,31 @@ pub struct Args {
     /// User name allowed to read. Unset: reads are public.
     #[arg(long, env = "NIX_STORED_USER_READ")]
     pub user_read: Option<String>,
-    /// Password of the read user.
-    #[arg(long, env = "NIX_STORED_USER_READ_PASS", hide_env_values = true)]
+    /// Password of the read user: NIX_STORED_USER_READ_PASS, from the environment
+    /// only (there is no flag: a command line is visible to every local user in `ps`).
+    #[arg(skip = std::env::var("NIX_STORED_USER_READ_PASS").ok())]
     pub user_read_pass: Option<String>,
     /// File holding the password of the read user (one trailing newline is ignored).
     #[arg(long, env = "NIX_STORED_USER_READ_PASSFILE")]
     pub user_read_passfile: Option<PathBuf>,
 
-    /// User name allowed to upload (and read). Unset: anonymous uploads, only on a loopback address.
+    /// User name allowed to upload (and read). Unset: uploads are refused, unless
+    /// NIX_STORED_ANONYMOUS_WRITES is true.
     #[arg(long, env = "NIX_STORED_USER_WRITE")]
     pub user_write: Option<String>,
-    /// Password of the write user.
-    #[arg(long, env = "NIX_STORED_USER_WRITE_PASS", hide_env_values = true)]
+    /// Password of the write user: NIX_STORED_USER_WRITE_PASS, from the environment
+    /// only (there is no flag: a command line is visible to every local user in `ps`).
+    #[arg(skip = std::env::var("NIX_STORED_USER_WRITE_PASS").ok())]
     pub user_write_pass: Option<String>,
     /// File holding the password of the write user (one trailing newline is ignored).
     #[arg(long, env = "NIX_STORED_USER_WRITE_PASSFILE")]
     pub user_write_passfile: Option<PathBuf>,
+
+    /// Let clients without credentials upload (only without a write user). Anyone who
+    /// can reach the server, a reverse proxy in front of it or a web page a local
+    /// browser opens can then write to the cache: meant for a single-user machine.
+    #[arg(long, env = "NIX_STORED_ANONYMOUS_WRITES", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub anonymous_writes: bool,
 
     /// Log level: debug, info, warning or error.
     #[arg(long, env = "NIX_STORED_LOG_LEVEL", default_value = "info")]
@@ -219,6 +229,8 @@ pub struct Config {
     pub read_user: Option<Credentials>,
     /// Write user, if any.
     pub write_user: Option<Credentials>,
+    /// NIX_STORED_ANONYMOUS_WRITES as set; see [`Config::anonymous_writes`].
+    pub anonymous_writes_setting: bool,
     /// Log level.
     pub log_level: LogLevel,
     /// Log line format.
@@ -359,6 +371,7 @@ impl Config {
             listen,
             read_user,
             write_user,
+            anonymous_writes_setting: args.anonymous_writes,
             log_level,
             log_format,
             metrics,
@@ -374,10 +387,12 @@ impl Config {
         })
     }
 
-    /// Whether anonymous clients may upload: only when no write user is configured and
-    /// the server is reachable from this machine alone.
+    /// Whether anonymous clients may upload: only when asked for explicitly and no
+    /// write user is configured. Never derived from the listening address: a reverse
+    /// proxy on the same host, every local user and DNS rebinding all reach a loopback
+    /// listener, and under socket activation the address is not even this setting's.
     pub fn anonymous_writes(&self) -> bool {
-        self.write_user.is_none() && self.listen.ip().is_loopback()
+        self.anonymous_writes_setting && self.write_user.is_none()
     }
 
     /// One line describing the effective configuration, secrets redacted.
@@ -595,9 +610,21 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Config, ConfigError> {
+        parse_with_passwords(args, None, None)
+    }
+
+    /// As [`parse`], with the password variables as if set in the environment.
+    fn parse_with_passwords(
+        args: &[&str],
+        read_pass: Option<&str>,
+        write_pass: Option<&str>,
+    ) -> Result<Config, ConfigError> {
         let mut all = vec!["nix-stored"];
         all.extend_from_slice(args);
-        Config::from_args(Args::try_parse_from(all).unwrap())
+        let mut parsed = Args::try_parse_from(all).unwrap();
+        parsed.user_read_pass = read_pass.map(str::to_owned);
+        parsed.user_write_pass = write_pass.map(str::to_owned);
+        Config::from_args(parsed)
     }
 
     #[test]
@@ -616,18 +643,15 @@ mod tests {
             .unwrap_err()
             .0
             .contains("no password"));
-        assert!(parse(&["--user-write-pass", "p"])
+        assert!(parse_with_passwords(&[], None, Some("p"))
             .unwrap_err()
             .0
             .contains("user name"));
-        let both = parse(&[
-            "--user-read",
-            "r",
-            "--user-read-pass",
-            "p",
-            "--user-read-passfile",
-            "/x",
-        ]);
+        let both = parse_with_passwords(
+            &["--user-read", "r", "--user-read-passfile", "/x"],
+            Some("p"),
+            None,
+        );
         assert!(both.unwrap_err().0.contains("both set"));
         let missing = parse(&["--user-read", "r", "--user-read-passfile", "/nonexistent/x"]);
         assert!(missing.unwrap_err().0.contains("cannot read"));
@@ -649,21 +673,46 @@ mod tests {
     }
 
     #[test]
-    fn anonymous_writes_only_on_loopback() {
-        assert!(parse(&[]).unwrap().anonymous_writes());
-        assert!(parse(&["--listen-interface", "[::1]:1"])
+    fn anonymous_writes_only_when_asked_for() {
+        // Whatever the address: loopback is reachable by proxies and local users.
+        assert!(!parse(&[]).unwrap().anonymous_writes());
+        assert!(!parse(&["--listen-interface", "[::1]:1"])
             .unwrap()
             .anonymous_writes());
-        assert!(!parse(&["--listen-interface", "0.0.0.0:1"])
+        assert!(parse(&["--anonymous-writes", "true"])
             .unwrap()
             .anonymous_writes());
-        let w = parse(&["--user-write", "w", "--user-write-pass", "p"]).unwrap();
+        assert!(parse(&[
+            "--anonymous-writes",
+            "yes",
+            "--listen-interface",
+            "0.0.0.0:1"
+        ])
+        .unwrap()
+        .anonymous_writes());
+        // A write user always wins.
+        let w = parse_with_passwords(
+            &["--anonymous-writes", "true", "--user-write", "w"],
+            None,
+            Some("p"),
+        )
+        .unwrap();
         assert!(!w.anonymous_writes());
     }
 
     #[test]
+    fn there_are_no_password_flags() {
+        for flag in ["--user-read-pass", "--user-write-pass"] {
+            assert!(
+                Args::try_parse_from(["nix-stored", flag, "secret"]).is_err(),
+                "{flag} must not exist: it would show the password in ps"
+            );
+        }
+    }
+
+    #[test]
     fn summary_redacts_passwords() {
-        let c = parse(&["--user-write", "w", "--user-write-pass", "hunter2"]).unwrap();
+        let c = parse_with_passwords(&["--user-write", "w"], None, Some("hunter2")).unwrap();
         assert!(!c.summary().contains("hunter2"));
         assert!(!format!("{c:?}").contains("hunter2"));
     }

@@ -79,12 +79,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         config.write_user.as_ref(),
         config.anonymous_writes(),
     );
-    if config.write_user.is_none() && !config.anonymous_writes() {
-        tracing::warn!(
-            "uploads are refused: {} is not a loopback address and no write user is configured; set NIX_STORED_USER_WRITE and NIX_STORED_USER_WRITE_PASSFILE to accept uploads",
-            config.listen
-        );
-    }
     let (listener, origin) = match systemd::inherited_listener().map_err(StartError)? {
         Some(l) => (
             tokio::net::TcpListener::from_std(l)
@@ -110,6 +104,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None => "http",
     };
     tracing::info!("listening on {scheme}://{addr}{origin}");
+    // From the socket actually listening: under socket activation the configured
+    // address says nothing about who can connect.
+    warn_about_uploads(&config, addr);
     systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let app = Arc::new(AppState {
@@ -119,6 +116,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         cache_policy,
         metrics: http::metrics::Metrics::default(),
         metrics_enabled: config.metrics,
+        readiness: http::service::Readiness::default(),
     });
     let options = server::ServeOptions {
         header_timeout: config.header_timeout,
@@ -131,4 +129,24 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         None => server::serve(listener, app, options).await,
     }
     .map_err(|e| StartError(format!("server failed: {e}")))
+}
+
+/// Says at start when uploads are open to anyone who can connect, or closed to all.
+fn warn_about_uploads(config: &Config, addr: std::net::SocketAddr) {
+    if config.anonymous_writes() {
+        if !addr.ip().is_loopback() {
+            tracing::warn!(
+                "anonymous uploads are on (NIX_STORED_ANONYMOUS_WRITES=true) and the server listens on {addr}, which is not a loopback address: anyone who can connect can upload"
+            );
+        }
+    } else if config.write_user.is_none() {
+        tracing::warn!(
+            "uploads are refused: no write user is configured; set NIX_STORED_USER_WRITE and NIX_STORED_USER_WRITE_PASSFILE (or NIX_STORED_ANONYMOUS_WRITES=true on a single-user machine) to accept uploads"
+        );
+    }
+    if config.anonymous_writes_setting && config.write_user.is_some() {
+        tracing::info!(
+            "NIX_STORED_ANONYMOUS_WRITES is ignored: a write user is configured, and uploads need its credentials"
+        );
+    }
 }

@@ -60,6 +60,8 @@ struct Setup {
     read_user: bool,
     write_user: bool,
     loopback: bool,
+    /// NIX_STORED_ANONYMOUS_WRITES=true.
+    anonymous: bool,
 }
 
 #[derive(Debug, PartialEq)]
@@ -83,7 +85,7 @@ fn expected(setup: Setup, method: &str, cred: Cred) -> Expect {
             Cred::Write => Expect::Allowed,
             Cred::Read => Expect::Status(403),
             _ if setup.write_user => Expect::Status(401),
-            _ if setup.loopback => Expect::Allowed,
+            _ if setup.anonymous => Expect::Allowed,
             _ => Expect::Status(403),
         }
     } else if cred == Cred::None && setup.read_user {
@@ -124,6 +126,10 @@ fn builder(setup: Setup, store: &Store, passfiles: Option<&Path>) -> ServerBuild
     if !setup.loopback {
         b = b.env("NIX_STORED_LISTEN_INTERFACE", "0.0.0.0:0");
     }
+    b = b.env(
+        "NIX_STORED_ANONYMOUS_WRITES",
+        if setup.anonymous { "true" } else { "false" },
+    );
     if setup.read_user {
         b = b.env("NIX_STORED_USER_READ", READ_USER);
         b = match passfiles {
@@ -308,7 +314,38 @@ const fn setup(read_user: bool, write_user: bool) -> Setup {
         read_user,
         write_user,
         loopback: true,
+        anonymous: true,
     }
+}
+
+#[test]
+fn loopback_without_write_user_refuses_anonymous_uploads_by_default() {
+    // A reverse proxy on the same host, every local user and DNS rebinding all reach
+    // a loopback listener: the address alone never opens uploads.
+    for read_user in [false, true] {
+        matrix(
+            Setup {
+                read_user,
+                write_user: false,
+                loopback: true,
+                anonymous: false,
+            },
+            false,
+        );
+    }
+}
+
+#[test]
+fn anonymous_writes_on_a_public_address_when_asked_for() {
+    matrix(
+        Setup {
+            read_user: false,
+            write_user: false,
+            loopback: false,
+            anonymous: true,
+        },
+        false,
+    );
 }
 
 #[test]
@@ -348,6 +385,7 @@ fn non_loopback_without_write_user() {
             read_user: false,
             write_user: false,
             loopback: false,
+            anonymous: false,
         },
         false,
     );
@@ -356,6 +394,7 @@ fn non_loopback_without_write_user() {
             read_user: true,
             write_user: false,
             loopback: false,
+            anonymous: false,
         },
         false,
     );
@@ -368,6 +407,7 @@ fn non_loopback_with_write_user() {
             read_user: true,
             write_user: true,
             loopback: false,
+            anonymous: false,
         },
         false,
     );
@@ -380,9 +420,10 @@ fn warnings(log: &str) -> Vec<&str> {
 }
 
 #[test]
-fn non_loopback_without_write_user_warns_at_start() {
+fn without_write_user_or_anonymous_writes_warns_at_start() {
     let s = ServerBuilder::new()
         .env("NIX_STORED_LISTEN_INTERFACE", "0.0.0.0:0")
+        .env_remove("NIX_STORED_ANONYMOUS_WRITES")
         .start();
     let log = s.log();
     assert!(
@@ -396,7 +437,8 @@ fn non_loopback_without_write_user_warns_at_start() {
     let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
     assert_eq!(r.status, 403, "{}", r.text());
 
-    // On loopback, or with a write user, there is nothing to warn about.
+    // On loopback with anonymous writes asked for, or with a write user, there is
+    // nothing to warn about.
     let quiet = ServerBuilder::new().start();
     assert!(
         warnings(&quiet.log()).is_empty(),
@@ -405,6 +447,7 @@ fn non_loopback_without_write_user_warns_at_start() {
     );
     let with_writer = ServerBuilder::new()
         .env("NIX_STORED_LISTEN_INTERFACE", "0.0.0.0:0")
+        .env_remove("NIX_STORED_ANONYMOUS_WRITES")
         .env("NIX_STORED_USER_WRITE", WRITE_USER)
         .env("NIX_STORED_USER_WRITE_PASS", WRITE_PASS)
         .start();

@@ -247,11 +247,10 @@ fn help_lists_every_variable_without_secrets() {
         "--path",
         "--listen-interface",
         "--user-read",
-        "--user-read-pass",
         "--user-read-passfile",
         "--user-write",
-        "--user-write-pass",
         "--user-write-passfile",
+        "--anonymous-writes",
         "--log-level",
         "--priority",
         "--max-upload-size",
@@ -268,6 +267,38 @@ fn help_lists_every_variable_without_secrets() {
         !help.contains(SECRET),
         "--help shows a password from the environment:\n{help}"
     );
+}
+
+#[test]
+fn passwords_cannot_be_given_on_the_command_line() {
+    // A command line is world-readable in /proc and `ps`: the flags do not exist,
+    // the variables and the password files do.
+    for flag in ["--user-read-pass", "--user-write-pass"] {
+        let (status, log) = ServerBuilder::new()
+            .env("NIX_STORED_USER_WRITE", "writer")
+            .arg(flag)
+            .arg(SECRET)
+            .start_expect_failure();
+        assert!(!status.success(), "{flag} was accepted:\n{log}");
+        assert!(
+            !log.contains(SECRET),
+            "the error repeats the password:\n{log}"
+        );
+    }
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_USER_WRITE", "writer")
+        .env("NIX_STORED_USER_WRITE_PASS", SECRET)
+        .start();
+    let nar = nar_of(b"password from the environment");
+    let key = format!("/nar/{}.nar", nix32_sha256(&nar));
+    let r = send(
+        s.addr,
+        "PUT",
+        &key,
+        &[("Authorization", &basic("writer", SECRET))],
+        &nar,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
 }
 
 #[test]

@@ -921,10 +921,51 @@ fn concurrent_puts_of_one_nar() {
 }
 
 #[test]
-fn concurrent_puts_of_one_narinfo() {
+fn concurrent_re_signings_of_one_narinfo_keep_every_signature() {
     let (s, nar, nk) = with_nar(b"concurrent narinfo");
     let h = store_hash("concurrent");
-    let versions: Vec<String> = (0..50)
+    let base = NarInfo::uncompressed(STORE, &h, "p", &nar, &[]);
+    let path = format!("/{h}.narinfo");
+    assert_eq!(put(&s, &path, base.render().as_bytes()).status, 201);
+    // 50 builders sign the same path, each with its own key, at once: the
+    // read-merge-write of each upload must not drop another's signature.
+    let versions: Vec<NarInfo> = (0..50u8)
+        .map(|i| {
+            let mut info = base.clone();
+            info.sign(STORE, &format!("builder-{i}"), &signing_key(i + 1));
+            info
+        })
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = versions
+            .iter()
+            .map(|v| {
+                let (s, path) = (&s, &path);
+                scope.spawn(move || put(s, path, v.render().as_bytes()).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(
+        statuses.iter().all(|&st| st == 204),
+        "{statuses:?}\n{}",
+        s.log()
+    );
+    let served = get(&s, &path).text();
+    for v in &versions {
+        assert!(served.contains(&v.sigs[0]), "lost {}:\n{served}", v.sigs[0]);
+    }
+    assert_eq!(served.matches("Sig: ").count(), 50, "{served}");
+    assert!(s.store.pending().is_empty());
+    let narinfo_file = format!("{h}.narinfo");
+    assert_only(&s, &[&nk, &narinfo_file]);
+}
+
+#[test]
+fn concurrent_conflicting_narinfos_one_wins() {
+    let (s, nar, nk) = with_nar(b"conflicting narinfos");
+    let h = store_hash("conflicting");
+    let versions: Vec<String> = (0..20)
         .map(|i| {
             let mut info = NarInfo::uncompressed(STORE, &h, "p", &nar, &[]);
             info.deriver = Some(format!("{}-p-{i}.drv", store_hash(&format!("drv {i}"))));
@@ -942,20 +983,127 @@ fn concurrent_puts_of_one_narinfo() {
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
-    assert!(
-        statuses.iter().all(|st| matches!(st, 201 | 204)),
-        "{statuses:?}\n{}",
-        s.log()
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 201).count(),
+        1,
+        "{statuses:?}"
     );
-    let on_disk = String::from_utf8(s.store.read(&path).unwrap()).unwrap();
-    assert!(
-        versions.contains(&on_disk),
-        "the stored narinfo is none of the uploaded versions:\n{on_disk}"
+    assert_eq!(
+        statuses.iter().filter(|&&st| st == 409).count(),
+        19,
+        "{statuses:?}"
     );
-    assert_eq!(get(&s, &path).text(), on_disk);
-    assert!(s.store.pending().is_empty());
+    let winner = &versions[statuses.iter().position(|&st| st == 201).unwrap()];
+    assert_eq!(&get(&s, &path).text(), winner);
     let narinfo_file = format!("{h}.narinfo");
     assert_only(&s, &[&nk, &narinfo_file]);
+}
+
+// ---------------------------------------------------------------------------------
+// A stored path never changes: re-uploads may only add signatures.
+
+/// PUTs `body` to `<h>.narinfo`, expects 409 with the field named, and the stored
+/// narinfo as it was.
+fn conflicts(s: &Server, h: &str, body: &str, field: &str, stored: &str) {
+    let path = format!("/{h}.narinfo");
+    let r = put(s, &path, body.as_bytes());
+    assert_eq!(r.status, 409, "{field}: {}", r.text());
+    assert!(r.text().contains(field), "{field}: {}", r.text());
+    assert_eq!(r.text().lines().count(), 1, "{}", r.text());
+    assert_eq!(
+        get(s, &path).text(),
+        stored,
+        "{field}: the stored narinfo changed"
+    );
+}
+
+#[test]
+fn a_stored_narinfo_cannot_be_rewritten() {
+    let (s, nar, _) = with_nar(b"stored path");
+    let dep_nar = nar_of(b"a dependency");
+    assert_eq!(
+        put(&s, &format!("/{}", nar_key(&dep_nar)), &dep_nar).status,
+        201
+    );
+    let dep = store_hash("a dependency");
+    let dep_info = NarInfo::uncompressed(STORE, &dep, "dep", &dep_nar, &[]);
+    assert_eq!(
+        put(&s, &format!("/{dep}.narinfo"), dep_info.render().as_bytes()).status,
+        201
+    );
+
+    let h = store_hash("stored path");
+    let key = signing_key(7);
+    let mut signed = NarInfo::uncompressed(STORE, &h, "path", &nar, &[]);
+    signed.deriver = Some(format!("{}-path.drv", store_hash("its drv")));
+    signed.sign(STORE, "builder-1", &key);
+    let stored = signed.render();
+    assert_eq!(
+        put(&s, &format!("/{h}.narinfo"), stored.as_bytes()).status,
+        201
+    );
+
+    // Another path's NAR (the dependency's), with its hash and size.
+    let mut other_contents = signed.clone();
+    other_contents.sigs.clear();
+    other_contents.url = format!("nar/{}.nar", nix32_sha256(&dep_nar));
+    other_contents.file_hash = Some(format!("sha256:{}", nix32_sha256(&dep_nar)));
+    other_contents.nar_hash = format!("sha256:{}", nix32_sha256(&dep_nar));
+    other_contents.file_size = Some(dep_nar.len().to_string());
+    other_contents.nar_size = dep_nar.len().to_string();
+    conflicts(&s, &h, &other_contents.render(), "NarHash", &stored);
+
+    let mut more_refs = signed.clone();
+    more_refs.references = vec![format!("{dep}-dep")];
+    conflicts(&s, &h, &more_refs.render(), "References", &stored);
+
+    let mut other_deriver = signed.clone();
+    other_deriver.deriver = Some(format!("{}-path.drv", store_hash("evil drv")));
+    conflicts(&s, &h, &other_deriver.render(), "Deriver", &stored);
+
+    let mut no_deriver = signed.clone();
+    no_deriver.deriver = None;
+    conflicts(&s, &h, &no_deriver.render(), "Deriver", &stored);
+
+    let mut renamed = signed.clone();
+    renamed.store_path = format!("{STORE}/{h}-renamed");
+    conflicts(&s, &h, &renamed.render(), "StorePath", &stored);
+
+    // The same narinfo again changes nothing.
+    let r = put(&s, &format!("/{h}.narinfo"), stored.as_bytes());
+    assert_eq!(r.status, 204, "{}", r.text());
+    assert_eq!(get(&s, &format!("/{h}.narinfo")).text(), stored);
+}
+
+#[test]
+fn re_uploads_merge_signatures_and_never_drop_one() {
+    let (s, nar, _) = with_nar(b"re-signed path");
+    let h = store_hash("re-signed path");
+    let path = format!("/{h}.narinfo");
+    let mut first = NarInfo::uncompressed(STORE, &h, "path", &nar, &[]);
+    first.sign(STORE, "builder-1", &signing_key(1));
+    assert_eq!(put(&s, &path, first.render().as_bytes()).status, 201);
+
+    // An unsigned version cannot strip the signature.
+    let mut unsigned = first.clone();
+    unsigned.sigs.clear();
+    assert_eq!(put(&s, &path, unsigned.render().as_bytes()).status, 204);
+    let served = get(&s, &path).text();
+    assert!(served.contains(&first.sigs[0]), "{served}");
+
+    // `nix store sign --store` uploads the narinfo with the new signature added;
+    // another builder may upload its own signature alone. Both are kept.
+    let mut second = unsigned.clone();
+    second.sign(STORE, "builder-2", &signing_key(2));
+    assert_eq!(put(&s, &path, second.render().as_bytes()).status, 204);
+    let served = get(&s, &path).text();
+    assert!(served.contains(&first.sigs[0]), "{served}");
+    assert!(served.contains(&second.sigs[0]), "{served}");
+    assert_eq!(served.matches("Sig: ").count(), 2, "{served}");
+    // What is served still passes every upload rule (it is a valid narinfo).
+    let (s2, _, _) = with_nar(b"re-signed path");
+    let r = put(&s2, &path, served.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
 }
 
 const MIB: usize = 1024 * 1024;

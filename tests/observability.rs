@@ -150,12 +150,52 @@ fn readiness_follows_the_storage() {
     assert_eq!(head(&s, "/healthz").status, 200);
     // The cache directory disappears underneath the server (an unmounted disk).
     std::fs::remove_dir_all(&s.dir).unwrap();
+    // A result is reused for about a second, so a probe flood is no storage flood.
+    assert!(
+        eventually(Duration::from_secs(10), || get(&s, "/readyz").status == 503),
+        "readiness never failed"
+    );
     let r = get(&s, "/readyz");
     assert_eq!(r.status, 503, "{}", r.text());
-    assert!(r.text().starts_with("not ready: "), "{}", r.text());
     assert_eq!(r.text().lines().count(), 1);
+    // The reason is for the operator: the body names the request, not the backend.
+    let id = r.header("x-request-id").expect("a request id").to_owned();
+    assert!(r.text().starts_with("not ready"), "{}", r.text());
+    assert!(r.text().contains(&id), "{}", r.text());
+    assert!(!r.text().contains("nix-cache-info"), "{}", r.text());
+    // Log lines are written out in batches.
+    assert!(
+        eventually(Duration::from_secs(10), || s.log().lines().any(|l| {
+            l.contains(&format!("request {id} ")) && l.contains("nix-cache-info")
+        })),
+        "the log has the reason under {id}:\n{}",
+        s.log()
+    );
     // Liveness does not depend on the storage.
     assert_eq!(get(&s, "/healthz").status, 200);
+}
+
+#[test]
+fn server_errors_hide_their_cause_from_the_client() {
+    let s = ServerBuilder::new().start();
+    // Uploads now fail inside the storage (an unmounted disk).
+    std::fs::remove_dir_all(&s.dir).unwrap();
+    let nar = nar_of(b"into a vanished directory");
+    let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
+    assert_eq!(r.status, 500, "{}", r.text());
+    let id = r.header("x-request-id").expect("a request id").to_owned();
+    let text = r.text();
+    assert_eq!(
+        text,
+        format!("internal server error (request id {id}; the server's log has the details)\n")
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || s.log().lines().any(|l| {
+            l.contains(&format!("request {id} ")) && l.contains("ERROR") && l.contains("storage")
+        })),
+        "the log has the storage error under {id}:\n{}",
+        s.log()
+    );
 }
 
 #[test]

@@ -292,9 +292,12 @@ fn mutable_objects_are_overwritten() {
             201
         );
     }
-    let info_a = NarInfo::uncompressed(STORE, &h, "p", &nar_a, &[]).render();
-    let mut info_b = NarInfo::uncompressed(STORE, &h, "p", &nar_b, &[]);
-    info_b.deriver = Some(drv(&store_hash("deriver")));
+    // A narinfo may only gain signatures and move to another NAR file of the same
+    // contents (tests/integrity.rs has the rest).
+    let unsigned = NarInfo::uncompressed(STORE, &h, "p", &nar_a, &[]);
+    let info_a = unsigned.render();
+    let mut info_b = unsigned.clone();
+    info_b.sign(STORE, "builder-1", &signing_key(1));
     let info_b = info_b.render();
 
     let cases: Vec<(String, Vec<u8>, Vec<u8>)> = vec![
@@ -496,6 +499,13 @@ fn malformed_keys() -> Vec<Vec<u8>> {
         format!("/nar%2f{fh}.nar"),
         format!("/nar/{fh}%2Enar"),
         format!("/%2e%2e%2F{h}.narinfo"),
+        // Escaped letters, digits, `-` and `_`: no client needs them, and decoding
+        // them would let `/%6E%61%72/…` past a proxy rule written for `/nar/`.
+        format!("/%6E%61%72/{fh}.nar"),
+        format!("/%6e%61%72/{fh}.nar"),
+        format!("/nar/{}%{:02X}.nar", &fh[..51], fh.as_bytes()[51]),
+        format!("/{}%{:02x}.narinfo", &h[..31], h.as_bytes()[31]),
+        format!("/log/{h}-a%2Db.drv"),
         "/log/../x".into(),
         "/log/..".into(),
         "/log/../../x".into(),

@@ -42,7 +42,9 @@ let
         listen = "127.0.0.1:8100";
         stateDirectory = "nix-stored";
         problems = [ ];
-        warnings = [ ];
+        warnings = [
+          "services.nix-stored: no writeUser, so the server refuses every upload; set writeUser (or anonymousWrites on a single-user machine) to accept uploads"
+        ];
         timeoutStopSec = 45;
         bindsPrivilegedPort = false;
         owners = (with' { }).owners;
@@ -53,21 +55,37 @@ let
       actual = (with' { listenAddress = "::"; }).listen;
       expected = "[::]:8100";
     };
-    ipv6-bracketed-loopback-needs-no-writer = {
+    ipv6-bracketed-loopback-anonymous = {
       actual =
         let
-          r = with' { listenAddress = "[::1]"; };
+          r = with' {
+            listenAddress = "[::1]";
+            anonymousWrites = true;
+          };
         in
         [
           r.environment.NIX_STORED_LISTEN_INTERFACE
+          r.environment.NIX_STORED_ANONYMOUS_WRITES
           r.warnings
           r.problems
         ];
       expected = [
         "[::1]:8100"
+        "true"
         [ ]
         [ ]
       ];
+    };
+    anonymous-on-public-address-warns = {
+      actual = oneMatching "anyone who can connect" (with' {
+        listenAddress = "0.0.0.0";
+        anonymousWrites = true;
+      }).warnings;
+      expected = true;
+    };
+    anonymous-ignored-with-writer-warns = {
+      actual = oneMatching "ignored" (with' ({ anonymousWrites = true; } // users)).warnings;
+      expected = true;
     };
     host-name-refused = {
       actual = oneMatching "not an IP address" (with' { listenAddress = "cache.example.org"; }).problems;
@@ -82,7 +100,7 @@ let
       expected = [ ];
     };
     firewall-on-loopback-warns = {
-      actual = oneMatching "openFirewall" (with' { openFirewall = true; }).warnings;
+      actual = oneMatching "openFirewall" (with' ({ openFirewall = true; } // users)).warnings;
       expected = true;
     };
 

@@ -11,6 +11,7 @@
   trustedPublicKeys = [ ];
   readUser = null;
   writeUser = null;
+  anonymousWrites = false;
   settings = { };
   credentialFiles = { };
   socketActivation = false;

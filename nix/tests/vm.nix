@@ -4,8 +4,8 @@
 #   client     services.nix-stored-client: builds a derivation, its post-build-hook
 #              signs (key generated in the test) and uploads it, then substitutes it
 #              back into an empty store, which works only with the key trusted
-#   activated  services.nix-stored with socketActivation on loopback, where anonymous
-#              uploads are allowed
+#   activated  services.nix-stored with socketActivation on loopback and
+#              anonymousWrites, so `nix copy` needs no credentials
 { self, pkgs }:
 let
   port = 8100;
@@ -85,6 +85,7 @@ in
         services.nix-stored = {
           enable = true;
           socketActivation = true;
+          anonymousWrites = true;
           port = activatedPort;
           priority = 41;
         };
@@ -199,7 +200,7 @@ in
             "journalctl -u nix-stored.service | grep -F 'socket passed by systemd'"
         )
 
-    with subtest("socket activation: anonymous uploads on loopback, socket kept across restarts"):
+    with subtest("socket activation: anonymous uploads when enabled, socket kept across restarts"):
         activated.succeed(
             "nix --extra-experimental-features nix-command copy"
             " --to http://127.0.0.1:${toString activatedPort} ${uploadedAnonymously}"

@@ -6,7 +6,7 @@ use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
 use super::key::{Kind, ObjectKey};
-use super::narinfo::{self, NarInfoPolicy};
+use super::narinfo::{self, Merge, NarInfoPolicy};
 use super::{Cache, CacheError};
 
 /// Why a request body stopped before its end.
@@ -52,6 +52,25 @@ impl Cache {
             Kind::NarInfo => {
                 let bytes = self.collect(key, body).await?;
                 self.check_narinfo(key, &bytes).await?;
+                let _merging = self.narinfo_lock(key).lock().await;
+                let bytes = match self.read_stored_narinfo(key).await? {
+                    None => bytes,
+                    Some(stored) => {
+                        match narinfo::merge(&stored, &bytes, &self.settings.store_dir)
+                            .map_err(CacheError::Conflict)?
+                        {
+                            Merge::Unchanged => return Ok(PutOutcome::Replaced),
+                            Merge::Replace(merged) => merged,
+                            Merge::ReplaceInvalid => {
+                                tracing::warn!(
+                                    "{} held a narinfo that does not parse; replaced by the upload",
+                                    key.as_str()
+                                );
+                                bytes
+                            }
+                        }
+                    }
+                };
                 // Known before it is visible: the index may only err towards "may exist".
                 if let Some(hash) = key.store_hash() {
                     self.index.insert(hash);
@@ -130,6 +149,34 @@ impl Cache {
         let mut upload = self.storage.begin_upload(key.as_str()).await?;
         upload.write(bytes).await?;
         Ok(self.outcome(upload.commit().await?, bytes.len() as u64))
+    }
+
+    fn narinfo_lock(&self, key: &ObjectKey) -> &tokio::sync::Mutex<()> {
+        let stripe = key
+            .as_str()
+            .bytes()
+            .take(2)
+            .filter_map(super::key::nix32_digit)
+            .fold(0usize, |acc, d| acc * 32 + usize::from(d));
+        &self.narinfo_locks[stripe % self.narinfo_locks.len()]
+    }
+
+    /// The narinfo stored under `key`, if any (bounded: a narinfo larger than the
+    /// parser's limit is as good as absent for a merge).
+    async fn read_stored_narinfo(&self, key: &ObjectKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let Some(reader) = self.storage.open(key.as_str(), 0).await? else {
+            return Ok(None);
+        };
+        let mut stream = reader.body.into_stream();
+        let mut buf = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(crate::storage::StorageError::from_io)?;
+            if buf.len() + chunk.len() > narinfo::MAX_NARINFO_SIZE {
+                return Ok(Some(Vec::new()));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(Some(buf))
     }
 
     /// Reads a small body whole, within the kind's limit.

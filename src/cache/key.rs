@@ -133,9 +133,11 @@ impl ObjectKey {
 
 /// Decodes `%XX` escapes of the few characters a key may hold that a client may have
 /// to escape (`?` in an output name starts a query otherwise; `:`, `!`, `+`, `=`, `@`
-/// are escaped by some HTTP libraries). Escapes of anything else — `/`, `.`, `%`,
-/// control bytes — are refused, so decoding can never create a new path component,
-/// a `..`, or a second round of decoding.
+/// are escaped by some HTTP libraries). Escapes of anything else are refused: `/`,
+/// `.`, `%` and control bytes so that decoding can never create a new path
+/// component, a `..`, or a second round of decoding; letters, digits, `-` and `_`
+/// (which no client needs to escape) so that `/%6E%61%72/…` cannot slip a NAR past
+/// a proxy rule written for `/nar/`.
 fn percent_decode(path: &str) -> Result<String, KeyError> {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(bytes.len());
@@ -151,7 +153,7 @@ fn percent_decode(path: &str) -> Result<String, KeyError> {
             .and_then(|h| std::str::from_utf8(h).ok())
             .and_then(|h| u8::from_str_radix(h, 16).ok())
             .ok_or_else(|| bad("a % in a key must start a %XX escape"))?;
-        if !(hex.is_ascii_alphanumeric() || b"+:!=?@-_".contains(&hex)) {
+        if !b"+:!=?@".contains(&hex) {
             return Err(bad(format!(
                 "%{:02X} never needs escaping in a cache key and is refused",
                 hex
@@ -343,10 +345,9 @@ mod tests {
         assert_eq!(key.as_str(), format!("log/{H}-gcc+wrapper.drv"));
         let key = ObjectKey::parse(&format!("/build-trace-v2/{H}-x.drv/a%3Fb.doi")).unwrap();
         assert_eq!(key.as_str(), format!("build-trace-v2/{H}-x.drv/a?b.doi"));
-        // Hex digits of either case; letters and digits may be escaped for no reason.
-        let key =
-            ObjectKey::parse(&format!("/{}%{:x}.narinfo", &H[..31], H.as_bytes()[31])).unwrap();
-        assert_eq!(key.as_str(), format!("{H}.narinfo"));
+        // Hex digits of either case.
+        let key = ObjectKey::parse(&format!("/log/{H}-gcc%2bwrapper.drv")).unwrap();
+        assert_eq!(key.as_str(), format!("log/{H}-gcc+wrapper.drv"));
     }
 
     #[test]
@@ -361,6 +362,12 @@ mod tests {
             format!("/nar%2f{FH}.nar"),
             format!("/{H}%2Enarinfo"),
             format!("/%25{H}.narinfo"),
+            // Escapes that no client needs: they only serve to dodge proxy rules.
+            format!("/%6E%61%72/{FH}.nar"),
+            format!("/nar/{}%{:x}.nar", &FH[..51], FH.as_bytes()[51]),
+            format!("/{}%{:x}.narinfo", &H[..31], H.as_bytes()[31]),
+            format!("/log/{H}-gcc%2Dwrapper.drv"),
+            format!("/log/{H}-gcc%5Fwrapper.drv"),
             format!("/log/{H}-x%00.drv"),
             format!("/log/{H}-x%.drv"),
             format!("/log/{H}-x%4.drv"),

@@ -54,6 +54,10 @@ pub enum CacheError {
     /// The upload broke a verification rule; nothing was stored.
     #[error("{0}")]
     Rejected(String),
+    /// The upload contradicts what the cache already holds under its key (a narinfo
+    /// that would change a stored path); nothing was stored.
+    #[error("{0}")]
+    Conflict(String),
     /// The upload is larger than allowed.
     #[error("upload of {size} bytes exceeds the limit of {limit} bytes")]
     TooLarge {
@@ -84,7 +88,13 @@ pub struct Cache {
     cache_info: String,
     index: Arc<index::NarinfoIndex>,
     stored: Arc<StoredTotals>,
+    /// Serialises the read-merge-write of narinfo uploads per key (striped), so that
+    /// two concurrent re-signings cannot drop each other's signature.
+    narinfo_locks: Box<[tokio::sync::Mutex<()>]>,
 }
+
+/// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
+const NARINFO_LOCK_STRIPES: usize = 64;
 
 /// What the cache holds, for metrics: counted once at start by walking the storage,
 /// then kept up to date with the objects created through this server. Objects other
@@ -127,6 +137,9 @@ impl Cache {
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
             stored: Arc::default(),
+            narinfo_locks: (0..NARINFO_LOCK_STRIPES)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
     }
 

@@ -173,6 +173,78 @@ pub fn check(
     })
 }
 
+/// What a narinfo upload does to the narinfo already stored under its key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Merge {
+    /// The upload adds nothing: no write needed.
+    Unchanged,
+    /// Store these bytes: the upload, plus the stored signatures it lacks.
+    Replace(Vec<u8>),
+    /// The stored narinfo does not parse (written by another tool, or damaged): the
+    /// upload, which passed every check, replaces it.
+    ReplaceInvalid,
+}
+
+/// Merges an accepted narinfo upload (`new`, already [`check`]ed) into the stored
+/// one. A store path's contents never change, so neither may what describes them:
+/// `StorePath`, `NarHash`, `NarSize`, `References`, `Deriver` and `CA` must be equal
+/// (`Err` with the first difference; a `CA` that reproduces the path may be added), or a writer could swap a signed path for an
+/// unsigned one or point it at other contents. Signatures are merged, never
+/// dropped, so `nix store sign --store` works; `URL`/`Compression`/`FileHash`/
+/// `FileSize` follow the upload, whose NAR [`check`] and the cache have verified.
+pub fn merge(stored: &[u8], new: &[u8], store_dir: &StoreDir) -> Result<Merge, String> {
+    let Ok(old) = NarInfo::parse_in(store_dir, stored) else {
+        return Ok(Merge::ReplaceInvalid);
+    };
+    let new_info = NarInfo::parse_in(store_dir, new).map_err(|e| e.to_string())?;
+    let path = store_dir.render_path(old.store_path());
+    let differs = |field: &str| {
+        Err(format!(
+            "{path} is already in this cache with another {field}; a stored path never changes (only signatures are added)"
+        ))
+    };
+    if old.store_path() != new_info.store_path() {
+        return differs("StorePath");
+    }
+    if old.nar_hash() != new_info.nar_hash() {
+        return differs("NarHash");
+    }
+    if old.nar_size() != new_info.nar_size() {
+        return differs("NarSize");
+    }
+    if old.references() != new_info.references() {
+        return differs("References");
+    }
+    if old.deriver() != new_info.deriver() {
+        return differs("Deriver");
+    }
+    // A content address may be added to a path stored without one when it
+    // reproduces the store path: it adds a proof, not a claim.
+    let ca_added = old.content_address().is_none() && new_info.is_content_addressed(store_dir);
+    if old.content_address() != new_info.content_address() && !ca_added {
+        return differs("CA");
+    }
+    let sig_text = |s: &nix_narinfo::NarInfoSignature| s.to_nix_string();
+    let uploaded: Vec<String> = new_info.signatures().iter().map(sig_text).collect();
+    let kept: Vec<String> = old
+        .signatures()
+        .iter()
+        .map(sig_text)
+        .filter(|s| !uploaded.contains(s))
+        .collect();
+    if kept.is_empty() && stored == new {
+        return Ok(Merge::Unchanged);
+    }
+    let mut merged = new.to_vec();
+    for sig in kept {
+        merged.extend_from_slice(format!("Sig: {sig}\n").as_bytes());
+    }
+    if merged == stored {
+        return Ok(Merge::Unchanged);
+    }
+    Ok(Merge::Replace(merged))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -450,4 +522,100 @@ mod fuzz {
         let checked = run(GOOD.as_bytes()).unwrap();
         assert_consistent(GOOD.as_bytes(), &checked);
     }
+}
+
+/// Re-uploads of a stored narinfo.
+#[cfg(test)]
+mod merge_tests {
+    use super::tests::GOOD;
+    use super::*;
+
+    fn merged(stored: &str, new: &str) -> Result<Merge, String> {
+        merge(stored.as_bytes(), new.as_bytes(), &StoreDir::default())
+    }
+
+    #[test]
+    fn a_stored_path_never_changes() {
+        assert_eq!(merged(GOOD, GOOD), Ok(Merge::Unchanged));
+        let nar_hash = GOOD.replace(
+            "NarHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p",
+            "NarHash: sha256:0s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p",
+        );
+        let cases = [
+            (nar_hash, "NarHash"),
+            (GOOD.replace("NarSize: 168", "NarSize: 169"), "NarSize"),
+            (
+                GOOD.replace(
+                    "References: 5xf4hlminf1vnpb5awkarlb8wxix6mca-a-dep",
+                    "References: ",
+                ),
+                "References",
+            ),
+            (
+                GOOD.replace(
+                    "CA: text",
+                    "Deriver: 5xf4hlminf1vnpb5awkarlb8wxix6mca-b.drv\nCA: text",
+                ),
+                "Deriver",
+            ),
+            (GOOD.replace("-b-top", "-b-other"), "StorePath"),
+        ];
+        for (changed, field) in cases {
+            let e = merged(GOOD, &changed).unwrap_err();
+            assert!(e.contains(field), "{field}: {e}");
+        }
+    }
+
+    #[test]
+    fn signatures_are_merged_never_dropped() {
+        let unsigned: String = GOOD
+            .lines()
+            .filter(|l| !l.starts_with("Sig:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        // Replacing a signed narinfo with an unsigned one keeps the signature.
+        assert_eq!(
+            merged(GOOD, &unsigned),
+            Ok(Merge::Replace(GOOD_WITH_SIG_LAST.into()))
+        );
+        // A second signature is added to the first.
+        let other = "Sig: test-cache-2:JYPd+r3BW12yJxfmNEGc7i2Tzg4qqMv359bEix3iF4iDAr/UH8gv3JWOk2mpg+NCqp4uZX+BGFuExX/mwvXDDQ==\n";
+        let resigned = format!("{unsigned}{other}");
+        match merged(GOOD, &resigned).unwrap() {
+            Merge::Replace(bytes) => {
+                let text = String::from_utf8(bytes).unwrap();
+                assert_eq!(text.matches("Sig: ").count(), 2, "{text}");
+                assert!(text.contains("Sig: test-cache-1:"), "{text}");
+                assert!(text.contains(other), "{text}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // Nothing new: nothing to write.
+        assert_eq!(merged(GOOD_WITH_SIG_LAST, &unsigned), Ok(Merge::Unchanged));
+        // A CA that reproduces the path may be added; none may be removed or changed.
+        let no_ca: String = GOOD
+            .lines()
+            .filter(|l| !l.starts_with("CA:"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(matches!(merged(&no_ca, GOOD), Ok(Merge::Replace(_))));
+        assert!(merged(GOOD, &no_ca).unwrap_err().contains("CA"));
+        let wrong_ca = GOOD.replace("CA: text:sha256:0", "CA: text:sha256:1");
+        assert!(merged(&no_ca, &wrong_ca).unwrap_err().contains("CA"));
+        // A stored narinfo that does not parse is replaced.
+        assert_eq!(merged("garbage", GOOD), Ok(Merge::ReplaceInvalid));
+    }
+
+    /// [`GOOD`] with its signature moved after the CA line, as a merge writes it.
+    const GOOD_WITH_SIG_LAST: &str = "StorePath: /nix/store/nx73vzmbhpb3836sq4af0c7y7rlw5z6y-b-top
+URL: nar/1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar
+Compression: none
+FileHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p
+FileSize: 168
+NarHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p
+NarSize: 168
+References: 5xf4hlminf1vnpb5awkarlb8wxix6mca-a-dep
+CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
+Sig: test-cache-1:JYPd+r3BW12yJxfmNEGc7i2Tzg4qqMv359bEix3iF4iDAr/UH8gv3JWOk2mpg+NCqp4uZX+BGFuExX/mwvXDDQ==
+";
 }

@@ -7,6 +7,8 @@ use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request};
 
+use super::body::Body;
+use super::error::ErrorDetail;
 use super::metrics::{Observation, Route};
 use super::objects::principal_of;
 use super::{AppState, Response};
@@ -33,6 +35,13 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let id_text = hex_id(id, &mut hex);
     if let Ok(v) = HeaderValue::from_str(id_text) {
         resp.headers_mut().insert("x-request-id", v);
+    }
+    if let Some(d) = resp.extensions_mut().remove::<ErrorDetail>() {
+        tracing::error!("request {id_text} ({method} {path}): {}", d.detail);
+        *resp.body_mut() = Body::from(format!(
+            "{} (request id {id_text}; the server's log has the details)\n",
+            d.public
+        ));
     }
     let elapsed = started.elapsed();
     // Streamed bodies carry an explicit Content-Length; generated ones know their size.

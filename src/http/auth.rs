@@ -117,7 +117,7 @@ impl Auth {
                 Err(AuthError::Unauthorized("credentials are required to upload to this cache"))
             }
             (Access::Write, Principal::Anonymous) => Err(AuthError::Forbidden(
-                "uploads are disabled: no write user is configured and the server listens on a non-loopback address",
+                "uploads are disabled: no write user is configured (NIX_STORED_USER_WRITE) and NIX_STORED_ANONYMOUS_WRITES is not true",
             )),
         }
     }

@@ -13,6 +13,17 @@ use super::Response;
 use crate::cache::CacheError;
 use crate::storage::StorageError;
 
+/// What went wrong behind a 5xx answer, for the log only: backend error texts name
+/// endpoints, buckets and paths that are none of the client's business. The access
+/// log writes it with the request id and puts that id in the answer's generic body.
+#[derive(Debug, Clone)]
+pub struct ErrorDetail {
+    /// The generic text for the client, before the request id is added.
+    pub public: &'static str,
+    /// The full reason, for the operator.
+    pub detail: String,
+}
+
 /// An error answer of the HTTP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -52,6 +63,7 @@ impl HttpError {
                 CacheError::BadKey(_) | CacheError::Rejected(_) | CacheError::BodyBroken(_) => {
                     StatusCode::BAD_REQUEST
                 }
+                CacheError::Conflict(_) => StatusCode::CONFLICT,
                 CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
@@ -69,6 +81,7 @@ impl HttpError {
             HttpError::Auth(AuthError::Forbidden(_)) => "forbidden",
             HttpError::UnsupportedEncoding => "content_encoding",
             HttpError::Cache(CacheError::Rejected(_)) => "verification",
+            HttpError::Cache(CacheError::Conflict(_)) => "conflict",
             HttpError::Cache(CacheError::TooLarge { .. }) => "too_large",
             HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
             HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
@@ -85,13 +98,24 @@ impl HttpError {
     /// The answer: the status, and the reason as one line of text.
     pub fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
-            tracing::error!("{self}");
-        }
-        let mut body = self.to_string().replace('\n', " ");
+        // 507 says only "full"; every other server error hides its cause.
+        let detail =
+            (status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE).then(|| {
+                ErrorDetail {
+                    public: "internal server error",
+                    detail: self.to_string(),
+                }
+            });
+        let mut body = match &detail {
+            Some(d) => d.public.to_owned(),
+            None => self.to_string().replace('\n', " "),
+        };
         body.push('\n');
         let mut resp = Response::new(Body::from(body));
         *resp.status_mut() = status;
+        if let Some(d) = detail {
+            resp.extensions_mut().insert(d);
+        }
         let h = resp.headers_mut();
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(

@@ -93,9 +93,9 @@ fn method_index(m: &hyper::Method) -> usize {
 }
 
 /// Every status this server answers with; anything else is counted as `other`.
-const STATUSES: [u16; 20] = [
-    200, 201, 204, 206, 304, 307, 400, 401, 403, 404, 405, 408, 411, 413, 415, 416, 431, 500, 503,
-    507,
+const STATUSES: [u16; 21] = [
+    200, 201, 204, 206, 304, 307, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 416, 431, 500,
+    503, 507,
 ];
 
 fn status_index(s: u16) -> usize {
@@ -112,11 +112,12 @@ const BUCKETS_US: [u64; 13] = [
 ];
 
 /// Why an upload was refused: the `reason` label.
-pub const REJECT_REASONS: [&str; 10] = [
+pub const REJECT_REASONS: [&str; 11] = [
     "unauthorized",
     "forbidden",
     "invalid_key",
     "verification",
+    "conflict",
     "too_large",
     "body_timeout",
     "body_broken",

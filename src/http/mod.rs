@@ -33,6 +33,8 @@ pub struct AppState {
     pub metrics: metrics::Metrics,
     /// Whether `/metrics` is served.
     pub metrics_enabled: bool,
+    /// The last readiness check, reused for a second.
+    pub readiness: service::Readiness,
 }
 
 /// Answers one request, logged and counted. Every path names a cache object (or

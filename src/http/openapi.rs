@@ -246,6 +246,15 @@ fn object_path(route: &ObjectRoute) -> Value {
             ("507", "The storage is full; nothing was stored"),
         ],
     );
+    if route.kind == Kind::NarInfo {
+        errors(
+            &mut put,
+            &[(
+                "409",
+                "The path is already in this cache with other contents (NarHash, NarSize, References, Deriver or CA); a stored path never changes, only signatures are added",
+            )],
+        );
+    }
     errors(&mut put, &AUTH_ERRORS);
     json!({
         "parameters": params,
@@ -363,7 +372,7 @@ fn build() -> Value {
             "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } }
         },
         // Credentials are optional: reads are public unless a read user is configured,
-        // and uploads are anonymous on a loopback address without a write user.
+        // and uploads are anonymous when NIX_STORED_ANONYMOUS_WRITES is on.
         "security": [ { "basic": [] }, {} ],
         "paths": paths
     })

@@ -4,10 +4,11 @@
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use std::time::{Duration, Instant};
 
 use super::auth::Access;
 use super::body::Body;
-use super::error::HttpError;
+use super::error::{ErrorDetail, HttpError};
 use super::{openapi, AppState, Response};
 
 /// `GET /metrics`: Prometheus text, readable by whoever may read the cache.
@@ -46,27 +47,70 @@ pub fn healthz(req: &Request<Incoming>) -> Response {
     )
 }
 
-/// `GET /readyz`: the storage backend answers a lookup; 503 with the reason if not.
+/// How long a readiness result is reused: probes need no credentials, so each one
+/// must not cost a storage request (a flood of them would be a flood of S3 calls).
+const READINESS_TTL: Duration = Duration::from_secs(1);
+
+/// The last readiness check, shared by the probes of the next [`READINESS_TTL`].
+#[derive(Default)]
+pub struct Readiness {
+    last: std::sync::Mutex<Option<(Instant, Result<(), String>)>>,
+    /// Held while the storage is asked, so that concurrent probes ask once.
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl Readiness {
+    fn fresh(&self) -> Option<Result<(), String>> {
+        let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_ref()
+            .filter(|(at, _)| at.elapsed() < READINESS_TTL)
+            .map(|(_, r)| r.clone())
+    }
+
+    async fn check(&self, cache: &crate::cache::Cache) -> Result<(), String> {
+        if let Some(r) = self.fresh() {
+            return r;
+        }
+        let _refreshing = self.refresh.lock().await;
+        if let Some(r) = self.fresh() {
+            return r;
+        }
+        let r = cache.storage_ready().await.map_err(|e| e.to_string());
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = Some((Instant::now(), r.clone()));
+        r
+    }
+}
+
+/// `GET /readyz`: the storage backend answers a lookup (checked at most once a
+/// second); 503 if not, with the reason in the log only.
 pub async fn readyz(app: &AppState, req: &Request<Incoming>) -> Response {
     if let Err(e) = read_only(req.method()) {
         return e.into_response();
     }
-    let (status, text) = match app.cache.storage_ready().await {
-        Ok(()) => (StatusCode::OK, "ready\n".to_owned()),
-        Err(e) => {
-            tracing::warn!("readiness check failed: {e}");
-            (
+    match app.readiness.check(&app.cache).await {
+        Ok(()) => answer(
+            req.method(),
+            StatusCode::OK,
+            "text/plain; charset=utf-8",
+            b"ready\n".to_vec(),
+        ),
+        Err(reason) => {
+            let mut resp = answer(
+                req.method(),
                 StatusCode::SERVICE_UNAVAILABLE,
-                format!("not ready: {}\n", e.to_string().replace('\n', " ")),
-            )
+                "text/plain; charset=utf-8",
+                b"not ready\n".to_vec(),
+            );
+            // The access log writes the reason and replaces the body with one that
+            // carries the request id (and no Content-Length of the old one).
+            resp.headers_mut().remove(header::CONTENT_LENGTH);
+            resp.extensions_mut().insert(ErrorDetail {
+                public: "not ready",
+                detail: format!("readiness check failed: {reason}"),
+            });
+            resp
         }
-    };
-    answer(
-        req.method(),
-        status,
-        "text/plain; charset=utf-8",
-        text.into_bytes(),
-    )
+    }
 }
 
 /// `GET /openapi.json`: the description of this HTTP interface, public like a manual.

@@ -369,12 +369,15 @@ impl Default for ServerBuilder {
 }
 
 impl ServerBuilder {
-    /// Fresh temporary store dir, log level info, listening on 127.0.0.1:0.
+    /// Fresh temporary store dir, log level info, listening on 127.0.0.1:0, anonymous
+    /// uploads on.
     pub fn new() -> Self {
         ServerBuilder {
             env: vec![
                 ("NIX_STORED_LOG_LEVEL".into(), "info".into()),
                 ("NIX_STORED_LISTEN_INTERFACE".into(), "127.0.0.1:0".into()),
+                // Most tests upload without credentials; tests/auth.rs covers the default.
+                ("NIX_STORED_ANONYMOUS_WRITES".into(), "true".into()),
             ],
             args: Vec::new(),
             store: None,
