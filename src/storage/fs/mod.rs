@@ -110,28 +110,28 @@ impl FsStorage {
         }
         Ok(())
     }
+}
 
-    /// The directory an object of `key` goes into, created if missing, and its name
-    /// there. A symlink (or a file) where a directory should be is refused.
-    fn parent_of(&self, key: &str) -> Result<(File, CString)> {
-        let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
-        let opened = if dir.is_empty() {
-            self.root.fd().try_clone()
-        } else {
-            self.root.create_dir(dir)
-        };
-        let parent = match opened {
-            Ok(parent) => parent,
-            Err(e) if is_symlink_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
-                warn_symlink(self.root.path(), dir);
-                return Err(StorageError::Refused(format!(
-                    "the cache directory has a symbolic link or a file where the directory {dir}/ should be; not writing through it"
-                )));
-            }
-            Err(e) => return Err(StorageError::from_io(e)),
-        };
-        Ok((parent, cstring(name.as_bytes())?))
-    }
+/// The directory an object of `key` goes into, created if missing, and the object's
+/// name there. A symlink (or a file) where a directory should be is refused.
+fn open_parent(root: &Root, key: &str) -> Result<(File, CString)> {
+    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let opened = if dir.is_empty() {
+        root.fd().try_clone()
+    } else {
+        root.create_dir(dir)
+    };
+    let parent = match opened {
+        Ok(parent) => parent,
+        Err(e) if is_symlink_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            warn_symlink(root.path(), dir);
+            return Err(StorageError::Refused(format!(
+                "the cache directory has a symbolic link or a file where the directory {dir}/ should be; not writing through it"
+            )));
+        }
+        Err(e) => return Err(StorageError::from_io(e)),
+    };
+    Ok((parent, cstring(name.as_bytes())?))
 }
 
 /// Opens `<root>/.tmp`, creating it if missing. A symlink or anything else that is not
@@ -234,8 +234,10 @@ impl Storage for FsStorage {
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         Self::check_key(key)?;
-        // Resolved before the body is read: a refused directory costs no upload.
-        let (parent, name) = self.parent_of(key)?;
+        // Checked (and created) before the body is read, so that a refused directory
+        // costs no upload; opened again at commit, so that an upload holds one
+        // descriptor, not two (see server::FDS_PER_CONNECTION).
+        drop(open_parent(&self.root, key)?);
         let temp = beneath::random_name("upload-")?;
         let file = beneath::open_raw(
             self.tmp.as_raw_fd(),
@@ -250,7 +252,8 @@ impl Storage for FsStorage {
             written: 0,
             tmp: self.tmp.clone(),
             temp,
-            target: Some((parent, name)),
+            root: self.root.clone(),
+            key: key.to_owned(),
             committed: false,
         }))
     }
@@ -443,9 +446,8 @@ struct FsUpload {
     tmp: Arc<File>,
     /// The temporary file's name in `tmp`.
     temp: CString,
-    /// The directory the object goes into (resolved and checked at the start), and
-    /// its name there.
-    target: Option<(File, CString)>,
+    root: Arc<Root>,
+    key: String,
     committed: bool,
 }
 
@@ -518,25 +520,24 @@ impl Upload for FsUpload {
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
-        let (parent, name) = self
-            .target
-            .take()
-            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let root = self.root.clone();
+        let key = self.key.clone();
         let tmp = self.tmp.clone();
         let temp = self.temp.clone();
-        let created = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        let created = tokio::task::spawn_blocking(move || -> Result<bool> {
             // fdatasync: the size and block map a new file needs to be read back are data
             // for it; timestamps are not worth a second journal write.
-            file.sync_data()?;
+            file.sync_data().map_err(StorageError::from_io)?;
             drop(file);
-            let created = beneath::rename_reporting_creation(&tmp, &temp, &parent, &name)?;
+            let (parent, name) = open_parent(&root, &key)?;
+            let created = beneath::rename_reporting_creation(&tmp, &temp, &parent, &name)
+                .map_err(StorageError::from_io)?;
             // Make the rename itself durable, not just the file's bytes.
-            parent.sync_all()?;
+            parent.sync_all().map_err(StorageError::from_io)?;
             Ok(created)
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-        .map_err(StorageError::from_io)?;
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
         self.committed = true;
         Ok(created)
     }
