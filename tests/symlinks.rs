@@ -60,7 +60,9 @@ fn a_symlinked_nar_is_absent() {
         absent(&s, &format!("/{key}"), nar);
     }
     assert!(
-        s.log().contains("symbolic link"),
+        eventually(Duration::from_secs(10), || s
+            .log()
+            .contains("symbolic link")),
         "the refused link is logged:\n{}",
         s.log()
     );
@@ -170,7 +172,11 @@ fn a_symlinked_tmp_is_replaced_not_emptied() {
     );
     let md = std::fs::symlink_metadata(root.join(".tmp")).unwrap();
     assert!(md.is_dir(), ".tmp is a directory of the cache again");
-    assert!(s.log().contains(".tmp"), "{}", s.log());
+    assert!(
+        eventually(Duration::from_secs(10), || s.log().contains(".tmp")),
+        "{}",
+        s.log()
+    );
     // Uploads go through the new .tmp, not the old target.
     let nar = nar_of(b"after the swap");
     let r = put(&s, &format!("/{}", nar_key(&nar)), &nar);

@@ -9,11 +9,10 @@
 //! `openat2` (before 5.6, or a seccomp filter that hides it) get the same guarantee
 //! from a walk that opens one component at a time with `O_NOFOLLOW`.
 
-use std::ffi::{CStr, CString, OsString};
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::ErrorKind;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -321,40 +320,43 @@ pub enum Kind {
     Other,
 }
 
-/// The entries of `dir` (without `.` and `..`), with their kind, not following
-/// symlinks. Read from a fresh open of the directory, so `dir`'s own position is
-/// untouched.
-pub fn entries(dir: &File) -> std::io::Result<Vec<(OsString, Kind)>> {
+/// Calls `f` with each entry of `dir` (without `.` and `..`) and its kind, not
+/// following symlinks, until `f` returns `false`. Streams: a directory of a million
+/// narinfos is never held in memory. Read from a fresh open of the directory, so
+/// `dir`'s own position is untouched.
+pub fn for_each_entry(
+    dir: &File,
+    mut f: impl FnMut(&CStr, Kind) -> std::io::Result<bool>,
+) -> std::io::Result<()> {
     let fresh = open_raw(dir.as_raw_fd(), c".", libc::O_RDONLY | libc::O_DIRECTORY, 0)?;
-    let fresh = File::from(fresh);
-    let dup = fresh.try_clone()?;
-    // SAFETY: fdopendir takes ownership of the descriptor `dup` hands over (closed by
-    // closedir below).
-    let dirp = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(dup)) };
+    // SAFETY: fdopendir takes ownership of the descriptor (closed by closedir below).
+    let dirp = unsafe { libc::fdopendir(std::os::fd::IntoRawFd::into_raw_fd(fresh)) };
     if dirp.is_null() {
         return Err(std::io::Error::last_os_error());
     }
-    struct Closer(*mut libc::DIR);
-    impl Drop for Closer {
+    struct Stream(*mut libc::DIR);
+    impl Drop for Stream {
         fn drop(&mut self) {
             // SAFETY: a stream from fdopendir, closed once.
             unsafe { libc::closedir(self.0) };
         }
     }
-    let dirp = Closer(dirp);
-    let mut out = Vec::new();
+    let stream = Stream(dirp);
+    // SAFETY: the stream's own descriptor, valid until closedir; borrowed (not
+    // owned) by this File, which is forgotten below.
+    let fd = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(libc::dirfd(stream.0)) });
     loop {
         // errno tells the end of the directory from an error.
         // SAFETY: writing the calling thread's errno.
         unsafe { *libc::__errno_location() = 0 };
-        // SAFETY: a valid stream; the entry is read before the next readdir call.
-        let ent = unsafe { libc::readdir(dirp.0) };
+        // SAFETY: a valid stream; the entry is used before the next readdir call.
+        let ent = unsafe { libc::readdir(stream.0) };
         if ent.is_null() {
             let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(0) {
-                return Ok(out);
-            }
-            return Err(e);
+            return match e.raw_os_error() {
+                Some(0) => Ok(()),
+                _ => Err(e),
+            };
         }
         // SAFETY: `d_name` is NUL-terminated within the entry readdir returned.
         let (name, d_type) = unsafe { (CStr::from_ptr((*ent).d_name.as_ptr()), (*ent).d_type) };
@@ -365,7 +367,7 @@ pub fn entries(dir: &File) -> std::io::Result<Vec<(OsString, Kind)>> {
         let kind = match d_type {
             libc::DT_DIR => Kind::Dir,
             libc::DT_REG => Kind::File,
-            libc::DT_UNKNOWN => match stat_at(&fresh, name) {
+            libc::DT_UNKNOWN => match stat_at(&fd, name) {
                 Ok(st) => kind_of(st.st_mode),
                 // Removed since it was listed.
                 Err(e) if e.kind() == ErrorKind::NotFound => continue,
@@ -373,7 +375,9 @@ pub fn entries(dir: &File) -> std::io::Result<Vec<(OsString, Kind)>> {
             },
             _ => Kind::Other,
         };
-        out.push((OsString::from_vec(bytes.to_vec()), kind));
+        if !f(name, kind)? {
+            return Ok(());
+        }
     }
 }
 
@@ -394,8 +398,14 @@ pub fn file_size_at(dir: &File, name: &CStr) -> std::io::Result<Option<u64>> {
 /// Empties the directory `dir`: files and symlinks are unlinked, subdirectories
 /// emptied (opened without following) and removed. Nothing outside it is touched.
 pub fn empty_dir(dir: &File) -> std::io::Result<()> {
-    for (name, kind) in entries(dir)? {
-        let name = cstring(name.as_encoded_bytes())?;
+    // Listed first, removed after: a directory changed while it is read may list
+    // entries twice or not at all.
+    let mut found = Vec::new();
+    for_each_entry(dir, |name, kind| {
+        found.push((name.to_owned(), kind));
+        Ok(true)
+    })?;
+    for (name, kind) in found {
         if kind == Kind::Dir {
             let sub = File::from(open_raw(
                 dir.as_raw_fd(),

@@ -262,21 +262,24 @@ impl Storage for FsStorage {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut batch = Vec::with_capacity(LIST_BATCH);
-            for (name, kind) in beneath::entries(root.fd())? {
+            let mut open = true;
+            beneath::for_each_entry(root.fd(), |name, kind| {
                 // A symlink is no object (reading it answers 404); names that are
                 // not UTF-8 are no cache key.
                 if kind == Kind::Other {
-                    continue;
+                    return Ok(true);
                 }
-                if let Ok(name) = name.into_string() {
-                    batch.push(name);
+                if let Ok(name) = name.to_str() {
+                    batch.push(name.to_owned());
                 }
                 if batch.len() == LIST_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
-                    if sink.blocking_send(full).is_err() {
-                        return Ok(());
-                    }
+                    open = sink.blocking_send(full).is_ok();
                 }
+                Ok(open)
+            })?;
+            if !open {
+                return Ok(());
             }
             if !batch.is_empty() {
                 let _ = sink.blocking_send(batch);
@@ -377,31 +380,30 @@ fn count_files(root: &Root) -> std::io::Result<Usage> {
                 Err(e) => return Err(e),
             }
         };
-        for (name, kind) in beneath::entries(&dir)? {
+        beneath::for_each_entry(&dir, |name, kind| {
             match kind {
                 Kind::Dir => {
-                    let Ok(name) = name.into_string() else {
-                        continue;
+                    // Names that are not UTF-8 hold no cache objects.
+                    let Ok(name) = name.to_str() else {
+                        return Ok(true);
                     };
                     if !rel.is_empty() {
                         dirs.push(format!("{rel}/{name}"));
                     } else if name != TMP_DIR {
-                        dirs.push(name);
+                        dirs.push(name.to_owned());
                     }
                 }
                 Kind::File => {
                     // A file removed since it was listed is simply not counted.
-                    let Ok(name) = cstring(name.as_encoded_bytes()) else {
-                        continue;
-                    };
-                    if let Ok(Some(size)) = beneath::file_size_at(&dir, &name) {
+                    if let Ok(Some(size)) = beneath::file_size_at(&dir, name) {
                         usage.objects += 1;
                         usage.bytes += size;
                     }
                 }
                 Kind::Other => {}
             }
-        }
+            Ok(true)
+        })?;
     }
     Ok(usage)
 }
