@@ -676,6 +676,35 @@ mod tests {
         assert!(read_all(&fs, "a.narinfo/below", 0).await.is_none());
     }
 
+    #[tokio::test]
+    async fn links_are_absent_and_a_non_directory_tmp_is_replaced() {
+        let root = temp_root("links");
+        let outside = temp_root("links-outside");
+        std::fs::write(outside.join("secret"), b"secret").unwrap();
+        std::fs::write(root.join(TMP_DIR), b"a file, not a directory").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("a.narinfo")).unwrap();
+        std::os::unix::fs::symlink(&*outside, root.join("log")).unwrap();
+        let fs = FsStorage::open(&root, "/nix/store").unwrap();
+        assert!(std::fs::symlink_metadata(root.join(TMP_DIR))
+            .unwrap()
+            .is_dir());
+        assert!(fs.stat("a.narinfo").await.unwrap().is_none());
+        assert!(read_all(&fs, "a.narinfo", 0).await.is_none());
+        assert!(fs.stat("log/secret").await.unwrap().is_none());
+        assert!(matches!(
+            fs.begin_upload("log/x").await.err(),
+            Some(StorageError::Refused(_))
+        ));
+        let usage = fs.usage().await.unwrap().unwrap();
+        assert_eq!(usage.objects, 1, "only nix-cache-info");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        fs.list_top_level(tx).await.unwrap();
+        let mut names = rx.recv().await.unwrap();
+        names.sort();
+        assert_eq!(names, [TMP_DIR, "nix-cache-info"]);
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    }
+
     #[test]
     fn a_filesystem_of_no_blocks_has_unknown_room() {
         assert_eq!(room_of(0, 0, 0), None);
