@@ -68,6 +68,9 @@ impl HttpError {
                 CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
                 CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+                // The cache directory's state conflicts with the write: a client
+                // error code, so that the refusal is not mistaken for a crash.
+                CacheError::Storage(StorageError::Refused(_)) => StatusCode::CONFLICT,
             },
         }
     }
@@ -86,7 +89,9 @@ impl HttpError {
             HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
             HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
             HttpError::Cache(CacheError::Storage(StorageError::Full)) => "storage_full",
-            HttpError::Cache(CacheError::Storage(StorageError::Io(_))) => "storage_error",
+            HttpError::Cache(CacheError::Storage(
+                StorageError::Io(_) | StorageError::Refused(_),
+            )) => "storage_error",
             HttpError::Cache(CacheError::BadKey(_))
             | HttpError::NotFound(_)
             | HttpError::MethodNotAllowed
@@ -106,6 +111,9 @@ impl HttpError {
                     detail: self.to_string(),
                 }
             });
+        if let HttpError::Cache(CacheError::Storage(StorageError::Refused(_))) = &self {
+            tracing::error!("upload refused: {self}");
+        }
         let mut body = match &detail {
             Some(d) => d.public.to_owned(),
             None => self.to_string().replace('\n', " "),
@@ -146,7 +154,7 @@ impl HttpError {
                 CacheError::BodyTimeout
                 | CacheError::BodyBroken(_)
                 | CacheError::TooLarge { .. }
-                | CacheError::Storage(StorageError::Full),
+                | CacheError::Storage(StorageError::Full | StorageError::Refused(_)),
             ) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }

@@ -58,6 +58,11 @@ pub enum StorageError {
     /// The backend ran out of space.
     #[error("the cache storage is full")]
     Full,
+    /// The storage refuses to write where it was asked, for a reason that lies in
+    /// the storage itself (e.g. a symbolic link planted in the cache directory), not
+    /// in the request: retrying will not help until an administrator looks.
+    #[error("{0}")]
+    Refused(String),
     /// Any other I/O failure.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),

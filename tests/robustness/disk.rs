@@ -1,7 +1,8 @@
 //! A full disk: the server runs on a 64 MiB tmpfs of its own. Uploads that do not
 //! fit are refused with 507 (before the body when the declared length already
 //! does not fit), nothing stored is damaged, reads go on (also after a restart on
-//! the full disk), and uploads work again once space is freed.
+//! the full disk), and uploads work again once space is freed. A filesystem that
+//! reports no size at all is not taken for a full one.
 
 use std::io::{BufReader, Write};
 use std::net::Shutdown;
@@ -228,4 +229,39 @@ fn full_disk() {
     assert!(damaged.is_empty(), "reads on the full disk: {damaged:#?}");
     assert!(!panicked, "the server panicked");
     drop(fs);
+}
+
+/// A filesystem whose statfs reports no size at all (an unlimited tmpfs answers
+/// zero blocks, as LazyFS and some network mounts do) is not a full one: uploads
+/// with a declared length are stored, not refused with 507 up front.
+#[test]
+fn a_filesystem_of_unknown_size_is_not_full() {
+    const TEST: &str = "unknown size";
+    // size=0: no limit, and statfs says 0 blocks, 0 available.
+    let Some(fs) = Tmpfs::mount(TEST, "0") else {
+        return;
+    };
+    let cache = fs.path.join("cache");
+    let s = ServerBuilder::new().dir(&cache).start();
+    let nar = common::nar_of(&[7u8; 100 << 10]);
+    let key = format!("/nar/{}.nar", common::nix32_sha256(&nar));
+    let r = common::put(&s, &key, &nar);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let g = common::get(&s, &key);
+    assert_eq!(g.status, 200);
+    assert_eq!(g.body, nar);
+    assert!(
+        common::eventually(Duration::from_secs(10), || s
+            .log()
+            .contains("reports no size")),
+        "the skipped check is logged:\n{}",
+        s.log()
+    );
+    figures(
+        TEST,
+        format_args!(
+            "a {} byte NAR stored on a tmpfs reporting 0 blocks",
+            nar.len()
+        ),
+    );
 }

@@ -4,18 +4,32 @@
 //! are fsynced, then renamed into place and the directory entry is fsynced too. A crash
 //! at any point leaves either the old object or the new one, never a mix, and the
 //! leftover temporary files are removed at the next start.
+//!
+//! Others may write into the directory too, so no name below the root is resolved
+//! through a symbolic link (see [`beneath`]): a planted link reads as absent, an upload
+//! through a linked directory is refused, and the clean-up of `.tmp` never leaves it.
+//!
+//! Temporary files are named, not `O_TMPFILE`: `linkat` cannot replace an existing
+//! object, so an anonymous file would still need a named step before the `rename`
+//! that atomically replaces and reports creation; a leftover name is removed at start.
 
+use std::ffi::CString;
+use std::fs::File;
 use std::io::ErrorKind;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::os::fd::AsRawFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 
+mod beneath;
 mod read;
 mod stream;
 mod watch;
 
+use beneath::{cstring, is_symlink_refusal, warn_symlink, Kind, Root};
 use read::Opened;
 
 use super::{
@@ -29,9 +43,9 @@ const TMP_DIR: &str = ".tmp";
 
 /// A binary cache in a local directory.
 pub struct FsStorage {
-    root: PathBuf,
-    tmp: PathBuf,
-    counter: AtomicU64,
+    root: Arc<Root>,
+    /// `<root>/.tmp`, checked to be a real directory at start.
+    tmp: Arc<File>,
     reader: read::Reader,
 }
 
@@ -41,68 +55,118 @@ impl FsStorage {
     /// so that the directory is also usable as a `file://` cache.
     pub fn open(root: &Path, store_dir: &str) -> std::io::Result<Self> {
         std::fs::create_dir_all(root)?;
-        let root = root.canonicalize()?;
-        let tmp = root.join(TMP_DIR);
-        // The directory itself is kept: on a full disk, recreating it could fail
-        // and the server must still start and serve what it has.
-        std::fs::create_dir_all(&tmp)?;
-        for entry in std::fs::read_dir(&tmp)? {
-            let entry = entry?;
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(entry.path())?;
-            } else {
-                std::fs::remove_file(entry.path())?;
-            }
-        }
+        let root = Arc::new(Root::new(&root.canonicalize()?)?);
+        let tmp = open_tmp(&root)?;
+        beneath::empty_dir(&tmp)?;
         // An empty file: writability is about permissions, and a full disk still
         // allows reads.
-        let probe = tmp.join("write-probe");
-        std::fs::write(&probe, b"")?;
-        std::fs::remove_file(&probe)?;
-        let info = root.join("nix-cache-info");
-        if !info.exists() {
-            let staged = tmp.join("nix-cache-info");
-            let written = std::fs::write(&staged, format!("StoreDir: {store_dir}\n"))
-                .and_then(|()| std::fs::rename(&staged, &info));
+        let probe = c"write-probe";
+        drop(beneath::open_raw(
+            tmp.as_raw_fd(),
+            probe,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
+            0o666,
+        )?);
+        beneath::unlink_at(&tmp, probe, 0)?;
+        let info = c"nix-cache-info";
+        if !beneath::exists_at(root.fd(), info)? {
+            let written = write_new(&tmp, info, format!("StoreDir: {store_dir}\n").as_bytes())
+                .and_then(|()| {
+                    beneath::rename_reporting_creation(&tmp, info, root.fd(), info).map(|_| ())
+                });
             match written {
                 Ok(()) => {}
                 // Only `file://` readers of the directory miss it; the server
                 // serves its own.
                 Err(e) if StorageError::is_no_space(&e) => {
-                    let _ = std::fs::remove_file(&staged);
-                    tracing::warn!("{} is full: nix-cache-info not written", root.display());
+                    let _ = beneath::unlink_at(&tmp, info, 0);
+                    tracing::warn!(
+                        "{} is full: nix-cache-info not written",
+                        root.path().display()
+                    );
                 }
                 Err(e) => return Err(e),
             }
         }
         Ok(FsStorage {
-            reader: read::Reader::new(&root)?,
+            reader: read::Reader::new(root.clone())?,
             root,
-            tmp,
-            counter: AtomicU64::new(0),
+            tmp: Arc::new(tmp),
         })
     }
 
-    fn path_of(&self, key: &str) -> std::io::Result<PathBuf> {
+    fn check_key(key: &str) -> std::io::Result<()> {
         // Keys are validated upstream; this is the last line of defence against a
         // path that would leave the root.
         let rel = Path::new(key);
         let plain = rel
             .components()
             .all(|c| matches!(c, std::path::Component::Normal(_)));
-        if key.is_empty() || !plain || key.starts_with('.') {
+        if key.is_empty() || !plain || key.starts_with('.') || key.ends_with('/') {
             return Err(std::io::Error::new(
                 ErrorKind::InvalidInput,
                 format!("refusing storage key {key:?}"),
             ));
         }
-        Ok(self.root.join(rel))
+        Ok(())
     }
+}
 
-    fn temp_path(&self) -> PathBuf {
-        let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        self.tmp.join(format!("upload-{}-{n}", std::process::id()))
+/// The directory an object of `key` goes into, created if missing, and the object's
+/// name there. A symlink (or a file) where a directory should be is refused.
+fn open_parent(root: &Root, key: &str) -> Result<(File, CString)> {
+    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let opened = if dir.is_empty() {
+        root.fd().try_clone()
+    } else {
+        root.create_dir(dir)
+    };
+    let parent = match opened {
+        Ok(parent) => parent,
+        Err(e) if is_symlink_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            warn_symlink(root.path(), dir);
+            return Err(StorageError::Refused(format!(
+                "the cache directory has a symbolic link or a file where the directory {dir}/ should be; not writing through it"
+            )));
+        }
+        Err(e) => return Err(StorageError::from_io(e)),
+    };
+    Ok((parent, cstring(name.as_bytes())?))
+}
+
+/// Opens `<root>/.tmp`, creating it if missing. A symlink or anything else that is not
+/// a directory under that name is removed (never followed: emptying the directory
+/// it points to would delete files outside the cache) and replaced by a directory.
+/// An existing directory is kept: on a full disk, recreating it could fail and the
+/// server must still start and serve what it has.
+fn open_tmp(root: &Root) -> std::io::Result<File> {
+    let name = cstring(TMP_DIR.as_bytes())?;
+    match root.open(TMP_DIR, libc::O_RDONLY | libc::O_DIRECTORY) {
+        Ok(dir) => return Ok(dir),
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) if is_symlink_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            tracing::warn!(
+                "{}/{TMP_DIR} is not a directory (a symbolic link?): replacing it, not following it",
+                root.path().display()
+            );
+            beneath::unlink_at(root.fd(), &name, 0)?;
+        }
+        Err(e) => return Err(e),
     }
+    root.create_dir(TMP_DIR)
+}
+
+/// Writes `bytes` to a new file `name` in `dir` and syncs it.
+fn write_new(dir: &File, name: &std::ffi::CStr, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut file = File::from(beneath::open_raw(
+        dir.as_raw_fd(),
+        name,
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+        0o666,
+    )?);
+    file.write_all(bytes)?;
+    file.sync_data()
 }
 
 fn meta_of(md: &std::fs::Metadata) -> ObjectMeta {
@@ -118,24 +182,16 @@ fn meta_of(md: &std::fs::Metadata) -> ObjectMeta {
     }
 }
 
-fn not_found_is_none<T>(r: std::io::Result<T>) -> Result<Option<T>> {
-    match r {
-        Ok(v) => Ok(Some(v)),
-        // NotADirectory: a key below something that is a file, i.e. absent too.
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(20) => Ok(None),
-        Err(e) => Err(StorageError::from_io(e)),
-    }
-}
-
 #[async_trait]
 impl Storage for FsStorage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        let path = self.path_of(key)?;
-        // A single metadata lookup, answered from the dentry cache: cheaper inline
-        // than any thread hop (see read::INLINE_READ_MAX).
-        let Some(md) = not_found_is_none(std::fs::metadata(path))? else {
+        Self::check_key(key)?;
+        // Opened the way GET opens it (one openat2 refusing symlinks), then fstat:
+        // cheaper inline than any thread hop (see read::INLINE_READ_MAX).
+        let Some(mut file) = self.reader.open_file(key)? else {
             return Ok(None);
         };
+        let md = file.metadata().map_err(StorageError::from_io)?;
         if !md.is_file() {
             return Ok(None);
         }
@@ -143,11 +199,15 @@ impl Storage for FsStorage {
             return Ok(Some(meta_of(&md)));
         }
         // Small objects' validator is their content's, as on GET.
-        Ok(self.open(key, 0).await?.map(|r| r.meta))
+        let bytes = read::read_exactly(&mut file, md.len()).map_err(StorageError::from_io)?;
+        Ok(Some(ObjectMeta {
+            size: bytes.len() as u64,
+            version: read::content_version(&bytes),
+        }))
     }
 
     async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
-        self.path_of(key)?;
+        Self::check_key(key)?;
         let (file, md) = match self.reader.open(key).map_err(StorageError::from_io)? {
             Opened::Absent => return Ok(None),
             Opened::Small(bytes) => {
@@ -173,19 +233,27 @@ impl Storage for FsStorage {
     }
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
-        let target = self.path_of(key)?;
-        let temp = self.temp_path();
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&temp)
-            .map_err(StorageError::from_io)?;
+        Self::check_key(key)?;
+        // Checked (and created) before the body is read, so that a refused directory
+        // costs no upload; opened again at commit, so that an upload holds one
+        // descriptor, not two (see server::FDS_PER_CONNECTION).
+        drop(open_parent(&self.root, key)?);
+        let temp = beneath::random_name("upload-")?;
+        let file = beneath::open_raw(
+            self.tmp.as_raw_fd(),
+            &temp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o666,
+        )
+        .map_err(StorageError::from_io)?;
         Ok(Box::new(FsUpload {
-            file: Some(file),
+            file: Some(File::from(file)),
             buf: Vec::with_capacity(WRITE_BLOCK),
             written: 0,
+            tmp: self.tmp.clone(),
             temp,
-            target,
+            root: self.root.clone(),
+            key: key.to_owned(),
             committed: false,
         }))
     }
@@ -194,18 +262,24 @@ impl Storage for FsStorage {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
             let mut batch = Vec::with_capacity(LIST_BATCH);
-            for entry in std::fs::read_dir(&root)? {
-                let entry = entry?;
-                // Names that are not UTF-8 are no cache key.
-                if let Ok(name) = entry.file_name().into_string() {
-                    batch.push(name);
+            let mut open = true;
+            beneath::for_each_entry(root.fd(), |name, kind| {
+                // A symlink is no object (reading it answers 404); names that are
+                // not UTF-8 are no cache key.
+                if kind == Kind::Other {
+                    return Ok(true);
+                }
+                if let Ok(name) = name.to_str() {
+                    batch.push(name.to_owned());
                 }
                 if batch.len() == LIST_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
-                    if sink.blocking_send(full).is_err() {
-                        return Ok(());
-                    }
+                    open = sink.blocking_send(full).is_ok();
                 }
+                Ok(open)
+            })?;
+            if !open {
+                return Ok(());
             }
             if !batch.is_empty() {
                 let _ = sink.blocking_send(batch);
@@ -218,14 +292,16 @@ impl Storage for FsStorage {
     }
 
     fn watch_top_level(&self, sink: tokio::sync::mpsc::Sender<TopLevelEvent>) -> Result<bool> {
-        if let Some(kind) = watch::shared_filesystem(&self.root).map_err(StorageError::from_io)? {
+        if let Some(kind) =
+            watch::shared_filesystem(self.root.fd()).map_err(StorageError::from_io)?
+        {
             tracing::info!(
                 "{} is on {kind}: other machines may write into it unseen",
-                self.root.display()
+                self.root.path().display()
             );
             return Ok(false);
         }
-        watch::start(&self.root, sink).map_err(StorageError::from_io)?;
+        watch::start(self.root.clone(), sink).map_err(StorageError::from_io)?;
         Ok(true)
     }
 
@@ -248,19 +324,32 @@ impl Storage for FsStorage {
     }
 
     fn ensure_room(&self, size: u64) -> Result<()> {
-        match available_bytes(&self.root) {
-            Ok(free) if size > free => Err(StorageError::Full),
-            Ok(_) => Ok(()),
+        match available_bytes(self.root.fd()) {
+            Ok(Some(free)) if size > free => Err(StorageError::Full),
+            Ok(Some(_)) => Ok(()),
+            // A filesystem that reports no size at all (some FUSE and network
+            // filesystems answer statfs with zeros) is not a full one: the write
+            // itself will tell (ENOSPC is a 507 too).
+            Ok(None) => {
+                static TOLD: AtomicBool = AtomicBool::new(false);
+                if !TOLD.swap(true, Ordering::Relaxed) {
+                    tracing::info!(
+                        "{}: the filesystem reports no size; uploads are not checked for room in advance",
+                        self.root.path().display()
+                    );
+                }
+                Ok(())
+            }
             // Not knowing is no reason to refuse: the write itself will tell.
             Err(e) => {
-                tracing::debug!("statvfs {}: {e}", self.root.display());
+                tracing::debug!("statvfs {}: {e}", self.root.path().display());
                 Ok(())
             }
         }
     }
 
     fn describe(&self) -> String {
-        format!("directory {}", self.root.display())
+        format!("directory {}", self.root.path().display())
     }
 }
 
@@ -274,102 +363,72 @@ fn idle_priority() {
     let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
 }
 
-/// Counts the regular files below `root` and their sizes, leaving out pending uploads.
-fn count_files(root: &Path) -> std::io::Result<Usage> {
+/// Counts the regular files below the root and their sizes, leaving out pending
+/// uploads. Symlinks are neither counted nor followed; each directory is opened
+/// beneath the root by its relative name, so no descriptors pile up.
+fn count_files(root: &Root) -> std::io::Result<Usage> {
     let mut usage = Usage::default();
-    let mut dirs = vec![root.to_path_buf()];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir)? {
-            let entry = entry?;
-            let kind = entry.file_type()?;
-            if kind.is_dir() {
-                if dir != root || entry.file_name() != TMP_DIR {
-                    dirs.push(entry.path());
-                }
-            } else if kind.is_file() {
-                // A file removed since it was listed is simply not counted.
-                if let Ok(meta) = entry.metadata() {
-                    usage.objects += 1;
-                    usage.bytes += meta.len();
-                }
+    let mut dirs = vec![String::new()];
+    while let Some(rel) = dirs.pop() {
+        let dir = if rel.is_empty() {
+            root.fd().try_clone()?
+        } else {
+            match root.open(&rel, libc::O_RDONLY | libc::O_DIRECTORY) {
+                Ok(dir) => dir,
+                // Removed or replaced by a symlink since it was listed.
+                Err(e) if e.kind() == ErrorKind::NotFound || is_symlink_refusal(&e) => continue,
+                Err(e) => return Err(e),
             }
-        }
+        };
+        beneath::for_each_entry(&dir, |name, kind| {
+            match kind {
+                Kind::Dir => {
+                    // Names that are not UTF-8 hold no cache objects.
+                    let Ok(name) = name.to_str() else {
+                        return Ok(true);
+                    };
+                    if !rel.is_empty() {
+                        dirs.push(format!("{rel}/{name}"));
+                    } else if name != TMP_DIR {
+                        dirs.push(name.to_owned());
+                    }
+                }
+                Kind::File => {
+                    // A file removed since it was listed is simply not counted.
+                    if let Ok(Some(size)) = beneath::file_size_at(&dir, name) {
+                        usage.objects += 1;
+                        usage.bytes += size;
+                    }
+                }
+                Kind::Other => {}
+            }
+            Ok(true)
+        })?;
     }
     Ok(usage)
 }
 
 /// Bytes an unprivileged writer can still use on the filesystem holding `dir`
-/// (root may have a few percent more on ext4; those are kept for emergencies).
-fn available_bytes(dir: &Path) -> std::io::Result<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes())?;
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable statvfs
-    // buffer that the call fills in.
+/// (root may have a few percent more on ext4; those are kept for emergencies), or
+/// `None` when the filesystem does not say.
+fn available_bytes(dir: &File) -> std::io::Result<Option<u64>> {
+    // SAFETY: an open descriptor and a writable statvfs buffer the call fills in.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::fstatvfs(dir.as_raw_fd(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
-    Ok((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+    Ok(room_of(
+        st.f_blocks as u64,
+        st.f_bavail as u64,
+        st.f_frsize as u64,
+    ))
 }
 
-/// Creates `dir` and its missing parents, fsyncing the directory that holds each
-/// one: a new `nar/` must survive a power loss as surely as the object renamed
-/// into it, whose own directory is fsynced after the rename.
-fn create_dir_durably(dir: &Path) -> std::io::Result<()> {
-    if std::fs::metadata(dir).is_ok_and(|md| md.is_dir()) {
-        return Ok(());
-    }
-    let parent = dir.parent().unwrap_or(Path::new("/"));
-    create_dir_durably(parent)?;
-    match std::fs::create_dir(dir) {
-        // AlreadyExists: another upload is creating it and may not have synced
-        // the parent yet; syncing again is cheap and this is rare.
-        Ok(()) => std::fs::File::open(parent)?.sync_all(),
-        Err(e) if e.kind() == ErrorKind::AlreadyExists => std::fs::File::open(parent)?.sync_all(),
-        Err(e) => Err(e),
-    }
-}
-
-/// Renames `from` over `to`; `true` when `to` did not exist before.
-///
-/// Checking for the target and then renaming is a race: of many concurrent
-/// uploads of one key, several could see it absent and all answer 201. A rename
-/// that refuses to replace (`RENAME_NOREPLACE`) decides atomically which upload
-/// created the object; the others then replace it.
-fn rename_reporting_creation(from: &Path, to: &Path) -> std::io::Result<bool> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        use std::os::unix::ffi::OsStrExt;
-        let old = std::ffi::CString::new(from.as_os_str().as_bytes())?;
-        let new = std::ffi::CString::new(to.as_os_str().as_bytes())?;
-        // SAFETY: two valid NUL-terminated paths, resolved relative to the
-        // working directory only if relative (they are absolute here).
-        let r = unsafe {
-            libc::renameat2(
-                libc::AT_FDCWD,
-                old.as_ptr(),
-                libc::AT_FDCWD,
-                new.as_ptr(),
-                libc::RENAME_NOREPLACE,
-            )
-        };
-        if r == 0 {
-            return Ok(true);
-        }
-        let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EEXIST) => {
-                std::fs::rename(from, to)?;
-                return Ok(false);
-            }
-            // Filesystems without RENAME_NOREPLACE: the racy check below.
-            Some(libc::EINVAL) | Some(libc::ENOSYS) | Some(libc::EOPNOTSUPP) => {}
-            _ => return Err(e),
-        }
-    }
-    let existed = std::fs::symlink_metadata(to).is_ok();
-    std::fs::rename(from, to)?;
-    Ok(!existed)
+/// The room a statvfs answer tells of: `None` when it reports a filesystem of no
+/// blocks at all (LazyFS and some network mounts answer zeros), which means "unknown",
+/// not "full".
+fn room_of(blocks: u64, available: u64, fragment_size: u64) -> Option<u64> {
+    (blocks != 0).then(|| available.saturating_mul(fragment_size))
 }
 
 /// Names per batch when listing: a directory of a million narinfos is sent in steps
@@ -382,12 +441,15 @@ const WRITE_BLOCK: usize = 1024 * 1024;
 
 /// An upload staged in `<root>/.tmp/`.
 struct FsUpload {
-    file: Option<std::fs::File>,
+    file: Option<File>,
     buf: Vec<u8>,
     /// Bytes written to the file so far.
     written: u64,
-    temp: PathBuf,
-    target: PathBuf,
+    tmp: Arc<File>,
+    /// The temporary file's name in `tmp`.
+    temp: CString,
+    root: Arc<Root>,
+    key: String,
     committed: bool,
 }
 
@@ -460,23 +522,24 @@ impl Upload for FsUpload {
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let root = self.root.clone();
+        let key = self.key.clone();
+        let tmp = self.tmp.clone();
         let temp = self.temp.clone();
-        let target = self.target.clone();
-        let created = tokio::task::spawn_blocking(move || -> std::io::Result<bool> {
+        let created = tokio::task::spawn_blocking(move || -> Result<bool> {
             // fdatasync: the size and block map a new file needs to be read back are data
             // for it; timestamps are not worth a second journal write.
-            file.sync_data()?;
+            file.sync_data().map_err(StorageError::from_io)?;
             drop(file);
-            let parent = target.parent().unwrap_or(Path::new("/"));
-            create_dir_durably(parent)?;
-            let created = rename_reporting_creation(&temp, &target)?;
+            let (parent, name) = open_parent(&root, &key)?;
+            let created = beneath::rename_reporting_creation(&tmp, &temp, &parent, &name)
+                .map_err(StorageError::from_io)?;
             // Make the rename itself durable, not just the file's bytes.
-            std::fs::File::open(parent)?.sync_all()?;
+            parent.sync_all().map_err(StorageError::from_io)?;
             Ok(created)
         })
         .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?
-        .map_err(StorageError::from_io)?;
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
         self.committed = true;
         Ok(created)
     }
@@ -486,14 +549,14 @@ impl Drop for FsUpload {
     fn drop(&mut self) {
         if !self.committed {
             // Best effort: a leftover is also removed at the next start.
-            let _ = std::fs::remove_file(&self.temp);
+            let _ = beneath::unlink_at(&self.tmp, &self.temp, 0);
         }
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::PathBuf;
 
     /// A fresh directory, removed when the guard drops.
     struct TempRoot(PathBuf);
@@ -611,6 +674,44 @@ mod tests {
         assert!(fs.stat("dir.narinfo").await.unwrap().is_none());
         assert!(read_all(&fs, "absent.narinfo", 0).await.is_none());
         assert!(read_all(&fs, "a.narinfo/below", 0).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn links_are_absent_and_a_non_directory_tmp_is_replaced() {
+        let root = temp_root("links");
+        let outside = temp_root("links-outside");
+        std::fs::write(outside.join("secret"), b"secret").unwrap();
+        std::fs::write(root.join(TMP_DIR), b"a file, not a directory").unwrap();
+        std::os::unix::fs::symlink(outside.join("secret"), root.join("a.narinfo")).unwrap();
+        std::os::unix::fs::symlink(&*outside, root.join("log")).unwrap();
+        let fs = FsStorage::open(&root, "/nix/store").unwrap();
+        assert!(std::fs::symlink_metadata(root.join(TMP_DIR))
+            .unwrap()
+            .is_dir());
+        assert!(fs.stat("a.narinfo").await.unwrap().is_none());
+        assert!(read_all(&fs, "a.narinfo", 0).await.is_none());
+        assert!(fs.stat("log/secret").await.unwrap().is_none());
+        assert!(matches!(
+            fs.begin_upload("log/x").await.err(),
+            Some(StorageError::Refused(_))
+        ));
+        let usage = fs.usage().await.unwrap().unwrap();
+        assert_eq!(usage.objects, 1, "only nix-cache-info");
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        fs.list_top_level(tx).await.unwrap();
+        let mut names = rx.recv().await.unwrap();
+        names.sort();
+        assert_eq!(names, [TMP_DIR, "nix-cache-info"]);
+        assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    }
+
+    #[test]
+    fn a_filesystem_of_no_blocks_has_unknown_room() {
+        assert_eq!(room_of(0, 0, 0), None);
+        assert_eq!(room_of(0, 0, 4096), None);
+        assert_eq!(room_of(100, 0, 4096), Some(0));
+        assert_eq!(room_of(100, 10, 4096), Some(40960));
+        assert_eq!(room_of(1, u64::MAX, 4096), Some(u64::MAX));
     }
 
     #[tokio::test]

@@ -3,7 +3,7 @@
 //!
 //! A narinfo hit is the request a cache serves most, and its cost is mostly the
 //! syscalls around it. Objects are opened relative to a descriptor of the root held
-//! open (no walk of the root's own path on every request), and read with one `read`
+//! open (no walk of the root's own path on every request, no symlink followed), and read with one `read`
 //! into a reused buffer: on a local filesystem a regular file's read returns less
 //! than was asked only at its end, so no `fstat` is needed to learn the size. On
 //! network and FUSE filesystems, where reads may come back short, the size comes
@@ -12,11 +12,11 @@
 use std::cell::RefCell;
 use std::fs::File;
 use std::io::{ErrorKind, Read};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::Path;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::beneath::{is_symlink_refusal, warn_symlink, Root};
 use super::watch::shared_filesystem;
 
 /// Objects up to this size are read whole in the request's own task: opening and
@@ -42,30 +42,17 @@ pub enum Opened {
 
 /// Opens and reads objects below the cache root.
 pub struct Reader {
-    dir: OwnedFd,
+    root: Arc<Root>,
     short_read_is_end: bool,
 }
 
 impl Reader {
-    /// A reader for the directory `root`.
-    pub fn new(root: &Path) -> std::io::Result<Self> {
-        use std::os::unix::ffi::OsStrExt;
-        let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
-        // SAFETY: a valid NUL-terminated path; the descriptor returned is owned here.
-        let fd = unsafe {
-            libc::open(
-                path.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        let dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    /// A reader of the objects below `root`.
+    pub fn new(root: Arc<Root>) -> std::io::Result<Self> {
+        let short_read_is_end = shared_filesystem(root.fd())?.is_none();
         Ok(Reader {
-            dir,
-            short_read_is_end: shared_filesystem(root)?.is_none(),
+            root,
+            short_read_is_end,
         })
     }
 
@@ -93,35 +80,35 @@ impl Reader {
         if md.len() > INLINE_READ_MAX as u64 {
             return Ok(Opened::Large(file, md));
         }
-        // The size fstat reported, read exactly: writes are renames, so the file
-        // cannot change under us.
-        let mut buf = vec![0; md.len() as usize];
-        file.read_exact(&mut buf)?;
-        Ok(Opened::Small(Bytes::from(buf)))
+        Ok(Opened::Small(read_exactly(&mut file, md.len())?))
     }
 
-    fn open_file(&self, key: &str) -> std::io::Result<Option<File>> {
-        let name = std::ffi::CString::new(key)?;
-        // SAFETY: `dir` is an open directory descriptor and `name` a valid
-        // NUL-terminated relative path; the descriptor returned is owned here.
-        let fd = unsafe {
-            libc::openat(
-                self.dir.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                // Absent, or below something that is not a directory.
-                Some(libc::ENOENT) | Some(libc::ENOTDIR) => Ok(None),
-                _ => Err(e),
-            };
+    /// Opens `key` for reading: one `openat2` below the root that refuses symlinks,
+    /// so a planted `nar/x.nar -> /etc/shadow` (or a symlinked `nar/`) is absent.
+    /// `O_NONBLOCK` so that a FIFO planted under an object's name cannot hold a
+    /// runtime thread in `open`; it changes nothing for regular files.
+    pub fn open_file(&self, key: &str) -> std::io::Result<Option<File>> {
+        match self.root.open(key, libc::O_RDONLY | libc::O_NONBLOCK) {
+            Ok(file) => Ok(Some(file)),
+            // Absent, or below something that is not a directory.
+            Err(e) if matches!(e.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR)) => {
+                Ok(None)
+            }
+            Err(e) if is_symlink_refusal(&e) => {
+                warn_symlink(self.root.path(), key);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
-        // SAFETY: `fd` was just opened and nothing else owns it.
-        Ok(Some(unsafe { File::from_raw_fd(fd) }))
     }
+}
+
+/// Reads the `len` bytes `fstat` reported: writes are renames, so the file cannot
+/// change under us.
+pub fn read_exactly(file: &mut File, len: u64) -> std::io::Result<Bytes> {
+    let mut buf = vec![0; len as usize];
+    file.read_exact(&mut buf)?;
+    Ok(Bytes::from(buf))
 }
 
 /// One read of up to [`INLINE_READ_MAX`] + 1 bytes: the whole file when it is small

@@ -1,22 +1,22 @@
 //! Following the top level of the directory with inotify, so that objects written by
 //! others (`nix copy --to file://…`, rsync, another tool) are known at once.
 
-use std::path::Path;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
 use inotify::{EventMask, Inotify, WatchMask};
 use tokio::sync::mpsc::Sender;
 
+use super::beneath::{cstring, is_symlink_at, Root};
 use crate::storage::TopLevelEvent;
 
 /// The kind of network or userspace filesystem `root` is on, if it is one: there,
 /// writes by other machines (or a FUSE daemon) never reach inotify.
-pub fn shared_filesystem(root: &Path) -> std::io::Result<Option<&'static str>> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(root.as_os_str().as_bytes())?;
-    // SAFETY: `path` is a valid NUL-terminated string and `st` a writable
-    // statfs buffer that the call fills in.
+pub fn shared_filesystem(root: &File) -> std::io::Result<Option<&'static str>> {
+    // SAFETY: an open descriptor and a writable statfs buffer that the call fills in.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statfs(path.as_ptr(), &mut st) } != 0 {
+    if unsafe { libc::fstatfs(root.as_raw_fd(), &mut st) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     // Magic numbers from statfs(2); truncated like the kernel's 32-bit f_type.
@@ -35,13 +35,16 @@ pub fn shared_filesystem(root: &Path) -> std::io::Result<Option<&'static str>> {
 
 /// Installs the watch now (so nothing written after this returns is missed) and
 /// reads its events on a thread of its own for as long as `sink` is open.
-pub fn start(root: &Path, sink: Sender<TopLevelEvent>) -> std::io::Result<()> {
+pub fn start(root: Arc<Root>, sink: Sender<TopLevelEvent>) -> std::io::Result<()> {
     let mut inotify = Inotify::init()?;
     // A file created in place, or renamed into place (how both nix-stored and
-    // Nix's `file://` store make objects appear atomically).
-    inotify
-        .watches()
-        .add(root, WatchMask::CREATE | WatchMask::MOVED_TO)?;
+    // Nix's `file://` store make objects appear atomically). The root's path is
+    // canonical (resolved at start): DONT_FOLLOW only matters if it was replaced by
+    // a symlink since, and then the link is not followed.
+    inotify.watches().add(
+        root.path(),
+        WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DONT_FOLLOW | WatchMask::ONLYDIR,
+    )?;
     std::thread::Builder::new()
         .name("fs-watch".into())
         .spawn(move || {
@@ -65,7 +68,10 @@ pub fn start(root: &Path, sink: Sender<TopLevelEvent>) -> std::io::Result<()> {
                         // The directory was removed or unmounted: no more news.
                         gone = true;
                     } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-                        added.push(name.to_owned());
+                        // A symlink is no object: reading it answers 404.
+                        if cstring(name.as_bytes()).is_ok_and(|c| !is_symlink_at(root.fd(), &c)) {
+                            added.push(name.to_owned());
+                        }
                     }
                 }
                 if !added.is_empty() && sink.blocking_send(TopLevelEvent::Added(added)).is_err() {
