@@ -54,6 +54,10 @@ impl HttpError {
                 }
                 CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                // Temporary, and said so with Retry-After; the one 5xx an upload can
+                // get without a server fault (old Nix clients do not retry a PUT, so
+                // bodies are streamed wherever possible to make it rare).
+                CacheError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
                 CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             },
@@ -72,6 +76,7 @@ impl HttpError {
             HttpError::Cache(CacheError::TooLarge { .. }) => "too_large",
             HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
             HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
+            HttpError::Cache(CacheError::MemoryBudget { .. }) => "memory_budget",
             HttpError::Cache(CacheError::Storage(StorageError::Full)) => "storage_full",
             HttpError::Cache(CacheError::Storage(StorageError::Io(_))) => "storage_error",
             HttpError::Cache(CacheError::BadKey(_))
@@ -85,7 +90,9 @@ impl HttpError {
     /// The answer: the status, and the reason as one line of text.
     pub fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        if matches!(self, HttpError::Cache(CacheError::MemoryBudget { .. })) {
+            tracing::warn!("{self}");
+        } else if status.is_server_error() {
             tracing::error!("{self}");
         }
         let mut body = self.to_string().replace('\n', " ");
@@ -124,6 +131,10 @@ impl HttpError {
                 | CacheError::TooLarge { .. }
                 | CacheError::Storage(StorageError::Full),
             ) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::Cache(CacheError::MemoryBudget { retry_after, .. }) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}
