@@ -22,6 +22,7 @@
   priority,
   logLevel,
   maxUploadSize,
+  memoryBudget,
   trustedPublicKeys,
   readUser,
   writeUser,
@@ -66,6 +67,7 @@ let
     NIX_STORED_PRIORITY = "priority";
     NIX_STORED_LOG_LEVEL = "logLevel";
     NIX_STORED_MAX_UPLOAD_SIZE = "maxUploadSize";
+    NIX_STORED_MEMORY_BUDGET = "memoryBudget";
     NIX_STORED_TRUSTED_PUBLIC_KEYS = "trustedPublicKeys";
     NIX_STORED_USER_READ = "readUser.name";
     NIX_STORED_USER_READ_PASSFILE = "readUser.passwordFile";
@@ -183,6 +185,8 @@ let
       "services.nix-stored.dataDir: ${dataDir} must be a directory below /var/lib (the service runs as a DynamicUser and only owns its StateDirectory); mount a disk there for a large cache"
     ++ optional (!(matches "[0-9]+ ?([KkMmGgTt](iB|B)?|B)?" maxUploadSize))
       "services.nix-stored.maxUploadSize: ${maxUploadSize} is not a size like 1073741824, 512M or 32G"
+    ++ optional (!(matches "0*[1-9][0-9]* ?([KkMmGgTt](iB|B)?|B)?" memoryBudget))
+      "services.nix-stored.memoryBudget: ${memoryBudget} is not a size like 268435456, 256M or 1G"
     ++ map (k: "services.nix-stored.trustedPublicKeys: ${k} is not a key like name:BASE64") (
       filter (k: !(matches "[^: ]+:[A-Za-z0-9+/]+={0,2}" k)) trustedPublicKeys
     )
@@ -212,6 +216,7 @@ let
       NIX_STORED_PRIORITY = toString priority;
       NIX_STORED_LOG_LEVEL = logLevel;
       NIX_STORED_MAX_UPLOAD_SIZE = maxUploadSize;
+      NIX_STORED_MEMORY_BUDGET = memoryBudget;
     }
     // optionalAttrs anonymousWrites {
       NIX_STORED_ANONYMOUS_WRITES = "true";

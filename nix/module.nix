@@ -121,6 +121,18 @@ in
       description = "Largest accepted upload, in bytes or with a K, M, G or T suffix (powers of 1024).";
     };
 
+    memoryBudget = mkOption {
+      type = types.str;
+      default = "256M";
+      example = "1G";
+      description = ''
+        Memory for client data the server holds whole (narinfo, realisation and
+        debuginfo bodies being validated, write blocks of uploads, the S3 narinfo
+        memo), in bytes or with a K, M, G or T suffix. An upload that would go
+        beyond it is refused with 503 and Retry-After.
+      '';
+    };
+
     trustedPublicKeys = mkOption {
       type = types.listOf types.str;
       default = [ ];

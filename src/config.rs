@@ -80,6 +80,12 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_MAX_UPLOAD_SIZE", default_value = "32G")]
     pub max_upload_size: String,
 
+    /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
+    /// being validated, the S3 narinfo memo), in bytes or with a K, M, G or T suffix.
+    /// An upload that would go beyond it is refused with 503 and Retry-After.
+    #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "256M")]
+    pub memory_budget: String,
+
     /// Space-separated public keys (`name:base64`, as in nix.conf's trusted-public-keys).
     /// When set, a narinfo upload must carry a valid signature by one of them.
     #[arg(long, env = "NIX_STORED_TRUSTED_PUBLIC_KEYS", default_value = "")]
@@ -241,6 +247,8 @@ pub struct Config {
     pub priority: i64,
     /// Upload size limit in bytes.
     pub max_upload_size: u64,
+    /// Bytes of client data held in memory at once.
+    pub memory_budget: u64,
     /// Keys uploads must be signed by.
     pub trusted_keys: Vec<TrustedPublicKey>,
     /// Nix store directory.
@@ -326,6 +334,14 @@ impl Config {
                 args.max_upload_size
             ))
         })?;
+        let memory_budget = parse_size(&args.memory_budget)
+            .filter(|&n| n > 0)
+            .ok_or_else(|| {
+                err(format!(
+                    "NIX_STORED_MEMORY_BUDGET {:?} is not a size like 268435456, 256M or 1G",
+                    args.memory_budget
+                ))
+            })?;
         let trusted_keys = args
             .trusted_public_keys
             .split_whitespace()
@@ -377,6 +393,7 @@ impl Config {
             metrics,
             priority,
             max_upload_size,
+            memory_budget,
             trusted_keys,
             store_dir,
             body_timeout: std::time::Duration::from_secs(args.body_timeout),
@@ -406,7 +423,7 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
             match &self.storage {
                 StorageConfig::Fs(p) => format!("fs:{}", p.display()),
                 StorageConfig::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
@@ -418,6 +435,7 @@ impl Config {
             self.metrics,
             self.priority,
             self.max_upload_size,
+            self.memory_budget,
             self.trusted_keys.len(),
             self.store_dir.as_str(),
             self.body_timeout.as_secs(),
@@ -746,6 +764,13 @@ mod tests {
         assert!(parse(&["--store-dir", "relative"]).is_err());
         assert!(parse(&["--header-timeout", "0"]).is_err());
         assert!(parse(&["--max-connections", "0"]).is_err());
+        assert!(parse(&["--memory-budget", "0"]).is_err());
+        assert!(parse(&["--memory-budget", "lots"]).is_err());
+        assert_eq!(
+            parse(&["--memory-budget", "64K"]).unwrap().memory_budget,
+            64 << 10
+        );
+        assert_eq!(parse(&[]).unwrap().memory_budget, 256 << 20);
         assert_eq!(
             parse(&["--max-connections", "7"]).unwrap().max_connections,
             Some(7)

@@ -3,6 +3,7 @@
 //! Layers, each only calling the one below: [`http`] (routing, auth, errors) →
 //! [`cache`] (keys, validation, ingest) → [`storage`] (backends behind one trait).
 
+pub mod budget;
 pub mod cache;
 pub mod config;
 pub mod http;
@@ -45,17 +46,20 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         );
     }
     tracing::info!("connection limit {max_connections} (open file limit {nofile})");
+    let budget = budget::Budget::new(config.memory_budget);
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Fs(path) => Arc::new(
-            FsStorage::open(path, config.store_dir.as_str()).map_err(|e| {
-                StartError(format!(
-                    "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
-                    path.display()
-                ))
-            })?,
+            FsStorage::open(path, config.store_dir.as_str())
+                .map_err(|e| {
+                    StartError(format!(
+                        "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
+                        path.display()
+                    ))
+                })?
+                .with_memory_budget(budget.clone()),
         ),
         StorageConfig::S3(settings) => Arc::new(
-            S3Storage::open(settings.clone(), config.store_dir.as_str())
+            S3Storage::open(settings.clone(), config.store_dir.as_str(), budget.clone())
                 .await
                 .map_err(StartError)?,
         ),
@@ -69,6 +73,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             max_upload_size: config.max_upload_size,
             trusted_keys: config.trusted_keys.clone(),
         },
+        budget,
     );
     cache.start_index();
     if config.metrics {

@@ -539,6 +539,41 @@ fn listings_must_be_json_objects() {
     assert_eq!(get(&s, &path).body, listing);
 }
 
+/// Listings are checked as they stream to storage: one broken deep inside megabytes
+/// (invalid UTF-8 in a name, a stray bracket, a second document) is refused with 400, leaves nothing
+/// pending, and does not touch the listing already stored under its key.
+#[test]
+fn a_listing_broken_after_megabytes_changes_nothing() {
+    let s = ServerBuilder::new().start();
+    let path = format!("/{}.ls", store_hash("long listing"));
+    let entries: String = (0..100_000)
+        .map(|n| format!("\"f{n:06}\":{{\"type\":\"regular\",\"size\":{n}}},"))
+        .collect();
+    let valid = format!("{{\"version\":1,\"root\":{{\"type\":\"directory\",\"entries\":{{{entries}\"z\":{{\"type\":\"symlink\",\"target\":\"x\"}}}}}}}}");
+    assert_eq!(put(&s, &path, valid.as_bytes()).status, 201);
+    // Half-way, where a key starts (megabytes into the body).
+    let key = valid.find("\"f050000\"").expect("the entry is there");
+    let with = |at: usize, bytes: &[u8]| {
+        [&valid.as_bytes()[..at], bytes, &valid.as_bytes()[at..]].concat()
+    };
+    let broken = [
+        with(key + 2, b"\xff"),
+        with(key, b"]"),
+        with(valid.len(), b"{}"),
+    ];
+    for body in &broken {
+        let r = put(&s, &path, body);
+        assert_eq!(r.status, 400, "{}", r.text());
+        assert!(r.text().contains("JSON object"), "{}", r.text());
+    }
+    assert_eq!(
+        get(&s, &path).body,
+        valid.as_bytes(),
+        "the stored listing is intact"
+    );
+    assert!(s.store.pending().is_empty(), "{:?}", s.store.pending());
+}
+
 #[test]
 fn content_encoding_is_refused() {
     let s = ServerBuilder::new().start();

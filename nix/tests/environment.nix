@@ -37,6 +37,7 @@ let
           NIX_STORED_PRIORITY = "30";
           NIX_STORED_LOG_LEVEL = "info";
           NIX_STORED_MAX_UPLOAD_SIZE = "32G";
+          NIX_STORED_MEMORY_BUDGET = "256M";
         };
         credentials = [ ];
         listen = "127.0.0.1:8100";
@@ -271,6 +272,23 @@ let
         true
         true
         true
+      ];
+    };
+
+    memory-budget-checked = {
+      actual = map (s: (with' { memoryBudget = s; }).problems == [ ]) [
+        "268435456"
+        "64K"
+        "1GiB"
+        "0"
+        "lots"
+      ];
+      expected = [
+        true
+        true
+        true
+        false
+        false
       ];
     };
 

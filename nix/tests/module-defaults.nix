@@ -8,6 +8,7 @@
   priority = 30;
   logLevel = "info";
   maxUploadSize = "32G";
+  memoryBudget = "256M";
   trustedPublicKeys = [ ];
   readUser = null;
   writeUser = null;

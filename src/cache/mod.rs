@@ -3,6 +3,7 @@
 
 pub mod index;
 pub mod ingest;
+pub mod json_check;
 pub mod key;
 pub mod narinfo;
 
@@ -29,6 +30,7 @@ use std::sync::Arc;
 use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
+use crate::budget::{Budget, Reservation};
 use crate::storage::{ObjectMeta, ObjectReader, Storage, StorageError};
 use key::{Kind, ObjectKey};
 
@@ -72,14 +74,34 @@ pub enum CacheError {
     /// The body could not be read (client gone, malformed framing).
     #[error("the request body could not be read: {0}")]
     BodyBroken(String),
+    /// Holding the body would take the server past its memory budget; other uploads
+    /// hold it now, so the same upload can succeed a little later.
+    #[error("the server's memory budget of {limit} bytes (NIX_STORED_MEMORY_BUDGET) is taken by other uploads; retry in {retry_after} s")]
+    MemoryBudget {
+        /// The budget, in bytes.
+        limit: u64,
+        /// Seconds after which a retry is worth it.
+        retry_after: u64,
+    },
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
 }
 
-/// Upper bound on a `.ls` listing, which is validated in memory: the listing of a
-/// store path with a hundred thousand files is about 10 MiB.
+/// Upper bound on a `.ls` listing (validated as it streams, in constant memory):
+/// the listing of a store path with a hundred thousand files is about 10 MiB.
 pub const MAX_LISTING_SIZE: u64 = 64 << 20;
+
+/// Seconds a client refused for lack of memory is told to wait: the buffers that
+/// take the budget are held for the time of one small upload.
+pub const MEMORY_RETRY_AFTER_SECS: u64 = 2;
+
+/// What [`Cache::precheck_upload`] grants an upload: the memory its body may be held
+/// in, for the kinds that are read whole.
+#[derive(Debug)]
+pub struct UploadPermit {
+    memory: Option<Reservation>,
+}
 
 /// The cache: validated access to a storage backend.
 pub struct Cache {
@@ -91,6 +113,7 @@ pub struct Cache {
     /// Serialises the read-merge-write of narinfo uploads per key (striped), so that
     /// two concurrent re-signings cannot drop each other's signature.
     narinfo_locks: Box<[tokio::sync::Mutex<()>]>,
+    budget: Arc<Budget>,
 }
 
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
@@ -124,8 +147,8 @@ impl StoredTotals {
 }
 
 impl Cache {
-    /// Creates the cache over `storage`.
-    pub fn new(storage: Arc<dyn Storage>, settings: CacheSettings) -> Self {
+    /// Creates the cache over `storage`; bodies held in memory draw from `budget`.
+    pub fn new(storage: Arc<dyn Storage>, settings: CacheSettings, budget: Arc<Budget>) -> Self {
         let cache_info = format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             settings.store_dir.as_str(),
@@ -140,6 +163,19 @@ impl Cache {
             narinfo_locks: (0..NARINFO_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            budget,
+        }
+    }
+
+    /// The memory budget shared by everything that holds client data in memory.
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.budget
+    }
+
+    fn out_of_memory(&self) -> CacheError {
+        CacheError::MemoryBudget {
+            limit: self.budget.limit(),
+            retry_after: MEMORY_RETRY_AFTER_SECS,
         }
     }
 
@@ -256,19 +292,30 @@ impl Cache {
     }
 
     /// Checks what can be checked before reading an upload's body, so that a client
-    /// can be refused before it sends (and loses) the body.
+    /// can be refused before it sends (and loses) the body. A body to be held whole
+    /// gets its declared size from the memory budget here (or grows its share as it
+    /// arrives, without a Content-Length).
     pub fn precheck_upload(
         &self,
         key: &ObjectKey,
         declared: Option<u64>,
-    ) -> Result<(), CacheError> {
+    ) -> Result<UploadPermit, CacheError> {
         let limit = self.upload_limit(key.kind());
         match declared {
-            Some(size) if size > limit => Err(CacheError::TooLarge { size, limit }),
+            Some(size) if size > limit => return Err(CacheError::TooLarge { size, limit }),
             // Never stored, so it needs no room.
-            _ if key.kind() == Kind::CacheInfo => Ok(()),
-            Some(size) => Ok(self.storage.ensure_room(size)?),
-            None => Ok(()),
+            _ if key.kind() == Kind::CacheInfo => {}
+            Some(size) => self.storage.ensure_room(size)?,
+            None => {}
         }
+        let memory = match key.kind() {
+            Kind::NarInfo | Kind::Realisation | Kind::DebugInfo => Some(
+                self.budget
+                    .try_reserve(declared.unwrap_or(0))
+                    .ok_or_else(|| self.out_of_memory())?,
+            ),
+            _ => None,
+        };
+        Ok(UploadPermit { memory })
     }
 }

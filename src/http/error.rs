@@ -66,6 +66,10 @@ impl HttpError {
                 CacheError::Conflict(_) => StatusCode::CONFLICT,
                 CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+                // Temporary, and said so with Retry-After; the one 5xx an upload can
+                // get without a server fault (old Nix clients do not retry a PUT, so
+                // bodies are streamed wherever possible to make it rare).
+                CacheError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
                 CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
                 // The cache directory's state conflicts with the write: a client
@@ -88,6 +92,7 @@ impl HttpError {
             HttpError::Cache(CacheError::TooLarge { .. }) => "too_large",
             HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
             HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
+            HttpError::Cache(CacheError::MemoryBudget { .. }) => "memory_budget",
             HttpError::Cache(CacheError::Storage(StorageError::Full)) => "storage_full",
             HttpError::Cache(CacheError::Storage(
                 StorageError::Io(_) | StorageError::Refused(_),
@@ -103,15 +108,18 @@ impl HttpError {
     /// The answer: the status, and the reason as one line of text.
     pub fn into_response(self) -> Response {
         let status = self.status();
-        // 507 says only "full"; every other server error hides its cause.
+        let budget = matches!(self, HttpError::Cache(CacheError::MemoryBudget { .. }));
+        // 507 says only "full" and a 503 for memory names only the setting; every
+        // other server error hides its cause (the access log writes it).
         let detail =
-            (status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE).then(|| {
-                ErrorDetail {
+            (status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE && !budget)
+                .then(|| ErrorDetail {
                     public: "internal server error",
                     detail: self.to_string(),
-                }
-            });
-        if let HttpError::Cache(CacheError::Storage(StorageError::Refused(_))) = &self {
+                });
+        if budget {
+            tracing::warn!("{self}");
+        } else if let HttpError::Cache(CacheError::Storage(StorageError::Refused(_))) = &self {
             tracing::error!("upload refused: {self}");
         }
         let mut body = match &detail {
@@ -156,6 +164,10 @@ impl HttpError {
                 | CacheError::TooLarge { .. }
                 | CacheError::Storage(StorageError::Full | StorageError::Refused(_)),
             ) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::Cache(CacheError::MemoryBudget { retry_after, .. }) => {
+                h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

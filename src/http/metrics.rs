@@ -112,7 +112,7 @@ const BUCKETS_US: [u64; 13] = [
 ];
 
 /// Why an upload was refused: the `reason` label.
-pub const REJECT_REASONS: [&str; 11] = [
+pub const REJECT_REASONS: [&str; 12] = [
     "unauthorized",
     "forbidden",
     "invalid_key",
@@ -124,6 +124,7 @@ pub const REJECT_REASONS: [&str; 11] = [
     "content_encoding",
     "storage_full",
     "storage_error",
+    "memory_budget",
 ];
 
 const N_ROUTES: usize = ROUTES.len();
@@ -217,8 +218,14 @@ impl Metrics {
     }
 
     /// The text exposition format (version 0.0.4). `stored` is (objects, bytes) once
-    /// counted; `narinfos` the size of the narinfo index when it is complete.
-    pub fn render(&self, stored: Option<(u64, u64)>, narinfos: Option<usize>) -> String {
+    /// counted; `narinfos` the size of the narinfo index when it is complete;
+    /// `memory` the memory budget's (size, bytes in use).
+    pub fn render(
+        &self,
+        stored: Option<(u64, u64)>,
+        narinfos: Option<usize>,
+        memory: (u64, u64),
+    ) -> String {
         let mut out = String::with_capacity(8192);
         let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
 
@@ -326,6 +333,22 @@ impl Metrics {
             self.in_flight.load(Ordering::Relaxed)
         );
 
+        let (budget, in_use) = memory;
+        header(
+            &mut out,
+            "nix_stored_memory_budget_bytes",
+            "gauge",
+            "Memory allowed for client data held whole (NIX_STORED_MEMORY_BUDGET).",
+        );
+        let _ = writeln!(out, "nix_stored_memory_budget_bytes {budget}");
+        header(
+            &mut out,
+            "nix_stored_memory_budget_in_use_bytes",
+            "gauge",
+            "Bytes of the memory budget taken by upload buffers and the S3 narinfo memo.",
+        );
+        let _ = writeln!(out, "nix_stored_memory_budget_in_use_bytes {in_use}");
+
         if let Some((objects, bytes)) = stored {
             header(
                 &mut out,
@@ -397,7 +420,7 @@ mod tests {
             elapsed: Duration::from_secs(60),
         });
         m.rejected("verification");
-        let text = m.render(Some((3, 4096)), None);
+        let text = m.render(Some((3, 4096)), None, (1 << 20, 4096));
         drop(guard);
         for line in [
             "nix_stored_requests_total{route=\"narinfo\",method=\"GET\",status=\"404\"} 1",
@@ -413,6 +436,8 @@ mod tests {
             "nix_stored_requests_in_flight 1",
             "nix_stored_stored_objects 3",
             "nix_stored_stored_bytes 4096",
+            "nix_stored_memory_budget_bytes 1048576",
+            "nix_stored_memory_budget_in_use_bytes 4096",
         ] {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }

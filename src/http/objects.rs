@@ -247,7 +247,7 @@ async fn put(
         .and_then(|v| v.parse::<u64>().ok());
     // Everything decidable without the body is decided before reading it: a client
     // that sent `Expect: 100-continue` then keeps its body and can retry.
-    app.cache.precheck_upload(key, declared)?;
+    let permit = app.cache.precheck_upload(key, declared)?;
 
     let Some(body) = body.take() else {
         return Err(HttpError::Cache(crate::cache::CacheError::BodyBroken(
@@ -268,7 +268,7 @@ async fn put(
             }
         },
     ));
-    let status = match app.cache.put(key, body).await? {
+    let status = match app.cache.put(key, permit, body).await? {
         PutOutcome::Created => StatusCode::CREATED,
         PutOutcome::Replaced | PutOutcome::Ignored => StatusCode::NO_CONTENT,
     };

@@ -243,6 +243,7 @@ fn object_path(route: &ObjectRoute) -> Value {
             ("413", "The body is larger than the limit for this kind of object"),
             ("415", "The body is content-encoded; upload it without Content-Encoding"),
             ("500", "The storage failed; nothing was stored"),
+            ("503", "The memory budget (NIX_STORED_MEMORY_BUDGET) is taken by other uploads; nothing was stored, retry after Retry-After seconds"),
             ("507", "The storage is full; nothing was stored"),
         ],
     );

@@ -22,7 +22,8 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     };
     let cache = &app.cache;
     let narinfos = cache.index().is_complete().then(|| cache.index().len());
-    let text = app.metrics.render(cache.stored().get(), narinfos);
+    let memory = (cache.budget().limit(), cache.budget().in_use());
+    let text = app.metrics.render(cache.stored().get(), narinfos, memory);
     let mut resp = answer(
         req.method(),
         StatusCode::OK,

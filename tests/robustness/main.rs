@@ -15,3 +15,4 @@ mod crash;
 mod disk;
 mod input;
 mod load;
+mod memory;

@@ -36,6 +36,7 @@ use super::{
     ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
     Usage,
 };
+use crate::budget::{Budget, Reservation};
 
 /// Name of the directory holding uploads in progress. Starts with a dot, which no
 /// cache key can, so it is never served.
@@ -47,6 +48,7 @@ pub struct FsStorage {
     /// `<root>/.tmp`, checked to be a real directory at start.
     tmp: Arc<File>,
     reader: read::Reader,
+    budget: Option<Arc<Budget>>,
 }
 
 impl FsStorage {
@@ -92,7 +94,15 @@ impl FsStorage {
             reader: read::Reader::new(root.clone())?,
             root,
             tmp: Arc::new(tmp),
+            budget: None,
         })
+    }
+
+    /// Takes the write blocks of uploads from `budget`; without one, every upload
+    /// gets a full block.
+    pub fn with_memory_budget(mut self, budget: Arc<Budget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     fn check_key(key: &str) -> std::io::Result<()> {
@@ -246,9 +256,21 @@ impl Storage for FsStorage {
             0o666,
         )
         .map_err(StorageError::from_io)?;
+        // A full block per upload only while at most half the budget is in use: a
+        // hundred concurrent uploads would otherwise hold a hundred blocks, and bodies
+        // that must be held whole (narinfos) would find the budget taken.
+        let (block, memory) = match &self.budget {
+            None => (WRITE_BLOCK, None),
+            Some(b) => match b.try_reserve_below(WRITE_BLOCK as u64, b.limit() / 2) {
+                Some(r) => (WRITE_BLOCK, Some(r)),
+                None => (SMALL_WRITE_BLOCK, None),
+            },
+        };
         Ok(Box::new(FsUpload {
             file: Some(File::from(file)),
-            buf: Vec::with_capacity(WRITE_BLOCK),
+            buf: Vec::new(),
+            block,
+            _memory: memory,
             written: 0,
             tmp: self.tmp.clone(),
             temp,
@@ -438,11 +460,18 @@ const LIST_BATCH: usize = 4096;
 /// Request bodies arrive in chunks of a few KiB; writing each one through the
 /// blocking pool would cost a thread hop per chunk. Batch them into blocks this big.
 const WRITE_BLOCK: usize = 1024 * 1024;
+/// The block of an upload that found no room for a [`WRITE_BLOCK`] in the memory
+/// budget: more thread hops, but never a refusal for want of memory.
+const SMALL_WRITE_BLOCK: usize = 64 * 1024;
 
 /// An upload staged in `<root>/.tmp/`.
 struct FsUpload {
     file: Option<File>,
+    /// Bytes not yet written; holds at most `block` bytes.
     buf: Vec<u8>,
+    block: usize,
+    /// The block's share of the memory budget, when it is a full one.
+    _memory: Option<Reservation>,
     /// Bytes written to the file so far.
     written: u64,
     tmp: Arc<File>,
@@ -506,10 +535,19 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 
 #[async_trait]
 impl Upload for FsUpload {
-    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
-        self.buf.extend_from_slice(chunk);
-        if self.buf.len() >= WRITE_BLOCK {
-            self.flush_block().await?;
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
+        // Filled to the block exactly: a chunk crossing the block's end would make
+        // `extend` double the buffer.
+        while !chunk.is_empty() {
+            if self.buf.capacity() < self.block {
+                self.buf.reserve_exact(self.block - self.buf.len());
+            }
+            let take = chunk.len().min(self.block - self.buf.len());
+            self.buf.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.buf.len() >= self.block {
+                self.flush_block().await?;
+            }
         }
         Ok(())
     }
@@ -616,6 +654,43 @@ mod tests {
             .unwrap();
         assert_eq!(&bytes[..], b"wo!");
         assert_eq!(fs.stat("nar/a.nar").await.unwrap().unwrap().size, 4);
+    }
+
+    #[tokio::test]
+    async fn write_blocks_come_from_the_budget_while_it_has_room() {
+        let root = temp_root("budget");
+        let budget = Budget::new(2 * WRITE_BLOCK as u64 + 1000);
+        let fs = FsStorage::open(&root, "/nix/store")
+            .unwrap()
+            .with_memory_budget(budget.clone());
+        let data: Vec<u8> = (0..3 * WRITE_BLOCK + 12345)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut first = fs.begin_upload("nar/a.nar").await.unwrap();
+        assert_eq!(budget.in_use(), WRITE_BLOCK as u64, "a full block");
+        let mut second = fs.begin_upload("nar/b.nar").await.unwrap();
+        assert_eq!(
+            budget.in_use(),
+            WRITE_BLOCK as u64,
+            "no room: a small block"
+        );
+        // Chunks that straddle block ends, and one larger than a block.
+        for part in [
+            &data[..1000],
+            &data[1000..WRITE_BLOCK + 7],
+            &data[WRITE_BLOCK + 7..],
+        ] {
+            for chunk in part.chunks(300_001) {
+                first.write(chunk).await.unwrap();
+                second.write(chunk).await.unwrap();
+            }
+        }
+        assert!(first.commit().await.unwrap());
+        assert_eq!(budget.in_use(), 0, "given back at commit");
+        assert!(second.commit().await.unwrap());
+        for key in ["nar/a.nar", "nar/b.nar"] {
+            assert_eq!(std::fs::read(root.join(key)).unwrap(), data, "{key}");
+        }
     }
 
     #[tokio::test]

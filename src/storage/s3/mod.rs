@@ -33,6 +33,7 @@ mod credentials;
 mod memo;
 
 use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
+use crate::budget::Budget;
 
 /// Objects up to this size are read whole and answered in one write, as by the
 /// directory backend.
@@ -97,15 +98,19 @@ impl S3Storage {
     /// Builds the client, then checks once that the bucket answers with these
     /// credentials: reads `nix-cache-info`, and writes it when absent so the bucket is
     /// also a valid cache for Nix's own S3 store. A refusal is an error naming the
-    /// setting to look at.
-    pub async fn open(settings: S3Settings, store_dir: &str) -> std::result::Result<Self, String> {
-        let storage = Self::build(settings)?;
+    /// setting to look at. The narinfo memo draws from `budget`.
+    pub async fn open(
+        settings: S3Settings,
+        store_dir: &str,
+        budget: Arc<Budget>,
+    ) -> std::result::Result<Self, String> {
+        let storage = Self::build(settings, budget)?;
         storage.check(store_dir).await?;
         Ok(storage)
     }
 
     /// The client alone, without contacting the bucket.
-    fn build(settings: S3Settings) -> std::result::Result<Self, String> {
+    fn build(settings: S3Settings, budget: Arc<Budget>) -> std::result::Result<Self, String> {
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
@@ -170,7 +175,7 @@ impl S3Storage {
         };
         Ok(S3Storage {
             store,
-            memo: Arc::new(memo::Memo::new(settings.narinfo_ttl)),
+            memo: Arc::new(memo::Memo::new(settings.narinfo_ttl, budget)),
             settings,
             key_prefix,
         })
@@ -411,8 +416,9 @@ impl Storage for S3Storage {
         }
         if !s.narinfo_ttl.is_zero() {
             d.push_str(&format!(
-                "; narinfos kept in memory up to {} ms",
-                s.narinfo_ttl.as_millis()
+                "; narinfos kept in memory up to {} ms, in at most {} bytes",
+                s.narinfo_ttl.as_millis(),
+                self.memo.max_bytes()
             ));
         }
         d
@@ -612,7 +618,7 @@ mod tests {
                 .unwrap(),
             path: Path::from("x"),
             key: "x".into(),
-            memo: Arc::new(memo::Memo::new(Duration::ZERO)),
+            memo: Arc::new(memo::Memo::new(Duration::ZERO, Budget::new(0))),
             buf: Vec::new(),
             multipart: None,
             parts: JoinSet::new(),
