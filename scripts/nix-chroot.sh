@@ -4,8 +4,8 @@
 #
 #   scripts/nix-chroot.sh [DIR]
 #       Prepares the chroot in DIR (default /var/cache/nix-stored-test/trixie) and
-#       prints DIR on stdout. Building it from scratch (debootstrap, then nix-bin)
-#       takes about three minutes; it is reused on later runs once complete (the
+#       prints DIR on stdout. Building it from scratch (debootstrap, then nix-bin,
+#       about 420 MB) takes one to three minutes with a fast mirror; it is reused on later runs once complete (the
 #       stamp DIR/.nix-stored-complete is written last, a DIR without it is rebuilt).
 #       Mounts proc and /dev inside when not mounted yet, so calling it again is
 #       harmless.
@@ -75,7 +75,7 @@ build() {
     rm -rf --one-file-system "$dir"
   fi
   mkdir -p "$(dirname "$dir")"
-  echo "nix-chroot.sh: debootstrap trixie into $dir (about three minutes, once)" >&2
+  echo "nix-chroot.sh: debootstrap trixie into $dir (one to three minutes, once)" >&2
   debootstrap --variant=minbase trixie "$dir" "$MIRROR" >&2
   mount_all "$dir"
   cp /etc/resolv.conf "$dir/etc/resolv.conf"
@@ -112,7 +112,7 @@ mkdir -p "$(dirname "$dir")"
 exec 9>"$dir.lock"
 flock 9
 case "$cmd" in
-  umount) [ -d "$dir" ] && unmount_all "$dir" ;;
+  umount) if [ -d "$dir" ]; then unmount_all "$dir"; fi ;;
   prepare)
     [ -f "$dir/$STAMP" ] || build "$dir"
     mount_all "$dir"

@@ -1,9 +1,12 @@
 //! End to end with the real Nix client (Debian's nix-bin): uploads with `nix copy --to`,
 //! substitution back with signature checks, logs, basic auth through a netrc file, and
-//! the directory as a `file://` cache in both directions.
+//! the directory as a `file://` cache in both directions. Each test runs twice: with the
+//! host's Nix 2.8 (Debian 12) and with Nix 2.26 in the Debian 13 chroot that
+//! `scripts/nix-chroot.sh` prepares (`NIX_STORED_TEST_NIX_CHROOT`).
 //!
-//! Skipped (with a message) when `nix` is missing, unless NIX_STORED_REQUIRE_NIX=1,
-//! which the project's test command sets so that CI can never skip them silently.
+//! Skipped (with a message) when `nix` or the chroot is missing, unless
+//! NIX_STORED_REQUIRE_NIX=1, which the project's test command sets so that CI can never
+//! skip them silently.
 
 mod common;
 
