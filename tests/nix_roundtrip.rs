@@ -1,22 +1,26 @@
 //! End to end with the real Nix client (Debian's nix-bin): uploads with `nix copy --to`,
 //! substitution back with signature checks, logs, basic auth through a netrc file, and
-//! the directory as a `file://` cache in both directions.
+//! the directory as a `file://` cache in both directions. Each test runs twice: with the
+//! host's Nix 2.8 (Debian 12) and with Nix 2.26 in the Debian 13 chroot that
+//! `scripts/nix-chroot.sh` prepares (`NIX_STORED_TEST_NIX_CHROOT`).
 //!
-//! Skipped (with a message) when `nix` is missing, unless NIX_STORED_REQUIRE_NIX=1,
-//! which the project's test command sets so that CI can never skip them silently.
+//! Skipped (with a message) when `nix` or the chroot is missing, unless
+//! NIX_STORED_REQUIRE_NIX=1, which the project's test command sets so that CI can never
+//! skip them silently.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use common::*;
 
 /// Nix store mutations (builds, deletions) of parallel tests would contend for the
-/// store's locks; the tests take turns.
-static STORE: Mutex<()> = Mutex::new(());
+/// store's locks; the tests of one client take turns (the two clients have a store each).
+static HOST_STORE: Mutex<()> = Mutex::new(());
+static CHROOT_STORE: Mutex<()> = Mutex::new(());
 
 const NIX_CONF: &str = "build-users-group =
 experimental-features = nix-command
@@ -43,17 +47,63 @@ let
   data = mk "data-${tag}" "echo data-${tag} > $out";
   lib = mk "lib-${tag}" "mkdir $out; echo building lib-${tag}; echo ${data} > $out/ref";
   app = mk "app-${tag}" "mkdir -p $out/bin; echo building app-${tag}; echo 'uses ${lib}' > $out/bin/app; head -c 8192 /dev/zero >> $out/bin/app";
-in app
+  # Six leaves nothing else refers to, under one root: a closure whose paths a client
+  # may upload side by side.
+  leaves = map (i: mk "leaf${toString i}-${tag}" "mkdir $out; echo leaf${toString i}-${tag} > $out/x; head -c 65536 /dev/zero >> $out/x") [ 1 2 3 4 5 6 ];
+  wide = mk "wide-${tag}" "mkdir $out; echo ${toString leaves} > $out/leaves";
+in { inherit app wide; }
 "#;
 
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
+/// Which Nix drives a test: the host's (Debian 12, Nix 2.8) or the one in the Debian 13
+/// chroot that `scripts/nix-chroot.sh` prepares (Nix 2.26).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Client {
+    Host,
+    Chroot,
+}
+
+/// The chroot of the Nix 2.26 client: `NIX_STORED_TEST_NIX_CHROOT` (scripts/test.sh sets
+/// it), else the script's default directory when it is complete. Its mounts are made
+/// once per test binary (the script is idempotent).
+fn chroot_dir() -> Option<&'static PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("NIX_STORED_TEST_NIX_CHROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/nix-stored-test/trixie"));
+        if !dir.join(".nix-stored-complete").is_file() {
+            return None;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nix-chroot.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .expect("run scripts/nix-chroot.sh");
+        assert!(
+            out.status.success(),
+            "scripts/nix-chroot.sh {}: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(dir)
+    })
+    .as_ref()
+}
+
 /// A Nix client configured for the tests: its own nix.conf, a fresh client-side
 /// cache for every call (Nix remembers hits and misses across calls otherwise).
 struct Nix {
+    client: Client,
+    /// `/` for the host's client, the chroot's directory for the other.
+    root: PathBuf,
+    /// The working directory, as the client sees it.
     work: PathBuf,
     /// The CA file Nix trusts for HTTPS (`NIX_SSL_CERT_FILE`: Nix 2.8 has no
-    /// `ssl-cert-file` setting yet, later versions read the variable too).
+    /// `ssl-cert-file` setting yet, later versions read the variable too), as the
+    /// client sees it.
     ca_file: Option<String>,
     _turn: MutexGuard<'static, ()>,
 }
@@ -68,20 +118,45 @@ struct Closure {
 }
 
 impl Nix {
-    fn new() -> Option<Nix> {
-        let have_nix = Command::new("nix").arg("--version").output().is_ok();
-        if !have_nix {
-            assert!(
-                std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() != Ok("1"),
-                "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
-            );
-            eprintln!(
-                "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
-            );
-            return None;
-        }
-        let turn = STORE.lock().unwrap_or_else(|e| e.into_inner());
-        let work = temp_dir("nix");
+    fn new(client: Client) -> Option<Nix> {
+        let required = std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() == Ok("1");
+        let (root, turn) = match client {
+            Client::Host => {
+                let have_nix = Command::new("nix").arg("--version").output().is_ok();
+                if !have_nix {
+                    assert!(
+                        !required,
+                        "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!(
+                        "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
+                    );
+                    return None;
+                }
+                (PathBuf::from("/"), &HOST_STORE)
+            }
+            Client::Chroot => match chroot_dir() {
+                Some(dir) => (dir.clone(), &CHROOT_STORE),
+                None => {
+                    assert!(
+                        !required,
+                        "the Nix 2.26 chroot is missing (run scripts/nix-chroot.sh) but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!("SKIPPED: no Nix 2.26 chroot (run scripts/nix-chroot.sh as root)");
+                    return None;
+                }
+            },
+        };
+        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nix = Nix {
+            client,
+            root,
+            work: PathBuf::new(),
+            ca_file: None,
+            _turn: turn,
+        };
+        nix.work = nix.temp_dir("nix");
+        let work = nix.host(&nix.work);
         std::fs::create_dir_all(work.join("conf")).unwrap();
         std::fs::write(work.join("conf/nix.conf"), NIX_CONF).unwrap();
         let bin = work.join("bb/bin");
@@ -91,33 +166,94 @@ impl Nix {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
-        Some(Nix {
-            work,
-            ca_file: None,
-            _turn: turn,
-        })
+        Some(nix)
+    }
+
+    /// Nix 2.26 or later (the chroot's client).
+    fn newer(&self) -> bool {
+        self.client == Client::Chroot
+    }
+
+    /// Where a path the client sees (`/nix/store/…`, its working directory) is on the host.
+    fn host(&self, client_path: impl AsRef<Path>) -> PathBuf {
+        let p = client_path.as_ref();
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// A fresh directory the client can read and write; the path as the client sees it.
+    /// (The chroot's lies below its `/tmp`, where the servers on the host reach it too.)
+    fn temp_dir(&self, tag: &str) -> PathBuf {
+        let host_dir = temp_dir(tag);
+        if self.client == Client::Host {
+            return host_dir;
+        }
+        std::fs::remove_dir(&host_dir).unwrap();
+        let inside = Path::new("/tmp").join(host_dir.file_name().unwrap());
+        std::fs::create_dir_all(self.host(&inside)).unwrap();
+        inside
+    }
+
+    /// A copy of a host file the client can read; the path as the client sees it.
+    fn import_file(&self, host_file: &Path) -> String {
+        let inside = self.work.join(host_file.file_name().unwrap());
+        std::fs::copy(host_file, self.host(&inside)).unwrap();
+        inside.display().to_string()
+    }
+
+    fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let conf = self.work.join("conf");
+        let xdg = self.work.join(format!("xdg-{n}"));
+        match self.client {
+            Client::Host => {
+                let mut cmd = Command::new(prog);
+                cmd.args(args)
+                    .current_dir(&self.work)
+                    .env("NIX_CONF_DIR", conf)
+                    .env("XDG_CACHE_HOME", xdg)
+                    .env_remove("SSL_CERT_FILE")
+                    .env_remove("NIX_SSL_CERT_FILE");
+                if let Some(ca) = &self.ca_file {
+                    cmd.env("NIX_SSL_CERT_FILE", ca);
+                }
+                cmd
+            }
+            Client::Chroot => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(&self.root).args([
+                    "/usr/bin/env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root",
+                ]);
+                cmd.arg(format!("NIX_CONF_DIR={}", conf.display()))
+                    .arg(format!("XDG_CACHE_HOME={}", xdg.display()));
+                if let Some(ca) = &self.ca_file {
+                    cmd.arg(format!("NIX_SSL_CERT_FILE={ca}"));
+                }
+                cmd.args(["bash", "-c", r#"cd "$0" && exec "$@""#])
+                    .arg(&self.work)
+                    .arg(prog)
+                    .args(args);
+                cmd
+            }
+        }
     }
 
     fn run(&self, prog: &str, args: &[&str]) -> Output {
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let mut cmd = Command::new(prog);
-        cmd.args(args)
-            .current_dir(&self.work)
-            .env("NIX_CONF_DIR", self.work.join("conf"))
-            .env("XDG_CACHE_HOME", self.work.join(format!("xdg-{n}")))
-            .env_remove("SSL_CERT_FILE")
-            .env_remove("NIX_SSL_CERT_FILE");
-        if let Some(ca) = &self.ca_file {
-            cmd.env("NIX_SSL_CERT_FILE", ca);
-        }
-        let out = cmd.output().unwrap();
+        let out = self.command(prog, args).output().unwrap();
+        self.log(prog, args, &out);
+        out
+    }
+
+    fn log(&self, prog: &str, args: &[&str], out: &Output) {
         eprintln!(
-            "$ {prog} {} -> {}\n{}",
+            "$ [{:?}] {prog} {} -> {}\n{}",
+            self.client,
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim_end()
         );
-        out
     }
 
     /// Runs a command that must succeed; returns its stdout.
@@ -134,7 +270,8 @@ impl Nix {
         String::from_utf8_lossy(&out.stderr).into_owned()
     }
 
-    fn build(&self) -> Closure {
+    /// Builds the closure's attribute `attr` (`app` or `wide`) with a fresh tag.
+    fn build_attr(&self, attr: &str) -> Closure {
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
         let tag = format!(
             "t{}x{n}x{}",
@@ -145,7 +282,10 @@ impl Nix {
                 .as_nanos()
                 % 1_000_000_007
         );
-        let drv = self.ok("nix-instantiate", &["closure.nix", "--argstr", "tag", &tag]);
+        let drv = self.ok(
+            "nix-instantiate",
+            &["closure.nix", "-A", attr, "--argstr", "tag", &tag],
+        );
         let app = self.ok("nix-store", &["-r", &drv]);
         let paths = self
             .ok("nix-store", &["-qR", &app])
@@ -161,17 +301,22 @@ impl Nix {
         }
     }
 
-    /// A signing key pair: (secret key file, public key).
+    fn build(&self) -> Closure {
+        self.build_attr("app")
+    }
+
+    /// A signing key pair: (secret key file as the client sees it, public key).
     fn keys(&self) -> (String, String) {
         let sk = self.ok("nix", &["key", "generate-secret", "--key-name", "test-1"]);
         let file = self.work.join("sk");
-        std::fs::write(&file, &sk).unwrap();
-        let out = Command::new("nix")
-            .args(["key", "convert-secret-to-public"])
-            .env("NIX_CONF_DIR", self.work.join("conf"))
-            .stdin(std::fs::File::open(&file).unwrap())
+        std::fs::write(self.host(&file), &sk).unwrap();
+        let args = ["key", "convert-secret-to-public"];
+        let out = self
+            .command("nix", &args)
+            .stdin(std::fs::File::open(self.host(&file)).unwrap())
             .output()
             .unwrap();
+        self.log("nix", &args, &out);
         assert!(out.status.success());
         (
             file.display().to_string(),
@@ -197,17 +342,39 @@ impl Nix {
             .success()
     }
 
+    /// Writes a file into the working directory; its path as the client sees it.
     fn write(&self, name: &str, text: &str) -> String {
         let p = self.work.join(name);
-        std::fs::write(&p, text).unwrap();
+        std::fs::write(self.host(&p), text).unwrap();
         p.display().to_string()
+    }
+
+    fn app_contents(&self, c: &Closure) -> String {
+        std::fs::read_to_string(self.host(Path::new(&c.app).join("bin/app"))).unwrap()
     }
 }
 
 impl Drop for Nix {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_dir_all(self.host(&self.work));
     }
+}
+
+/// Every test below that drives Nix runs once with each client: `<test>::nix_2_8` with
+/// the host's Nix 2.8, `<test>::nix_2_26` with the chroot's Nix 2.26.
+macro_rules! with_both_clients {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn nix_2_8() {
+                super::$test(super::Client::Host)
+            }
+            #[test]
+            fn nix_2_26() {
+                super::$test(super::Client::Chroot)
+            }
+        }
+    )*};
 }
 
 /// Peak resident memory (VmHWM) of a process, in KiB.
@@ -218,10 +385,6 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap()
-}
-
-fn app_contents(c: &Closure) -> String {
-    std::fs::read_to_string(Path::new(&c.app).join("bin/app")).unwrap()
 }
 
 /// `nix-store` arguments that realise `path` from the substituter `url` alone,
@@ -239,9 +402,8 @@ fn realise_args<'a>(path: &'a str, url: &'a str, pk: &'a str) -> [&'a str; 8] {
     ]
 }
 
-#[test]
-fn zstd_upload_with_listings_and_log_then_substitution() {
-    let Some(nix) = Nix::new() else { return };
+fn zstd_upload_with_listings_and_log_then_substitution(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let s = ServerBuilder::new().start();
     let c = nix.build();
     let (sk, pk) = nix.keys();
@@ -263,22 +425,21 @@ fn zstd_upload_with_listings_and_log_then_substitution() {
         .iter()
         .any(|f| f.starts_with("log/") && f.ends_with(".drv")));
 
-    let before = app_contents(&c);
+    let before = nix.app_contents(&c);
     nix.delete(&c);
     nix.ok("nix-store", &realise_args(&c.app, &url, &pk));
-    assert_eq!(app_contents(&c), before);
+    assert_eq!(nix.app_contents(&c), before);
     let log = nix.ok("nix", &["log", "--store", &url, &c.app]);
     assert!(log.contains(&format!("building app-{}", c.tag)), "{log}");
 }
 
-#[test]
-fn xz_and_uncompressed_round_trips_with_copy_from() {
-    let Some(nix) = Nix::new() else { return };
+fn xz_and_uncompressed_round_trips_with_copy_from(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let (sk, pk) = nix.keys();
     for (compression, ext) in [("xz", ".nar.xz"), ("none", ".nar")] {
         let s = ServerBuilder::new().start();
         let c = nix.build();
-        let before = app_contents(&c);
+        let before = nix.app_contents(&c);
         nix.copy_to(
             &format!("{}?compression={compression}&secret-key={sk}", s.url()),
             &c.app,
@@ -304,31 +465,37 @@ fn xz_and_uncompressed_round_trips_with_copy_from() {
             ],
         );
         assert!(nix.valid(&c.app));
-        assert_eq!(app_contents(&c), before);
+        assert_eq!(nix.app_contents(&c), before);
     }
 }
 
-#[test]
-fn unsigned_uploads_are_not_substituted_with_require_sigs() {
-    let Some(nix) = Nix::new() else { return };
+fn unsigned_uploads_are_not_substituted_with_require_sigs(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let s = ServerBuilder::new().start();
     let c = nix.build();
     let (_, pk) = nix.keys();
     nix.copy_to(&format!("{}?compression=zstd", s.url()), &c.app);
     nix.delete(&c);
-    nix.fails("nix-store", &realise_args(&c.app, &s.url(), &pk));
+    let err = nix.fails("nix-store", &realise_args(&c.app, &s.url(), &pk));
+    // 2.8: "the substitute for '…' from '…' is not signed by any of the keys in
+    // 'trusted-public-keys'"; 2.26: "ignoring substitute for '…' from '…', as it's not
+    // signed by any of the keys in 'trusted-public-keys'"; both then fail the build.
+    assert!(
+        err.contains("not signed by any of the keys in 'trusted-public-keys'"),
+        "{err}"
+    );
     assert!(!nix.valid(&c.app));
 }
 
-#[test]
-fn basic_auth_through_a_netrc_file() {
-    let Some(nix) = Nix::new() else { return };
-    let passfile = nix.write("write-pass", "w-secret\n");
+fn basic_auth_through_a_netrc_file(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    // The server, on the host, reads its password file where the client wrote it.
+    let passfile = nix.host(nix.write("write-pass", "w-secret\n"));
     let s = ServerBuilder::new()
         .env("NIX_STORED_USER_READ", "reader")
         .env("NIX_STORED_USER_READ_PASS", "r-secret")
         .env("NIX_STORED_USER_WRITE", "writer")
-        .env("NIX_STORED_USER_WRITE_PASSFILE", &passfile)
+        .env("NIX_STORED_USER_WRITE_PASSFILE", passfile.to_str().unwrap())
         .start();
     let writer = nix.write(
         "netrc-writer",
@@ -391,14 +558,12 @@ fn basic_auth_through_a_netrc_file() {
     assert!(nix.valid(&c.app));
 }
 
-/// Copies every object of `store` into a fresh directory.
-fn export(store: &Store) -> PathBuf {
-    let dir = temp_dir("export");
-    let out = Store::Dir(dir.clone());
+/// Copies every object of `store` into the directory `dir` (on the host).
+fn export(store: &Store, dir: &Path) {
+    let out = Store::Dir(dir.to_owned());
     for key in store.files() {
         out.write(&key, &store.read(&key).expect("listed object"));
     }
-    dir
 }
 
 /// The objects Nix wrote to `dir`, put into `store` as they are.
@@ -412,9 +577,8 @@ fn import(dir: &Path, store: &Store) {
 /// which writes the same keys): what the server stored, Nix reads, and what Nix wrote,
 /// the server serves. For S3 the objects go between the bucket and a directory
 /// unchanged, because Debian's Nix is built without its S3 store.
-#[test]
-fn the_store_directory_is_a_file_cache_both_ways() {
-    let Some(nix) = Nix::new() else { return };
+fn the_store_directory_is_a_file_cache_both_ways(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let (sk, pk) = nix.keys();
 
     // What the server stored, read by Nix as a file:// cache.
@@ -425,9 +589,14 @@ fn the_store_directory_is_a_file_cache_both_ways() {
         &c.app,
     );
     nix.delete(&c);
-    let exported = match &s.store {
-        Store::Dir(d) => d.clone(),
-        other => export(other),
+    // The store as it is when the client can read it, else a copy where it can.
+    let (exported, copied) = match &s.store {
+        Store::Dir(d) if client == Client::Host => (d.clone(), false),
+        other => {
+            let dir = nix.temp_dir("export");
+            export(other, &nix.host(&dir));
+            (dir, true)
+        }
     };
     let file_url = format!("file://{}", exported.display());
     nix.ok(
@@ -443,24 +612,25 @@ fn the_store_directory_is_a_file_cache_both_ways() {
         ],
     );
     assert!(nix.valid(&c.app));
-    if !matches!(s.store, Store::Dir(_)) {
-        let _ = std::fs::remove_dir_all(&exported);
+    if copied {
+        let _ = std::fs::remove_dir_all(nix.host(&exported));
     }
 
     // What Nix wrote to a directory (or a bucket), served as it is.
-    let dir = temp_dir("filecache");
+    let dir = nix.temp_dir("filecache");
     let c2 = nix.build();
     nix.copy_to(
         &format!("file://{}?compression=xz&secret-key={sk}", dir.display()),
         &c2.app,
     );
+    let host_dir = nix.host(&dir);
     let store = match Store::fresh("nixwritten") {
         Store::Dir(d) => {
             let _ = std::fs::remove_dir_all(&d);
-            Store::Dir(dir.clone())
+            Store::Dir(host_dir.clone())
         }
         bucket => {
-            import(&dir, &bucket);
+            import(&host_dir, &bucket);
             bucket
         }
     };
@@ -469,14 +639,13 @@ fn the_store_directory_is_a_file_cache_both_ways() {
     nix.ok("nix-store", &realise_args(&c2.app, &s2.url(), &pk));
     assert!(nix.valid(&c2.app));
     drop(s2);
-    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::remove_dir_all(&host_dir).unwrap();
 }
 
 /// Several servers in front of one store: a closure uploaded through one is
 /// substituted through the other at once (no memory of either hides it).
-#[test]
-fn two_servers_on_one_store() {
-    let Some(nix) = Nix::new() else { return };
+fn two_servers_on_one_store(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let (sk, pk) = nix.keys();
     let store = Store::fresh("shared");
     let a = ServerBuilder::new().store(&store).start();
@@ -513,21 +682,144 @@ fn two_servers_on_one_store() {
     store.remove();
 }
 
+/// A closure of six independent leaves under one root: Nix 2.26 uploads independent
+/// paths side by side (2.8 one after the other). Each leaf's narinfo must still find
+/// its NAR, the root's must find the leaves', and all of it substitutes back.
+fn wide_closure_uploads_and_substitutes(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let s = ServerBuilder::new().start();
+    let (sk, pk) = nix.keys();
+    let c = nix.build_attr("wide");
+    assert_eq!(c.paths.len(), 7, "{:?}", c.paths);
+    nix.copy_to(
+        &format!("{}?compression=zstd&secret-key={sk}", s.url()),
+        &c.app,
+    );
+    let files = s.store.files();
+    for p in &c.paths {
+        let hash = p
+            .trim_start_matches("/nix/store/")
+            .split('-')
+            .next()
+            .unwrap();
+        assert!(
+            files.contains(&format!("{hash}.narinfo")),
+            "{p} missing: {files:?}"
+        );
+    }
+    assert_eq!(s.store.nars().len(), 7);
+
+    nix.delete(&c);
+    nix.ok("nix-store", &realise_args(&c.app, &s.url(), &pk));
+    for p in &c.paths {
+        assert!(nix.valid(p), "{p} not substituted");
+    }
+}
+
+/// The client's view of the server's `nix-cache-info`: `nix store ping` in 2.8,
+/// renamed `nix store info` in 2.26 (where `ping` is a deprecated alias).
+fn store_info_through_the_client(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let s = ServerBuilder::new().start();
+    let url = s.url();
+    let sub = if nix.newer() { "info" } else { "ping" };
+    let out = nix.run("nix", &["store", sub, "--store", &url]);
+    assert!(out.status.success(), "nix store {sub} failed");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains(&format!("Store URL: {url}")), "{text}");
+}
+
+/// `nix path-info --json --store URL`: a stored path is described from its narinfo;
+/// for a path the cache lacks, both exit 0: 2.8 says `"valid": false`, 2.26 `null`.
+fn path_info_json_of_stored_and_missing_paths(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let s = ServerBuilder::new().start();
+    let c = nix.build();
+    nix.copy_to(&format!("{}?compression=xz", s.url()), &c.app);
+    let url = s.url();
+    let json = nix.ok("nix", &["path-info", "--json", "--store", &url, &c.app]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("path-info JSON");
+    // 2.8: an array of objects with a "path"; 2.26: an object keyed by path.
+    let info = if nix.newer() {
+        v.get(&c.app).cloned().expect("keyed by path")
+    } else {
+        v.as_array()
+            .and_then(|a| a.first())
+            .cloned()
+            .expect("array")
+    };
+    assert!(
+        info["narHash"].as_str().is_some_and(|h| !h.is_empty()),
+        "{json}"
+    );
+    assert!(info["narSize"].as_u64().is_some_and(|n| n > 8192), "{json}");
+    let lib = c.paths.iter().find(|p| p.contains("-lib-")).unwrap();
+    assert!(
+        info["references"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x
+                .as_str()
+                .is_some_and(|x| x.ends_with(lib.trim_start_matches("/nix/store/"))))),
+        "{json}"
+    );
+
+    let missing = format!("/nix/store/{}-missing", &store_hash("path-info-missing"));
+    let out = nix.run("nix", &["path-info", "--json", "--store", &url, &missing]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    if nix.newer() {
+        assert!(
+            out.status.success(),
+            "2.26 path-info of a missing path failed"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("path-info JSON");
+        assert_eq!(v.get(&missing), Some(&serde_json::Value::Null), "{stdout}");
+    } else {
+        assert!(
+            out.status.success(),
+            "2.8 path-info of a missing path failed"
+        );
+        let v: serde_json::Value = serde_json::from_str(&stdout).expect("path-info JSON");
+        assert_eq!(
+            v,
+            serde_json::json!([{ "path": missing, "valid": false }]),
+            "{stdout}"
+        );
+    }
+}
+
+with_both_clients!(
+    zstd_upload_with_listings_and_log_then_substitution,
+    xz_and_uncompressed_round_trips_with_copy_from,
+    unsigned_uploads_are_not_substituted_with_require_sigs,
+    basic_auth_through_a_netrc_file,
+    the_store_directory_is_a_file_cache_both_ways,
+    two_servers_on_one_store,
+    wide_closure_uploads_and_substitutes,
+    store_info_through_the_client,
+    path_info_json_of_stored_and_missing_paths,
+    substitution_through_presigned_redirects,
+    two_gib_nar_streams_through_in_constant_memory,
+    https_upload_and_substitution_over_http2,
+);
+
 /// With NIX_STORED_S3_REDIRECT, NAR downloads are redirects to presigned URLs, which
 /// Nix follows: the NAR bytes come from the bucket, not through the server.
-#[test]
-fn substitution_through_presigned_redirects() {
+fn substitution_through_presigned_redirects(client: Client) {
     if s3_only("presigned redirects are an S3 setting") {
         return;
     }
-    let Some(nix) = Nix::new() else { return };
+    let Some(nix) = Nix::new(client) else { return };
     let (sk, pk) = nix.keys();
     let s = ServerBuilder::new()
         .env("NIX_STORED_S3_REDIRECT", "true")
         .env("NIX_STORED_S3_REDIRECT_EXPIRY", "60")
         .start();
     let c = nix.build();
-    let before = app_contents(&c);
+    let before = nix.app_contents(&c);
     nix.copy_to(
         &format!("{}?compression=zstd&secret-key={sk}", s.url()),
         &c.app,
@@ -561,7 +853,7 @@ fn substitution_through_presigned_redirects() {
 
     nix.delete(&c);
     nix.ok("nix-store", &realise_args(&c.app, &s.url(), &pk));
-    assert_eq!(app_contents(&c), before);
+    assert_eq!(nix.app_contents(&c), before);
     // Every NAR Nix fetched was a redirect (request lines are written in batches:
     // wait for the last ones).
     let nar_gets_logged = || s.log().matches("GET /nar/").count();
@@ -604,23 +896,22 @@ fn redirects_need_the_read_password() {
 
 /// A 2 GiB path up and down through the server: its memory must not grow with the
 /// NAR (the server streams). Nix 2.8 itself holds the whole NAR in memory to upload.
-#[test]
-fn two_gib_nar_streams_through_in_constant_memory() {
+fn two_gib_nar_streams_through_in_constant_memory(client: Client) {
     if std::env::var("NIX_STORED_LARGE_TESTS").as_deref() != Ok("1") {
         eprintln!("SKIPPED: set NIX_STORED_LARGE_TESTS=1 for the 2 GiB round trip");
         return;
     }
-    let Some(nix) = Nix::new() else { return };
+    let Some(nix) = Nix::new(client) else { return };
     let s = ServerBuilder::new().start();
     let big = nix.work.join(format!("big-{}", std::process::id()));
     let status = Command::new("head")
         .args(["-c", "2G", "/dev/urandom"])
-        .stdout(std::fs::File::create(&big).unwrap())
+        .stdout(std::fs::File::create(nix.host(&big)).unwrap())
         .status()
         .unwrap();
     assert!(status.success());
     let path = nix.ok("nix-store", &["--add", big.to_str().unwrap()]);
-    std::fs::remove_file(&big).unwrap();
+    std::fs::remove_file(nix.host(&big)).unwrap();
     let started = std::time::Instant::now();
     nix.copy_to(&format!("{}?compression=none", s.url()), &path);
     let up = started.elapsed();
@@ -635,7 +926,7 @@ fn two_gib_nar_streams_through_in_constant_memory() {
     let down = started.elapsed();
     let peak = peak_rss_kib(s.pid());
     eprintln!(
-        "2 GiB NAR: upload {:.1}s, download+import {:.1}s, server peak RSS {} KiB after upload, {} KiB after download",
+        "2 GiB NAR, {client:?} client: upload {:.1}s, download+import {:.1}s, server peak RSS {} KiB after upload, {} KiB after download",
         up.as_secs_f64(),
         down.as_secs_f64(),
         after_upload,
@@ -651,15 +942,16 @@ fn two_gib_nar_streams_through_in_constant_memory() {
 
 /// HTTPS with a self-signed certificate: Nix trusts it through `NIX_SSL_CERT_FILE`
 /// (and refuses it without), and its curl negotiates HTTP/2 for uploads and lookups.
-#[test]
-fn https_upload_and_substitution_over_http2() {
-    let Some(mut nix) = Nix::new() else { return };
+fn https_upload_and_substitution_over_http2(client: Client) {
+    let Some(mut nix) = Nix::new(client) else {
+        return;
+    };
     let certs = temp_dir("nix-tls");
     let cert = tls::TestCert::generate(&certs, "nix-stored-test", tls::KeyFormat::Pkcs8Ec);
     let s = ServerBuilder::new().tls(&cert).start();
     let url = s.url();
     assert!(url.starts_with("https://127.0.0.1:"), "{url}");
-    let ca = cert.cert.to_str().unwrap().to_owned();
+    let ca = nix.import_file(&cert.cert);
     let c = nix.build();
     let (sk, pk) = nix.keys();
     let to = format!("{url}?compression=zstd&secret-key={sk}");
@@ -677,7 +969,7 @@ fn https_upload_and_substitution_over_http2() {
         3
     );
 
-    let before = app_contents(&c);
+    let before = nix.app_contents(&c);
     nix.delete(&c);
     let subst = realise_args(c.app.as_str(), url.as_str(), pk.as_str());
     nix.ca_file = None;
@@ -685,7 +977,7 @@ fn https_upload_and_substitution_over_http2() {
     assert!(!nix.valid(&c.app));
     nix.ca_file = Some(ca);
     nix.ok("nix-store", &subst);
-    assert_eq!(app_contents(&c), before);
+    assert_eq!(nix.app_contents(&c), before);
 
     // Every request Nix made came over HTTP/2: uploads, lookups and NAR downloads.
     let http2 = |log: &str, method: &str, suffix: &str| {
