@@ -418,7 +418,7 @@ fn wrong_passwords_are_throttled() {
         .start();
     let right = common::basic(READ_USER, READ_PASS);
     // As fast as one client goes: keep-alive where the server allows it.
-    let mut guesser = Conn::new(s.addr).from_local(HOME);
+    let mut guesser = Conn::new(s.addr).with_local(HOME);
     let (mut checked, mut throttled, mut other) = (0u64, 0u64, Vec::new());
     let mut first_statuses = Vec::new();
     let mut last_throttled: Option<(Instant, common::Response)> = None;
@@ -449,7 +449,7 @@ fn wrong_passwords_are_throttled() {
     }
     // Right credentials from another address: not affected.
     let other_address = Conn::new(s.addr)
-        .from_local(OTHER)
+        .with_local(OTHER)
         .with_auth(&right)
         .get("/nix-cache-info")
         .map(|r| r.status);
@@ -471,7 +471,7 @@ fn wrong_passwords_are_throttled() {
     }
     let last_checked = last_checked.expect("no attempt regained within 5 s");
     let same_address_now = Conn::new(s.addr)
-        .from_local(HOME)
+        .with_local(HOME)
         .with_auth(&right)
         .get("/nix-cache-info")
         .map(|r| r.status);
@@ -485,17 +485,17 @@ fn wrong_passwords_are_throttled() {
         .unwrap_or(0);
     std::thread::sleep(Duration::from_secs(retry_after));
     let same_address_later = Conn::new(s.addr)
-        .from_local(HOME)
+        .with_local(HOME)
         .with_auth(&right)
         .get("/nix-cache-info")
         .map(|r| r.status);
     let after_success = Conn::new(s.addr)
-        .from_local(HOME)
+        .with_local(HOME)
         .with_auth(&common::basic(READ_USER, "typo"))
         .get("/nix-cache-info")
         .map(|r| r.status);
     let metrics = Conn::new(s.addr)
-        .from_local(OTHER)
+        .with_local(OTHER)
         .with_auth(&right)
         .get("/metrics")
         .map(|r| r.text())

@@ -244,7 +244,7 @@ impl Conn {
     }
 
     /// Connects from `local` (see [`connect_from`]).
-    pub fn from_local(mut self, local: Ipv4Addr) -> Self {
+    pub fn with_local(mut self, local: Ipv4Addr) -> Self {
         self.local = Some(local);
         self
     }
