@@ -620,9 +620,12 @@ async fn serve_h2(
     mut stop: tokio::sync::watch::Receiver<()>,
 ) -> hyper::Result<()> {
     let activity = Arc::new(Activity::new());
-    // Set by an answer that ends the connection in HTTP/1.1 (`Connection: close`, as
-    // after a 401 or 403): HTTP/2 has no such header, the connection is closed
+    // Set by a refusal (401, 403, 429), which ends an HTTP/1.1 connection with
+    // `Connection: close`: HTTP/2 has no such header, the connection is closed
     // gracefully instead (GOAWAY: streams in progress finish, new ones go elsewhere).
+    // An upload whose body broke closes an HTTP/1.1 connection too, but only because
+    // the rest of the body cannot be skipped there; in HTTP/2 that is the stream's
+    // business, and the other uploads on the connection go on.
     let closing = Arc::new(Notify::new());
     let service = {
         let activity = Arc::clone(&activity);
@@ -638,10 +641,11 @@ async fn serve_h2(
                 if head {
                     without_body(&mut resp);
                 }
-                if let Some(v) = resp.headers_mut().remove(hyper::header::CONNECTION) {
-                    if v.as_bytes().eq_ignore_ascii_case(b"close") {
-                        closing.notify_one();
-                    }
+                // Connection-specific headers are not HTTP/2's (hyper would drop it
+                // with a warning).
+                resp.headers_mut().remove(hyper::header::CONNECTION);
+                if refuses_the_client(resp.status()) {
+                    closing.notify_one();
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
@@ -678,6 +682,17 @@ async fn serve_h2(
     tokio::time::timeout(H2_CLOSE_TIMEOUT, conn)
         .await
         .unwrap_or(Ok(()))
+}
+
+/// Whether an answer refuses the client itself (its credentials, or its rights), after
+/// which its connection is not kept: a refused client must not hold a slot.
+fn refuses_the_client(status: hyper::StatusCode) -> bool {
+    matches!(
+        status,
+        hyper::StatusCode::UNAUTHORIZED
+            | hyper::StatusCode::FORBIDDEN
+            | hyper::StatusCode::TOO_MANY_REQUESTS
+    )
 }
 
 /// Turns a GET answer into the HEAD answer. hyper's HTTP/1 side drops the body of an
