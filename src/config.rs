@@ -115,6 +115,18 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
+    /// Most connections one client address may have open; more are answered 503 and
+    /// closed. Default: a quarter of the connection limit, at least 32 and at most 256.
+    /// IPv4-mapped IPv6 addresses count as the IPv4 address.
+    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS")]
+    pub max_connections_per_address: Option<usize>,
+
+    /// Wrong credentials a client address (an IPv6 /64) may send in a row; after that it
+    /// regains one attempt per second, and requests with credentials are answered 429
+    /// (with Retry-After) unchecked meanwhile. A correct login resets it. 0: no limit.
+    #[arg(long, env = "NIX_STORED_MAX_AUTH_FAILURES", default_value = "10")]
+    pub max_auth_failures: u32,
+
     /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
     pub shutdown_timeout: u64,
@@ -259,6 +271,11 @@ pub struct Config {
     pub header_timeout: std::time::Duration,
     /// Connection limit set explicitly; `None` derives it from the descriptor limit.
     pub max_connections: Option<usize>,
+    /// Per-address connection limit set explicitly; `None` derives it from the
+    /// connection limit.
+    pub max_connections_per_address: Option<usize>,
+    /// Wrong credentials in a row per client network before throttling (0: never).
+    pub max_auth_failures: u32,
     /// Grace period on shutdown.
     pub shutdown_timeout: std::time::Duration,
     /// HTTPS certificate and key; `None` serves plain HTTP.
@@ -381,6 +398,11 @@ impl Config {
         if args.max_connections == Some(0) {
             return Err(err("NIX_STORED_MAX_CONNECTIONS must be at least 1"));
         }
+        if args.max_connections_per_address == Some(0) {
+            return Err(err(
+                "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS must be at least 1",
+            ));
+        }
         Ok(Config {
             storage,
             path: args.path,
@@ -399,6 +421,8 @@ impl Config {
             body_timeout: std::time::Duration::from_secs(args.body_timeout),
             header_timeout: std::time::Duration::from_secs(args.header_timeout),
             max_connections: args.max_connections,
+            max_connections_per_address: args.max_connections_per_address,
+            max_auth_failures: args.max_auth_failures,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             tls,
         })
@@ -423,7 +447,7 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} shutdown_timeout={}s tls={}",
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={}",
             match &self.storage {
                 StorageConfig::Fs(p) => format!("fs:{}", p.display()),
                 StorageConfig::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
@@ -442,6 +466,9 @@ impl Config {
             self.header_timeout.as_secs(),
             self.max_connections
                 .map_or("auto".to_owned(), |n| n.to_string()),
+            self.max_connections_per_address
+                .map_or("auto".to_owned(), |n| n.to_string()),
+            self.max_auth_failures,
             self.shutdown_timeout.as_secs(),
             tls,
         )
@@ -771,6 +798,14 @@ mod tests {
             64 << 10
         );
         assert_eq!(parse(&[]).unwrap().memory_budget, 256 << 20);
+        assert!(parse(&["--max-connections-per-address", "0"]).is_err());
+        assert_eq!(parse(&[]).unwrap().max_auth_failures, 10);
+        assert_eq!(
+            parse(&["--max-connections-per-address", "3"])
+                .unwrap()
+                .max_connections_per_address,
+            Some(3)
+        );
         assert_eq!(
             parse(&["--max-connections", "7"]).unwrap().max_connections,
             Some(7)

@@ -45,7 +45,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
             "NIX_STORED_MAX_CONNECTIONS {max_connections} may need more file descriptors than the limit of {nofile}: raise LimitNOFILE"
         );
     }
-    tracing::info!("connection limit {max_connections} (open file limit {nofile})");
+    let max_connections_per_address =
+        server::per_address_limit(config.max_connections_per_address, max_connections);
+    tracing::info!(
+        "connection limit {max_connections}, {max_connections_per_address} per client address (open file limit {nofile})"
+    );
     let budget = budget::Budget::new(config.memory_budget);
     let storage: Arc<dyn Storage> = match &config.storage {
         StorageConfig::Fs(path) => Arc::new(
@@ -117,6 +121,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let app = Arc::new(AppState {
         cache,
         auth,
+        throttle: http::throttle::AuthThrottle::new(config.max_auth_failures),
         body_timeout: config.body_timeout,
         cache_policy,
         metrics: http::metrics::Metrics::default(),
@@ -127,6 +132,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         header_timeout: config.header_timeout,
         write_stall_timeout: config.body_timeout,
         max_connections,
+        max_connections_per_address,
         grace: config.shutdown_timeout,
     };
     match tls {

@@ -1,5 +1,7 @@
 //! Accepting connections, per-connection limits, and graceful shutdown.
 
+mod address_slots;
+
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -14,11 +16,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::http::body::Body;
+use crate::http::client::ClientAddr;
+use crate::http::metrics::Metrics;
 use crate::http::AppState;
 use crate::tls::Tls;
+use address_slots::{AddressSlot, AddressSlots};
 
 /// Connection limit when none is configured and descriptors allow it.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
@@ -29,6 +34,18 @@ const RESERVED_FDS: u64 = 64;
 /// Descriptors a connection can hold at once: its socket, and the object it
 /// streams or the temporary file it uploads into (HTTP/1 has one request at a time).
 const FDS_PER_CONNECTION: u64 = 2;
+/// Bounds of the default per-address connection limit, a quarter of the connection
+/// limit: one Nix process opens up to 25 connections (`http-connections`), and every
+/// nix-daemon worker has its own; 256 holds ten of them behind one address (a CI
+/// runner with parallel jobs, a NAT).
+const PER_ADDRESS_FLOOR: usize = 32;
+const PER_ADDRESS_CEILING: usize = 256;
+/// Connections over their address's limit being answered at once; more are closed
+/// unanswered. They hold descriptors but no connection slot.
+const REFUSALS_AT_ONCE: usize = 64;
+/// How long a connection over its address's limit gets to send a request and take
+/// its 503, TLS handshake included.
+const REFUSAL_TIME: Duration = Duration::from_secs(2);
 
 /// How connections are served.
 #[derive(Debug, Clone, Copy)]
@@ -40,6 +57,8 @@ pub struct ServeOptions {
     pub write_stall_timeout: Duration,
     /// Most connections served at once.
     pub max_connections: usize,
+    /// Most connections served at once per client address.
+    pub max_connections_per_address: usize,
     /// How long in-flight requests get after SIGTERM/SIGINT.
     pub grace: Duration,
 }
@@ -78,6 +97,46 @@ pub fn connection_limit(configured: Option<usize>, nofile: u64) -> usize {
     configured.unwrap_or_else(|| DEFAULT_MAX_CONNECTIONS.min(fits))
 }
 
+/// The per-address connection limit: `configured` if set, else a quarter of
+/// `max_connections` within [`PER_ADDRESS_FLOOR`] and [`PER_ADDRESS_CEILING`].
+pub fn per_address_limit(configured: Option<usize>, max_connections: usize) -> usize {
+    configured
+        .unwrap_or_else(|| (max_connections / 4).clamp(PER_ADDRESS_FLOOR, PER_ADDRESS_CEILING))
+        .max(1)
+}
+
+/// The limits connections are admitted under.
+struct Limits {
+    slots: Arc<Semaphore>,
+    per_address: Arc<AddressSlots>,
+    refusals: Arc<Semaphore>,
+}
+
+impl Limits {
+    fn new(options: &ServeOptions) -> Self {
+        Limits {
+            slots: Arc::new(Semaphore::new(options.max_connections)),
+            per_address: AddressSlots::new(options.max_connections_per_address),
+            refusals: Arc::new(Semaphore::new(REFUSALS_AT_ONCE)),
+        }
+    }
+}
+
+/// Where an accepted connection stands; what it holds is given back when it ends.
+enum Admission {
+    /// Served, with its places under the connection limit and its address's.
+    Served(OwnedSemaphorePermit, AddressSlot),
+    /// Over its address's limit: answered 503 and closed.
+    Refused(OwnedSemaphorePermit),
+}
+
+/// A connection taken from the listener.
+struct Accepted {
+    io: WriteStallGuard<TcpStream>,
+    client: ClientAddr,
+    admission: Admission,
+}
+
 /// Whether `limit` connections can run out of descriptors under `nofile`.
 pub fn limit_exceeds_descriptors(limit: usize, nofile: u64) -> bool {
     (limit as u64).saturating_mul(FDS_PER_CONNECTION) + RESERVED_FDS > nofile
@@ -87,13 +146,19 @@ pub fn limit_exceeds_descriptors(limit: usize, nofile: u64) -> bool {
 /// At the limit the loop stops accepting, and new connections wait in the kernel's
 /// backlog until a connection ends (idle ones end after the header timeout), instead
 /// of failing on a missing descriptor in the middle of a request.
+///
+/// A connection from an address that has its limit open is refused: it gives its slot
+/// back at once, and is answered 503 by [`refuse_http1`] or [`refuse_tls`] (or closed
+/// unanswered when many refusals are in progress already).
 async fn next_connection(
     listener: &TcpListener,
-    slots: &Arc<Semaphore>,
+    limits: &Limits,
     options: &ServeOptions,
+    metrics: &Metrics,
     shutdown: &mut Pin<&mut impl Future<Output = ()>>,
-) -> Option<(WriteStallGuard<TcpStream>, OwnedSemaphorePermit)> {
+) -> Option<Accepted> {
     loop {
+        let slots = &limits.slots;
         if slots.available_permits() == 0 {
             tracing::warn!(
                 "{} connections open, the NIX_STORED_MAX_CONNECTIONS limit: new connections wait until one ends",
@@ -109,12 +174,32 @@ async fn next_connection(
             _ = shutdown.as_mut() => return None,
         };
         match accepted {
-            Ok((stream, _)) => {
+            Ok((stream, peer)) => {
+                let client = ClientAddr::of(peer);
+                let admission = match limits.per_address.acquire(client.ip()) {
+                    Some(place) => Admission::Served(slot, place),
+                    None => {
+                        metrics.connection_refused();
+                        drop(slot);
+                        let Ok(refusal) = limits.refusals.clone().try_acquire_owned() else {
+                            tracing::debug!(
+                                "connection from {client} closed: over NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS, and {REFUSALS_AT_ONCE} refusals in progress"
+                            );
+                            continue;
+                        };
+                        tracing::debug!(
+                            "connection from {client} refused: {} open, the NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS limit",
+                            options.max_connections_per_address
+                        );
+                        Admission::Refused(refusal)
+                    }
+                };
                 let _ = stream.set_nodelay(true);
-                return Some((
-                    WriteStallGuard::new(stream, options.write_stall_timeout),
-                    slot,
-                ));
+                return Some(Accepted {
+                    io: WriteStallGuard::new(stream, options.write_stall_timeout),
+                    client,
+                    admission,
+                });
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off, keep serving.
@@ -142,13 +227,33 @@ pub async fn serve(
         // stored with no answer sent.
         .half_close(true)
         .keep_alive(true);
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let refusing = Arc::new(refusal_http1());
+    let limits = Limits::new(&options);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    while let Some((io, slot)) = next_connection(&listener, &slots, &options, &mut shutdown).await {
+    while let Some(accepted) =
+        next_connection(&listener, &limits, &options, &app.metrics, &mut shutdown).await
+    {
+        let Accepted {
+            io,
+            client,
+            admission,
+        } = accepted;
+        let held = match admission {
+            Admission::Served(slot, place) => (slot, place),
+            Admission::Refused(refusal) => {
+                tokio::spawn(refuse_http1(
+                    TokioIo::new(io),
+                    Arc::clone(&refusing),
+                    refusal,
+                ));
+                continue;
+            }
+        };
         let app = app.clone();
-        let service = service_fn(move |req| {
+        let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            req.extensions_mut().insert(client);
             async move { Ok::<_, Infallible>(crate::http::serve_request(app, req).await) }
         });
         let conn = http.serve_connection(TokioIo::new(io), service);
@@ -157,12 +262,78 @@ pub async fn serve(
             if let Err(e) = conn.await {
                 tracing::debug!("connection ended: {e}");
             }
-            drop(slot);
+            drop(held);
         });
     }
     drop(listener);
     drain(options.grace, graceful.shutdown()).await;
     Ok(())
+}
+
+/// The HTTP/1 side of a refused connection: one request, no keep-alive.
+fn refusal_http1() -> hyper::server::conn::http1::Builder {
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(REFUSAL_TIME)
+        .half_close(true)
+        .keep_alive(false);
+    http1
+}
+
+/// Answers a connection over its address's limit with 503 and `Retry-After` (an
+/// answer Nix reports, and retries, where a reset would read as a network failure),
+/// then closes it; within [`REFUSAL_TIME`] whatever the client does.
+async fn refuse_http1<I>(
+    io: I,
+    http1: Arc<hyper::server::conn::http1::Builder>,
+    _refusal: OwnedSemaphorePermit,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+{
+    let service =
+        service_fn(|_req| async { Ok::<_, Infallible>(crate::http::too_many_connections()) });
+    let _ = tokio::time::timeout(REFUSAL_TIME, http1.serve_connection(io, service)).await;
+}
+
+/// [`refuse_http1`] over TLS: HTTP/2 streams get the 503 too, and the connection is
+/// closed gracefully after the first.
+async fn refuse_tls(
+    stream: WriteStallGuard<TcpStream>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    protocols: Arc<Protocols>,
+    refusal: OwnedSemaphorePermit,
+) {
+    let refused = async {
+        let Ok(stream) = acceptor.accept(stream).await else {
+            return;
+        };
+        if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+            let http1 = Arc::new(refusal_http1());
+            return refuse_http1(TokioIo::new(stream), http1, refusal).await;
+        }
+        let answered = Arc::new(Notify::new());
+        let service = {
+            let answered = Arc::clone(&answered);
+            service_fn(move |_req| {
+                answered.notify_one();
+                let mut resp = crate::http::too_many_connections();
+                resp.headers_mut().remove(hyper::header::CONNECTION);
+                async move { Ok::<_, Infallible>(resp) }
+            })
+        };
+        let conn = protocols
+            .http2
+            .serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(conn);
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = answered.notified() => {}
+        }
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    };
+    let _ = tokio::time::timeout(REFUSAL_TIME, refused).await;
 }
 
 /// Announces the shutdown and waits up to `grace` for `in_flight` (the connections).
@@ -341,17 +512,37 @@ pub async fn serve_tls(
     // `GracefulShutdown` cannot be used here because an idle HTTP/2 connection must
     // also be shut down gracefully on its own.
     let (stop, _) = tokio::sync::watch::channel(());
-    let slots = Arc::new(Semaphore::new(options.max_connections));
+    let limits = Limits::new(&options);
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
-    while let Some((io, slot)) = next_connection(&listener, &slots, &options, &mut shutdown).await {
+    while let Some(accepted) =
+        next_connection(&listener, &limits, &options, &app.metrics, &mut shutdown).await
+    {
+        let Accepted {
+            io,
+            client,
+            admission,
+        } = accepted;
+        let held = match admission {
+            Admission::Served(slot, place) => (slot, place),
+            Admission::Refused(refusal) => {
+                tokio::spawn(refuse_tls(
+                    io,
+                    tls.acceptor().clone(),
+                    Arc::clone(&protocols),
+                    refusal,
+                ));
+                continue;
+            }
+        };
         tokio::spawn(tls_connection(
             io,
             tls.acceptor().clone(),
             Arc::clone(&protocols),
             Arc::clone(&app),
             stop.subscribe(),
-            slot,
+            client,
+            held,
         ));
     }
     drop(listener);
@@ -367,8 +558,9 @@ async fn tls_connection(
     protocols: Arc<Protocols>,
     app: Arc<AppState>,
     mut stop: tokio::sync::watch::Receiver<()>,
-    // Held for the connection's life: its place under the connection limit.
-    _slot: OwnedSemaphorePermit,
+    client: ClientAddr,
+    // Held for the connection's life: its places under the connection limits.
+    _held: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let handshake = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
     let stream = tokio::select! {
@@ -386,9 +578,9 @@ async fn tls_connection(
         _ = stop.changed() => return,
     };
     let result = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-        serve_h2(stream, &protocols.http2, protocols.idle, app, stop).await
+        serve_h2(stream, &protocols.http2, protocols.idle, app, client, stop).await
     } else {
-        serve_h1(stream, &protocols.http1, app, stop).await
+        serve_h1(stream, &protocols.http1, app, client, stop).await
     };
     if let Err(e) = result {
         tracing::debug!("connection ended: {e}");
@@ -401,10 +593,12 @@ async fn serve_h1(
     stream: TlsStream,
     http1: &hyper::server::conn::http1::Builder,
     app: Arc<AppState>,
+    client: ClientAddr,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) -> hyper::Result<()> {
-    let service = service_fn(move |req| {
+    let service = service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
         let app = app.clone();
+        req.extensions_mut().insert(client);
         async move { Ok::<_, Infallible>(crate::http::serve_request(app, req).await) }
     });
     let conn = http1.serve_connection(TokioIo::new(stream), service);
@@ -422,19 +616,36 @@ async fn serve_h2(
     http2: &hyper::server::conn::http2::Builder<TokioExecutor>,
     idle: Duration,
     app: Arc<AppState>,
+    client: ClientAddr,
     mut stop: tokio::sync::watch::Receiver<()>,
 ) -> hyper::Result<()> {
     let activity = Arc::new(Activity::new());
+    // Set by a refusal (401, 403, 429), which ends an HTTP/1.1 connection with
+    // `Connection: close`: HTTP/2 has no such header, the connection is closed
+    // gracefully instead (GOAWAY: streams in progress finish, new ones go elsewhere).
+    // An upload whose body broke closes an HTTP/1.1 connection too, but only because
+    // the rest of the body cannot be skipped there; in HTTP/2 that is the stream's
+    // business, and the other uploads on the connection go on.
+    let closing = Arc::new(Notify::new());
     let service = {
         let activity = Arc::clone(&activity);
-        service_fn(move |req| {
+        let closing = Arc::clone(&closing);
+        service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
             let app = app.clone();
+            let closing = Arc::clone(&closing);
             let stream = activity.begin();
             let head = req.method() == hyper::Method::HEAD;
+            req.extensions_mut().insert(client);
             async move {
                 let mut resp = crate::http::serve_request(app, req).await;
                 if head {
                     without_body(&mut resp);
+                }
+                // Connection-specific headers are not HTTP/2's (hyper would drop it
+                // with a warning).
+                resp.headers_mut().remove(hyper::header::CONNECTION);
+                if refuses_the_client(resp.status()) {
+                    closing.notify_one();
                 }
                 Ok::<_, Infallible>(resp.map(|body| Tracked {
                     body,
@@ -453,6 +664,13 @@ async fn serve_h2(
             conn.as_mut().graceful_shutdown();
             return conn.await;
         }
+        _ = closing.notified() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                done = conn.as_mut() => return done,
+                _ = stop.changed() => return conn.await,
+            }
+        }
         _ = activity.idle(idle) => {}
     }
     if !activity.any_request() {
@@ -464,6 +682,17 @@ async fn serve_h2(
     tokio::time::timeout(H2_CLOSE_TIMEOUT, conn)
         .await
         .unwrap_or(Ok(()))
+}
+
+/// Whether an answer refuses the client itself (its credentials, or its rights), after
+/// which its connection is not kept: a refused client must not hold a slot.
+fn refuses_the_client(status: hyper::StatusCode) -> bool {
+    matches!(
+        status,
+        hyper::StatusCode::UNAUTHORIZED
+            | hyper::StatusCode::FORBIDDEN
+            | hyper::StatusCode::TOO_MANY_REQUESTS
+    )
 }
 
 /// Turns a GET answer into the HEAD answer. hyper's HTTP/1 side drops the body of an
@@ -582,6 +811,14 @@ mod tests {
         assert_eq!(connection_limit(Some(50_000), 1024), 50_000);
         assert!(limit_exceeds_descriptors(50_000, 1024));
         assert!(!limit_exceeds_descriptors(480, 1024));
+    }
+
+    #[test]
+    fn per_address_limit_is_a_quarter_within_bounds() {
+        assert_eq!(per_address_limit(None, DEFAULT_MAX_CONNECTIONS), 256);
+        assert_eq!(per_address_limit(None, 480), 120);
+        assert_eq!(per_address_limit(None, 20), 32);
+        assert_eq!(per_address_limit(Some(4), 10_000), 4);
     }
 
     #[tokio::test(start_paused = true)]

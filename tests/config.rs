@@ -26,6 +26,8 @@ const VARIABLES: &[&str] = &[
     "NIX_STORED_BODY_TIMEOUT",
     "NIX_STORED_HEADER_TIMEOUT",
     "NIX_STORED_MAX_CONNECTIONS",
+    "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS",
+    "NIX_STORED_MAX_AUTH_FAILURES",
     "NIX_STORED_SHUTDOWN_TIMEOUT",
     "NIX_STORED_TLS_CERT",
     "NIX_STORED_TLS_KEY",
@@ -198,6 +200,7 @@ fn other_bad_values() {
         ("NIX_STORED_BODY_TIMEOUT", "0"),
         ("NIX_STORED_HEADER_TIMEOUT", "0"),
         ("NIX_STORED_MAX_CONNECTIONS", "0"),
+        ("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", "0"),
     ];
     for (var, value) in cases {
         refuses(
@@ -217,6 +220,8 @@ fn timeouts_that_are_not_numbers() {
         ("NIX_STORED_SHUTDOWN_TIMEOUT", "soon"),
         ("NIX_STORED_HEADER_TIMEOUT", "never"),
         ("NIX_STORED_MAX_CONNECTIONS", "many"),
+        ("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", "many"),
+        ("NIX_STORED_MAX_AUTH_FAILURES", "-1"),
     ];
     for (var, value) in cases {
         refuses(
@@ -259,6 +264,8 @@ fn help_lists_every_variable_without_secrets() {
         "--body-timeout",
         "--header-timeout",
         "--max-connections",
+        "--max-connections-per-address",
+        "--max-auth-failures",
         "--shutdown-timeout",
     ] {
         assert!(help.contains(flag), "--help does not mention {flag}");

@@ -635,3 +635,96 @@ fn uploads_refused_early_get_their_status_over_http2() {
     assert_eq!(presented(&s), cert.der());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A refused client does not keep its HTTP/2 connection either: HTTP/2 has no
+/// `Connection: close`, the server sends GOAWAY after a 401 or 403, so the client's
+/// next request needs a new connection. With the right credentials, one connection
+/// serves them all.
+#[test]
+fn http2_connections_end_after_a_refusal() {
+    let dir = cert_dir();
+    let cert = TestCert::generate(&dir, "goaway", KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new()
+        .tls(&cert)
+        .env("NIX_STORED_USER_READ", "reader")
+        .env("NIX_STORED_USER_READ_PASS", "r-secret")
+        .start();
+    let ca = cert.cert.to_str().unwrap();
+    let url = format!("{}/nix-cache-info", s.url());
+    let connects = |user: Option<&str>| {
+        // Spaced out (4 per second), so that the GOAWAY arrives before the next
+        // request would reuse the connection.
+        let mut args = vec![
+            "--cacert",
+            ca,
+            "--http2",
+            "--rate",
+            "4/s",
+            "-w",
+            "%{num_connects} %{http_version} %{response_code}\n",
+        ];
+        if let Some(u) = user {
+            args.extend(["-u", u]);
+        }
+        for _ in 0..3 {
+            args.extend(["-o", "/dev/null", url.as_str()]);
+        }
+        let out = curl(&args);
+        assert!(out.status.success(), "curl failed\n{}", s.log());
+        stdout(&out)
+    };
+    let refused = connects(None);
+    let served = connects(Some("reader:r-secret"));
+    assert_eq!(refused, "1 2 401\n1 2 401\n1 2 401\n", "{}", s.log());
+    assert_eq!(served, "1 2 200\n0 2 200\n0 2 200\n");
+    assert!(!s.log().contains("panicked"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Over HTTPS too, a connection over its address's limit gets an answer (503 with
+/// Retry-After), over HTTP/2 and HTTP/1.1, instead of a reset.
+#[test]
+fn connections_over_the_address_limit_are_answered_over_tls() {
+    let dir = cert_dir();
+    let cert = TestCert::generate(&dir, "over-limit", KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new()
+        .tls(&cert)
+        .env("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", "1")
+        .start();
+    let ca = cert.cert.to_str().unwrap();
+    let url = format!("{}/nix-cache-info", s.url());
+    // The address's one connection, held (accepted first: the backlog is in order).
+    let held = connect(s.addr);
+    for flag in ["--http2", "--http1.1"] {
+        let out = curl(&[
+            "--cacert",
+            ca,
+            flag,
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_version} %{response_code}",
+            &url,
+        ]);
+        assert!(out.status.success(), "curl {flag}\n{}", s.log());
+        let text = stdout(&out).to_ascii_lowercase();
+        assert!(text.ends_with(" 503"), "{flag}: {text}");
+        assert!(text.contains("retry-after: 2"), "{flag}: {text}");
+    }
+    drop(held);
+    assert!(eventually(Duration::from_secs(10), || {
+        let out = curl(&[
+            "--cacert",
+            ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{response_code}",
+            &url,
+        ]);
+        stdout(&out) == "200"
+    }));
+    let _ = std::fs::remove_dir_all(&dir);
+}

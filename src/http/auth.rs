@@ -43,9 +43,12 @@ impl Principal {
 /// Why a request is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    /// Missing or wrong credentials: the client should (re)try with the right ones.
+    /// Missing credentials: the client should retry with some.
     #[error("{0}")]
     Unauthorized(&'static str),
+    /// Credentials that match no user: a wrong password, or a guess.
+    #[error("{0}")]
+    BadCredentials(&'static str),
     /// Valid credentials (or anonymous access) that do not allow this.
     #[error("{0}")]
     Forbidden(&'static str),
@@ -123,14 +126,14 @@ impl Auth {
     }
 
     fn identify(&self, headers: &HeaderMap) -> Result<Principal, AuthError> {
-        const WRONG: AuthError = AuthError::Unauthorized("wrong user name or password");
+        const WRONG: AuthError = AuthError::BadCredentials("wrong user name or password");
         let Some(value) = headers.get(hyper::header::AUTHORIZATION) else {
             return Ok(Principal::Anonymous);
         };
         let value = value.to_str().map_err(|_| WRONG)?;
         let (scheme, encoded) = value.split_once(' ').ok_or(WRONG)?;
         if !scheme.eq_ignore_ascii_case("basic") {
-            return Err(AuthError::Unauthorized(
+            return Err(AuthError::BadCredentials(
                 "only HTTP Basic authentication is supported",
             ));
         }
@@ -203,7 +206,7 @@ mod tests {
         ));
         assert!(matches!(
             auth.check(&wrong, Access::Read),
-            Err(AuthError::Unauthorized(_))
+            Err(AuthError::BadCredentials(_))
         ));
         assert!(matches!(
             auth.check(&none, Access::Write),

@@ -24,6 +24,17 @@ pub struct ErrorDetail {
     pub detail: String,
 }
 
+/// `Retry-After` of an answer refusing a connection over the per-address limit: the
+/// client's other connections end within a header timeout once idle, a few seconds
+/// is a guess that spares a retry storm.
+const TOO_MANY_CONNECTIONS_RETRY_SECS: u64 = 2;
+
+/// Whole seconds to wait, rounded up: a client retrying after `Retry-After` is then
+/// never early.
+fn retry_after_secs(wait: std::time::Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+}
+
 /// An error answer of the HTTP layer.
 #[derive(Debug, thiserror::Error)]
 pub enum HttpError {
@@ -45,6 +56,12 @@ pub enum HttpError {
     /// A range that starts at or past the end of the object.
     #[error("requested range starts beyond the {0} bytes of the object")]
     RangeNotSatisfiable(u64),
+    /// Too many wrong credentials from the client's network: retry after this long.
+    #[error("too many wrong credentials from this address; retry in {} s", retry_after_secs(*.0))]
+    Throttled(std::time::Duration),
+    /// The client's address has as many connections open as it may.
+    #[error("too many connections from this address; retry later")]
+    TooManyConnections,
     /// An upload whose body is content-encoded.
     #[error("uploads with Content-Encoding are not supported; upload without narinfo-compression/ls-compression/log-compression")]
     UnsupportedEncoding,
@@ -53,7 +70,11 @@ pub enum HttpError {
 impl HttpError {
     fn status(&self) -> StatusCode {
         match self {
-            HttpError::Auth(AuthError::Unauthorized(_)) => StatusCode::UNAUTHORIZED,
+            HttpError::Auth(AuthError::Unauthorized(_) | AuthError::BadCredentials(_)) => {
+                StatusCode::UNAUTHORIZED
+            }
+            HttpError::Throttled(_) => StatusCode::TOO_MANY_REQUESTS,
+            HttpError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
             HttpError::MethodNotAllowed | HttpError::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
@@ -84,7 +105,10 @@ impl HttpError {
     /// Why an upload failed, as a metrics label (one of `metrics::REJECT_REASONS`).
     pub fn reject_reason(&self) -> &'static str {
         match self {
-            HttpError::Auth(AuthError::Unauthorized(_)) => "unauthorized",
+            HttpError::Auth(AuthError::Unauthorized(_) | AuthError::BadCredentials(_)) => {
+                "unauthorized"
+            }
+            HttpError::Throttled(_) => "throttled",
             HttpError::Auth(AuthError::Forbidden(_)) => "forbidden",
             HttpError::UnsupportedEncoding => "content_encoding",
             HttpError::Cache(CacheError::Rejected(_)) => "verification",
@@ -101,23 +125,27 @@ impl HttpError {
             | HttpError::NotFound(_)
             | HttpError::MethodNotAllowed
             | HttpError::ReadOnly
-            | HttpError::RangeNotSatisfiable(_) => "invalid_key",
+            | HttpError::RangeNotSatisfiable(_)
+            | HttpError::TooManyConnections => "invalid_key",
         }
     }
 
     /// The answer: the status, and the reason as one line of text.
     pub fn into_response(self) -> Response {
         let status = self.status();
-        let budget = matches!(self, HttpError::Cache(CacheError::MemoryBudget { .. }));
-        // 507 says only "full" and a 503 for memory names only the setting; every
-        // other server error hides its cause (the access log writes it).
-        let detail =
-            (status.is_server_error() && status != StatusCode::INSUFFICIENT_STORAGE && !budget)
-                .then(|| ErrorDetail {
-                    public: "internal server error",
-                    detail: self.to_string(),
-                });
-        if budget {
+        // A storage failure's text can name S3 endpoints, buckets and paths: the
+        // client gets a generic line, the access log the cause. Every other answer,
+        // 503s for memory or connections and 507 included, says only what the
+        // client may know.
+        let detail = matches!(
+            self,
+            HttpError::Cache(CacheError::Storage(StorageError::Io(_)))
+        )
+        .then(|| ErrorDetail {
+            public: "internal server error",
+            detail: self.to_string(),
+        });
+        if matches!(self, HttpError::Cache(CacheError::MemoryBudget { .. })) {
             tracing::warn!("{self}");
         } else if let HttpError::Cache(CacheError::Storage(StorageError::Refused(_))) = &self {
             tracing::error!("upload refused: {self}");
@@ -139,11 +167,32 @@ impl HttpError {
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
         match &self {
-            HttpError::Auth(AuthError::Unauthorized(_)) => {
+            // A refused client gets no kept-alive connection: it would hold one of the
+            // server's connection slots without being allowed anything. (HTTP/2 has
+            // no such header; the server turns it into a graceful close.)
+            HttpError::Auth(AuthError::Unauthorized(_) | AuthError::BadCredentials(_)) => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
                     HeaderValue::from_static("Basic realm=\"nix-stored\""),
                 );
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::Auth(AuthError::Forbidden(_)) => {
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::Throttled(wait) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after_secs(*wait)),
+                );
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::TooManyConnections => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(TOO_MANY_CONNECTIONS_RETRY_SECS),
+                );
+                h.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             HttpError::MethodNotAllowed => {
                 h.insert(header::ALLOW, HeaderValue::from_static("GET, HEAD, PUT"));

@@ -93,9 +93,9 @@ fn method_index(m: &hyper::Method) -> usize {
 }
 
 /// Every status this server answers with; anything else is counted as `other`.
-const STATUSES: [u16; 21] = [
-    200, 201, 204, 206, 304, 307, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 416, 431, 500,
-    503, 507,
+const STATUSES: [u16; 22] = [
+    200, 201, 204, 206, 304, 307, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 416, 429, 431,
+    500, 503, 507,
 ];
 
 fn status_index(s: u16) -> usize {
@@ -112,8 +112,9 @@ const BUCKETS_US: [u64; 13] = [
 ];
 
 /// Why an upload was refused: the `reason` label.
-pub const REJECT_REASONS: [&str; 12] = [
+pub const REJECT_REASONS: [&str; 13] = [
     "unauthorized",
+    "throttled",
     "forbidden",
     "invalid_key",
     "verification",
@@ -141,6 +142,8 @@ pub struct Metrics {
     bytes_out: [AtomicU64; N_ROUTES],
     rejected: [AtomicU64; REJECT_REASONS.len()],
     in_flight: AtomicI64,
+    connections_refused: AtomicU64,
+    auth_throttled: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -154,6 +157,8 @@ impl Default for Metrics {
             bytes_out: Default::default(),
             rejected: Default::default(),
             in_flight: AtomicI64::new(0),
+            connections_refused: AtomicU64::new(0),
+            auth_throttled: AtomicU64::new(0),
         }
     }
 }
@@ -215,6 +220,18 @@ impl Metrics {
         if let Some(i) = REJECT_REASONS.iter().position(|&r| r == reason) {
             self.rejected[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts a connection refused because its client address had as many open as
+    /// it may.
+    pub fn connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request refused unchecked because its client sent too many wrong
+    /// credentials.
+    pub fn auth_throttled(&self) {
+        self.auth_throttled.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The text exposition format (version 0.0.4). `stored` is (objects, bytes) once
@@ -323,6 +340,29 @@ impl Metrics {
 
         header(
             &mut out,
+            "nix_stored_connections_refused_total",
+            "counter",
+            "Connections refused because their client address had NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS open.",
+        );
+        let _ = writeln!(
+            out,
+            "nix_stored_connections_refused_total {}",
+            load(&self.connections_refused)
+        );
+        header(
+            &mut out,
+            "nix_stored_auth_throttled_total",
+            "counter",
+            "Requests answered 429 without checking their credentials: their client address sent too many wrong ones.",
+        );
+        let _ = writeln!(
+            out,
+            "nix_stored_auth_throttled_total {}",
+            load(&self.auth_throttled)
+        );
+
+        header(
+            &mut out,
             "nix_stored_requests_in_flight",
             "gauge",
             "Requests received and not yet answered.",
@@ -420,6 +460,9 @@ mod tests {
             elapsed: Duration::from_secs(60),
         });
         m.rejected("verification");
+        m.connection_refused();
+        m.auth_throttled();
+        m.auth_throttled();
         let text = m.render(Some((3, 4096)), None, (1 << 20, 4096));
         drop(guard);
         for line in [
@@ -434,6 +477,8 @@ mod tests {
             "nix_stored_received_bytes_total{route=\"nar\"} 10",
             "nix_stored_uploads_rejected_total{reason=\"verification\"} 1",
             "nix_stored_requests_in_flight 1",
+            "nix_stored_connections_refused_total 1",
+            "nix_stored_auth_throttled_total 2",
             "nix_stored_stored_objects 3",
             "nix_stored_stored_bytes 4096",
             "nix_stored_memory_budget_bytes 1048576",

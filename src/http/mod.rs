@@ -3,18 +3,26 @@
 pub mod access_log;
 pub mod auth;
 pub mod body;
+pub mod client;
 pub mod error;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod range;
 pub mod service;
+pub mod throttle;
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use hyper::http::Extensions;
+use hyper::HeaderMap;
 
 use crate::cache::Cache;
-use auth::Auth;
+use auth::{Access, Auth, AuthError, Principal};
+use client::ClientAddr;
+use error::HttpError;
+use throttle::AuthThrottle;
 
 /// An answer of this server.
 pub type Response = hyper::Response<body::Body>;
@@ -25,6 +33,8 @@ pub struct AppState {
     pub cache: Cache,
     /// The access policy.
     pub auth: Auth,
+    /// Wrong credentials by client network.
+    pub throttle: AuthThrottle,
     /// How long an upload body may stay idle.
     pub body_timeout: Duration,
     /// `Cache-Control` header values.
@@ -45,6 +55,42 @@ pub async fn serve_request(
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
     access_log::logged(&app, req).await
+}
+
+/// The answer to every request on a connection over the per-address limit.
+pub fn too_many_connections() -> Response {
+    HttpError::TooManyConnections.into_response()
+}
+
+impl AppState {
+    /// Decides whether a request may do `access`. Credentials from a client network
+    /// that sent too many wrong ones are refused unchecked (see [`throttle`]).
+    pub fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        extensions: &Extensions,
+        access: Access,
+    ) -> Result<Principal, HttpError> {
+        if !headers.contains_key(hyper::header::AUTHORIZATION) {
+            return Ok(self.auth.check(headers, access)?);
+        }
+        let network = extensions.get::<ClientAddr>().map(|c| c.network());
+        let attempt = self
+            .throttle
+            .admit(network, Instant::now())
+            .map_err(|wait| {
+                self.metrics.auth_throttled();
+                HttpError::Throttled(wait)
+            })?;
+        let result = self.auth.check(headers, access);
+        match &result {
+            Err(AuthError::BadCredentials(_)) => self.throttle.failed(attempt, Instant::now()),
+            // The credentials named a user (who may not be allowed this).
+            Ok(_) | Err(AuthError::Forbidden(_)) => self.throttle.succeeded(attempt),
+            Err(AuthError::Unauthorized(_)) => {}
+        }
+        Ok(result?)
+    }
 }
 
 async fn route(

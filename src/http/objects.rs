@@ -45,9 +45,9 @@ async fn authorised(
         Method::PUT => Access::Write,
         _ => return HttpError::MethodNotAllowed.into_response(),
     };
-    let principal = match app.auth.check(&parts.headers, access) {
+    let principal = match app.authenticate(&parts.headers, &parts.extensions, access) {
         Ok(p) => p,
-        Err(e) => return app.refused(access, HttpError::from(e)),
+        Err(e) => return app.refused(access, e),
     };
     let mut resp = match dispatch(app, &parts.method, parts.uri.path(), &parts.headers, body).await
     {

@@ -147,7 +147,7 @@ fn errors(r: &mut Map<String, Value>, codes: &[(&str, &str)]) {
     }
 }
 
-const AUTH_ERRORS: [(&str, &str); 2] = [
+const AUTH_ERRORS: [(&str, &str); 3] = [
     (
         "401",
         "Credentials are needed (with a `WWW-Authenticate: Basic` challenge) or were wrong",
@@ -155,6 +155,10 @@ const AUTH_ERRORS: [(&str, &str); 2] = [
     (
         "403",
         "The user may not do this (e.g. the read user uploading)",
+    ),
+    (
+        "429",
+        "Too many wrong credentials from this address: retry after `Retry-After` seconds; the credentials sent were not checked",
     ),
 ];
 
@@ -224,6 +228,10 @@ fn object_path(route: &ObjectRoute) -> Value {
     }
     head.insert("401".into(), empty("Credentials are needed or were wrong"));
     head.insert("403".into(), empty("The user may not read"));
+    head.insert(
+        "429".into(),
+        empty("Too many wrong credentials from this address"),
+    );
     head.insert("500".into(), empty("The storage failed"));
     let mut put = Map::new();
     if route.kind == Kind::CacheInfo {
@@ -301,6 +309,10 @@ fn service_path(op: &str, summary: &str, ok: Value, extra: &[(&str, &str)], auth
         errors(&mut get, &AUTH_ERRORS);
         head.insert("401".into(), empty("Credentials are needed or were wrong"));
         head.insert("403".into(), empty("The user may not read"));
+        head.insert(
+            "429".into(),
+            empty("Too many wrong credentials from this address"),
+        );
     }
     let mut get_op = json!({ "summary": summary, "operationId": op, "responses": get });
     let mut head_op =

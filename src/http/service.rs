@@ -16,9 +16,9 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     if let Err(e) = read_only(req.method()) {
         return e.into_response();
     }
-    let principal = match app.auth.check(req.headers(), Access::Read) {
+    let principal = match app.authenticate(req.headers(), req.extensions(), Access::Read) {
         Ok(p) => p,
-        Err(e) => return HttpError::from(e).into_response(),
+        Err(e) => return e.into_response(),
     };
     let cache = &app.cache;
     let narinfos = cache.index().is_complete().then(|| cache.index().len());

@@ -1,6 +1,12 @@
 //! Credentials: on every route, with every method, with and without ranges, no
 //! credential but the configured ones gets anything but a refusal, and no
-//! credential (right or wrong, password or encoded header) reaches the log.
+//! credential (right or wrong, password or encoded header) reaches the log. And the
+//! server's defences against clients it refuses: a per-address connection limit,
+//! refusals that close their connection, and throttled password guessing.
+
+use std::io::{self, BufReader, Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 
@@ -80,6 +86,9 @@ fn only_configured_credentials_are_accepted() {
         .env("NIX_STORED_USER_WRITE", WRITE_USER)
         .env("NIX_STORED_USER_WRITE_PASS", WRITE_PASS)
         .env("NIX_STORED_LOG_LEVEL", "debug")
+        // Some ten thousand wrong credentials from one address, on purpose: this test
+        // is about what they may do, not how fast they may come.
+        .env("NIX_STORED_MAX_AUTH_FAILURES", "0")
         .start();
     let write_auth = common::basic(WRITE_USER, WRITE_PASS);
     let read_auth = common::basic(READ_USER, READ_PASS);
@@ -231,4 +240,292 @@ fn only_configured_credentials_are_accepted() {
     assert_eq!(reader_put, 403);
     assert_eq!(before, after, "a refused request changed the store");
     assert!(leaked.is_empty(), "secrets in the log: {leaked:?}");
+}
+
+/// The client address of most connections, and a second one on the same machine.
+const HOME: Ipv4Addr = Ipv4Addr::LOCALHOST;
+const OTHER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
+
+/// One keep-alive GET (no `Connection: close`) on an open connection.
+fn keep_alive_get(
+    conn: &mut BufReader<TcpStream>,
+    path: &str,
+    auth: Option<&str>,
+) -> io::Result<common::Response> {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+    if let Some(a) = auth {
+        req.push_str(&format!("Authorization: {a}\r\n"));
+    }
+    req.push_str("\r\n");
+    conn.get_mut().write_all(req.as_bytes())?;
+    common::read_response(conn, false)
+}
+
+/// Whether the server closed the connection (EOF within 10 s, nothing more sent).
+fn closed_by_server(conn: &mut BufReader<TcpStream>) -> bool {
+    let _ = conn
+        .get_ref()
+        .set_read_timeout(Some(Duration::from_secs(10)));
+    let mut buf = [0u8; 64];
+    matches!(conn.read(&mut buf), Ok(0))
+}
+
+fn connect_keep_alive(local: Ipv4Addr, addr: SocketAddr) -> BufReader<TcpStream> {
+    BufReader::new(
+        connect_from(local, addr).unwrap_or_else(|e| panic!("connect from {local}: {e}")),
+    )
+}
+
+#[test]
+fn one_address_cannot_take_every_connection() {
+    const TEST: &str = "per-address limit";
+    const LIMIT: usize = 4;
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", &LIMIT.to_string())
+        .env("NIX_STORED_HEADER_TIMEOUT", "30")
+        .start();
+    // LIMIT connections from one address, each answered once, then kept idle.
+    let mut held: Vec<BufReader<TcpStream>> = (0..LIMIT)
+        .map(|i| {
+            let mut c = connect_keep_alive(HOME, s.addr);
+            let r = keep_alive_get(&mut c, "/nix-cache-info", None).unwrap();
+            assert_eq!(r.status, 200, "held connection {i}");
+            c
+        })
+        .collect();
+    // One more from that address: answered and closed at once, not left waiting.
+    let mut extra = connect_keep_alive(HOME, s.addr);
+    let refused = keep_alive_get(&mut extra, "/nix-cache-info", None);
+    let extra_closed = closed_by_server(&mut extra);
+    // Another address is served meanwhile, and so are the held connections.
+    let mut other = connect_keep_alive(OTHER, s.addr);
+    let other_status = keep_alive_get(&mut other, "/nix-cache-info", None).map(|r| r.status);
+    let held_status = keep_alive_get(&mut held[0], "/nix-cache-info", None).map(|r| r.status);
+    let metrics = keep_alive_get(&mut other, "/metrics", None).map(|r| r.text());
+    // A held connection ends: its place is given back.
+    held.pop();
+    let freed = common::eventually(Duration::from_secs(10), || {
+        let mut c = connect_keep_alive(HOME, s.addr);
+        keep_alive_get(&mut c, "/nix-cache-info", None).is_ok_and(|r| r.status == 200)
+    });
+    let refused_status = refused.as_ref().map(|r| r.status).ok();
+    figures(
+        TEST,
+        format_args!(
+            "limit {LIMIT}: {LIMIT} idle keep-alive connections from {HOME} held; connection {} from {HOME}: {refused_status:?} (Retry-After {:?}), closed by the server: {extra_closed}; from {OTHER}: {other_status:?}; held one still served: {held_status:?}; served again once one closed: {freed}",
+            LIMIT + 1,
+            refused.as_ref().ok().and_then(|r| r.header("retry-after")),
+        ),
+    );
+    let refused = refused.expect("the connection over the limit gets an answer");
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused
+        .header("retry-after")
+        .is_some_and(|v| v.parse::<u64>().is_ok_and(|n| n >= 1)));
+    assert_eq!(refused.header("connection"), Some("close"));
+    assert!(extra_closed, "the refused connection was left open");
+    assert_eq!(
+        other_status.ok(),
+        Some(200),
+        "another address was not served"
+    );
+    assert_eq!(held_status.ok(), Some(200));
+    let metrics = metrics.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "nix_stored_connections_refused_total 1"),
+        "{metrics}"
+    );
+    assert!(freed, "a closed connection's place was not given back");
+}
+
+#[test]
+fn refused_requests_do_not_keep_their_connection() {
+    const TEST: &str = "refusals close";
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_USER_READ", READ_USER)
+        .env("NIX_STORED_USER_READ_PASS", READ_PASS)
+        .env("NIX_STORED_USER_WRITE", WRITE_USER)
+        .env("NIX_STORED_USER_WRITE_PASS", WRITE_PASS)
+        .env("NIX_STORED_HEADER_TIMEOUT", "30")
+        .start();
+    let read_auth = common::basic(READ_USER, READ_PASS);
+    let wrong_auth = common::basic(READ_USER, WRITE_PASS);
+    let log_key = format!("/log/{}-x.drv", common::store_hash("refusals-close"));
+    let cases: [(&str, &str, &str, Option<&str>, u16); 3] = [
+        ("no credentials", "GET", "/nix-cache-info", None, 401),
+        (
+            "wrong password",
+            "GET",
+            "/nix-cache-info",
+            Some(&wrong_auth),
+            401,
+        ),
+        (
+            "read user uploading",
+            "PUT",
+            &log_key,
+            Some(&read_auth),
+            403,
+        ),
+    ];
+    let mut results = Vec::new();
+    for (what, method, path, auth, want) in cases {
+        let mut c = connect_keep_alive(HOME, s.addr);
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\n");
+        if let Some(a) = auth {
+            req.push_str(&format!("Authorization: {a}\r\n"));
+        }
+        if method == "PUT" {
+            req.push_str("Content-Length: 3\r\n\r\nabc");
+        } else {
+            req.push_str("\r\n");
+        }
+        c.get_mut().write_all(req.as_bytes()).unwrap();
+        let r = common::read_response(&mut c, false).unwrap();
+        let header = r.header("connection").map(str::to_owned);
+        let closed = closed_by_server(&mut c);
+        results.push((what, r.status, want, header, closed));
+    }
+    // The right credentials keep their connection: the check above can tell.
+    let mut c = connect_keep_alive(HOME, s.addr);
+    let first = keep_alive_get(&mut c, "/nix-cache-info", Some(&read_auth)).unwrap();
+    let second = keep_alive_get(&mut c, "/nix-cache-info", Some(&read_auth)).unwrap();
+    figures(
+        TEST,
+        format_args!(
+            "(case, status, expected, Connection header, closed by the server): {results:?}; right credentials: {} then {} on one connection",
+            first.status, second.status
+        ),
+    );
+    for (what, status, want, header, closed) in &results {
+        assert_eq!(status, want, "{what}");
+        assert_eq!(header.as_deref(), Some("close"), "{what}");
+        assert!(closed, "{what}: the connection stayed open");
+    }
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(first.header("connection"), None);
+}
+
+#[test]
+fn wrong_passwords_are_throttled() {
+    const TEST: &str = "password guessing";
+    const WINDOW: Duration = Duration::from_secs(2);
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_USER_READ", READ_USER)
+        .env("NIX_STORED_USER_READ_PASS", READ_PASS)
+        .start();
+    let right = common::basic(READ_USER, READ_PASS);
+    // As fast as one client goes: keep-alive where the server allows it.
+    let mut guesser = Conn::new(s.addr).with_local(HOME);
+    let (mut checked, mut throttled, mut other) = (0u64, 0u64, Vec::new());
+    let mut first_statuses = Vec::new();
+    let mut last_throttled: Option<(Instant, common::Response)> = None;
+    let started = Instant::now();
+    let mut i = 0u64;
+    while started.elapsed() < WINDOW {
+        let guess = common::basic(READ_USER, &format!("guess-{i}"));
+        i += 1;
+        let r = guesser.request("GET", "/nix-cache-info", &[("Authorization", &guess)], b"");
+        let status = r.as_ref().map_or(0, |r| r.status);
+        if first_statuses.len() < 10 {
+            first_statuses.push(status);
+        }
+        match r {
+            Ok(r) if r.status == 401 => checked += 1,
+            Ok(r) if r.status == 429 => {
+                throttled += 1;
+                last_throttled = Some((Instant::now(), r));
+            }
+            _ => other.push(status),
+        }
+    }
+    if last_throttled.is_none() {
+        figures(
+            TEST,
+            format_args!("{checked} wrong passwords checked (401) in {WINDOW:?}, none throttled"),
+        );
+    }
+    // Right credentials from another address: not affected.
+    let other_address = Conn::new(s.addr)
+        .with_local(OTHER)
+        .with_auth(&right)
+        .get("/nix-cache-info")
+        .map(|r| r.status);
+    // From the guessing address they are refused unchecked while its penalty lasts:
+    // guess until one is checked (it takes the attempt just regained), then at once
+    // the right password. (Asserted only if "at once" was well within the second the
+    // next attempt takes to come back.)
+    let (_, last) =
+        last_throttled.unwrap_or_else(|| panic!("no guess was throttled, {checked} checked"));
+    let mut last_checked = None;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while last_checked.is_none() && Instant::now() < deadline {
+        let guess = common::basic(READ_USER, &format!("guess-{i}"));
+        i += 1;
+        let r = guesser.request("GET", "/nix-cache-info", &[("Authorization", &guess)], b"");
+        if r.is_ok_and(|r| r.status == 401) {
+            last_checked = Some(Instant::now());
+        }
+    }
+    let last_checked = last_checked.expect("no attempt regained within 5 s");
+    let same_address_now = Conn::new(s.addr)
+        .with_local(HOME)
+        .with_auth(&right)
+        .get("/nix-cache-info")
+        .map(|r| r.status);
+    let since_refusal = last_checked.elapsed();
+    let prompt = since_refusal < Duration::from_millis(500);
+    // Once the penalty is waited out, they work from there too, and count as a
+    // success: the next wrong one is checked again.
+    let retry_after: u64 = last
+        .header("retry-after")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    std::thread::sleep(Duration::from_secs(retry_after));
+    let same_address_later = Conn::new(s.addr)
+        .with_local(HOME)
+        .with_auth(&right)
+        .get("/nix-cache-info")
+        .map(|r| r.status);
+    let after_success = Conn::new(s.addr)
+        .with_local(HOME)
+        .with_auth(&common::basic(READ_USER, "typo"))
+        .get("/nix-cache-info")
+        .map(|r| r.status);
+    let metrics = Conn::new(s.addr)
+        .with_local(OTHER)
+        .with_auth(&right)
+        .get("/metrics")
+        .map(|r| r.text())
+        .unwrap_or_default();
+    let counted = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("nix_stored_auth_throttled_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    figures(
+        TEST,
+        format_args!(
+            "{} wrong passwords in {:?}: {checked} checked (401), {throttled} refused unchecked (429, Retry-After {retry_after}), other {other:?}; first answers {first_statuses:?}; right password from {OTHER}: {other_address:?}, from {HOME} at once: {same_address_now:?} ({} ms after the last guess checked), after {retry_after} s: {same_address_later:?}, then a wrong one: {after_success:?}; metrics count {counted} throttled",
+            checked + throttled + other.len() as u64,
+            WINDOW,
+            since_refusal.as_millis(),
+        ),
+    );
+    // Far below the thousands per second one connection got before.
+    assert!(checked < 200, "{checked} guesses checked in {WINDOW:?}");
+    // A few typos are not punished.
+    assert_eq!(first_statuses, vec![401; 10]);
+    assert!(other.is_empty(), "unexpected answers: {other:?}");
+    assert!((1..=5).contains(&retry_after), "Retry-After {retry_after}");
+    assert_eq!(last.header("connection"), Some("close"));
+    assert_eq!(other_address.ok(), Some(200));
+    if prompt {
+        assert_eq!(same_address_now.ok(), Some(429));
+    }
+    assert_eq!(same_address_later.ok(), Some(200));
+    assert_eq!(after_success.ok(), Some(401));
+    assert!(counted >= throttled, "{counted} counted, {throttled} seen");
 }

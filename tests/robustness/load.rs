@@ -331,6 +331,8 @@ fn slow_and_idle_clients() {
     let s = ServerBuilder::new()
         .env("NIX_STORED_HEADER_TIMEOUT", "2")
         .env("NIX_STORED_BODY_TIMEOUT", "3")
+        // Every attacker and client here has one address; the timeouts are the subject.
+        .env("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", "100000")
         .start();
     let pid = s.pid();
     let mut conn = Conn::new(s.addr);

@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
@@ -185,10 +185,51 @@ impl PathFixture {
     }
 }
 
+/// A connection to the IPv4 `addr` from the local address `local` (on Linux any of
+/// 127.0.0.0/8 is a loopback address: a second client address on one machine), with
+/// read and write timeouts set.
+pub fn connect_from(local: Ipv4Addr, addr: SocketAddr) -> io::Result<TcpStream> {
+    use std::os::fd::FromRawFd;
+    let SocketAddr::V4(dest) = addr else {
+        return Err(io::Error::other("connect_from: IPv4 only"));
+    };
+    let sockaddr = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls on a descriptor owned by `stream` from its creation
+    // on, with sockaddr_in values that live across each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let from = sockaddr(local, 0);
+        if libc::bind(fd, (&from as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let to = sockaddr(*dest.ip(), dest.port());
+        if libc::connect(fd, (&to as *const libc::sockaddr_in).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+        stream.set_write_timeout(Some(Duration::from_secs(60)))?;
+        Ok(stream)
+    }
+}
+
 /// A keep-alive HTTP/1.1 connection that reconnects when the server closed it.
 pub struct Conn {
     addr: SocketAddr,
     auth: Option<String>,
+    /// The local address to connect from; the kernel's choice when `None`.
+    local: Option<Ipv4Addr>,
     reader: Option<BufReader<TcpStream>>,
 }
 
@@ -197,8 +238,15 @@ impl Conn {
         Conn {
             addr,
             auth: None,
+            local: None,
             reader: None,
         }
+    }
+
+    /// Connects from `local` (see [`connect_from`]).
+    pub fn with_local(mut self, local: Ipv4Addr) -> Self {
+        self.local = Some(local);
+        self
     }
 
     /// Sends `Authorization: value` with every request.
@@ -235,7 +283,11 @@ impl Conn {
         body: &[u8],
     ) -> io::Result<Response> {
         if self.reader.is_none() {
-            self.reader = Some(BufReader::new(common::try_connect(self.addr)?));
+            let stream = match self.local {
+                Some(local) => connect_from(local, self.addr)?,
+                None => common::try_connect(self.addr)?,
+            };
+            self.reader = Some(BufReader::new(stream));
         }
         let Some(reader) = self.reader.as_mut() else {
             return Err(io::Error::other("no connection"));
