@@ -576,7 +576,7 @@ mod merge_tests {
         // Replacing a signed narinfo with an unsigned one keeps the signature.
         assert_eq!(
             merged(GOOD, &unsigned),
-            Ok(Merge::Replace(GOOD_WITH_SIG_LAST.into()))
+            Ok(Merge::Replace(good_with_sig_last().into_bytes()))
         );
         // A second signature is added to the first.
         let other = "Sig: test-cache-2:JYPd+r3BW12yJxfmNEGc7i2Tzg4qqMv359bEix3iF4iDAr/UH8gv3JWOk2mpg+NCqp4uZX+BGFuExX/mwvXDDQ==\n";
@@ -591,7 +591,10 @@ mod merge_tests {
             other => panic!("{other:?}"),
         }
         // Nothing new: nothing to write.
-        assert_eq!(merged(GOOD_WITH_SIG_LAST, &unsigned), Ok(Merge::Unchanged));
+        assert_eq!(
+            merged(&good_with_sig_last(), &unsigned),
+            Ok(Merge::Unchanged)
+        );
         // A CA that reproduces the path may be added; none may be removed or changed.
         let no_ca: String = GOOD
             .lines()
@@ -607,15 +610,9 @@ mod merge_tests {
     }
 
     /// [`GOOD`] with its signature moved after the CA line, as a merge writes it.
-    const GOOD_WITH_SIG_LAST: &str = "StorePath: /nix/store/nx73vzmbhpb3836sq4af0c7y7rlw5z6y-b-top
-URL: nar/1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar
-Compression: none
-FileHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p
-FileSize: 168
-NarHash: sha256:1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p
-NarSize: 168
-References: 5xf4hlminf1vnpb5awkarlb8wxix6mca-a-dep
-CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
-Sig: test-cache-1:JYPd+r3BW12yJxfmNEGc7i2Tzg4qqMv359bEix3iF4iDAr/UH8gv3JWOk2mpg+NCqp4uZX+BGFuExX/mwvXDDQ==
-";
+    fn good_with_sig_last() -> String {
+        let (sigs, rest): (Vec<&str>, Vec<&str>) =
+            GOOD.lines().partition(|l| l.starts_with("Sig:"));
+        rest.iter().chain(&sigs).map(|l| format!("{l}\n")).collect()
+    }
 }
