@@ -5,9 +5,12 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use sha2::{Digest, Sha256};
 
+use super::compression::Compression;
 use super::key::{Kind, ObjectKey};
-use super::narinfo::{self, NarInfoPolicy};
+use super::nar_verify::{NarDigest, NarVerifier};
+use super::narinfo::{self, CheckedNarInfo, NarInfoPolicy};
 use super::{Cache, CacheError};
+use crate::storage::StorageError;
 
 /// Why a request body stopped before its end.
 #[derive(Debug)]
@@ -74,32 +77,24 @@ impl Cache {
                 }
                 self.store_bytes(key, &bytes).await
             }
-            Kind::Log => self.stream_to_storage(key, body, None).await,
+            Kind::Log => self.stream_to_storage(key, body).await,
         }
     }
 
-    async fn put_nar<S>(&self, key: &ObjectKey, body: S) -> Result<PutOutcome, CacheError>
+    /// Streams a NAR file into a pending upload while checking that its bytes hash to
+    /// the file hash in its name and that they decompress to a valid NAR; commits only
+    /// when both hold, and remembers what the NAR decodes to for its narinfo.
+    async fn put_nar<S>(&self, key: &ObjectKey, mut body: S) -> Result<PutOutcome, CacheError>
     where
         S: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin,
     {
         let expected = key.nar_file_hash().unwrap_or_default();
-        self.stream_to_storage(key, body, Some(expected)).await
-    }
-
-    /// Streams a body into a pending upload, hashing it when `expected_nix32` is
-    /// given, and commits only when the size limit and the hash hold.
-    async fn stream_to_storage<S>(
-        &self,
-        key: &ObjectKey,
-        mut body: S,
-        expected_nix32: Option<&str>,
-    ) -> Result<PutOutcome, CacheError>
-    where
-        S: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin,
-    {
+        let compression = nar_compression(key)?;
         let limit = self.upload_limit(key.kind());
-        let mut upload = self.storage.begin_upload(key.as_str()).await?;
-        let mut hasher = expected_nix32.map(|_| Sha256::new());
+        let mut upload = Some(self.storage.begin_upload(key.as_str()).await?);
+        // An uncompressed NAR's NarHash is its file hash, computed here anyway.
+        let mut verifier = NarVerifier::start(compression, compression != Compression::None);
+        let mut hasher = Sha256::new();
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
@@ -110,18 +105,113 @@ impl Cache {
                     limit,
                 });
             }
-            if let Some(h) = hasher.as_mut() {
-                h.update(&chunk);
+            // Once verification failed, the rest of the body is only read (so the
+            // client gets the answer instead of a reset), and the upload is dropped.
+            let Some(pending) = upload.as_mut() else {
+                continue;
+            };
+            hasher.update(&chunk);
+            if !verifier.feed(chunk.clone()).await {
+                upload = None;
+                continue;
+            }
+            pending.write(&chunk).await?;
+        }
+        let digest = verifier.finish().await.map_err(CacheError::Rejected)?;
+        let Some(upload) = upload else {
+            return Err(CacheError::Rejected(
+                "NAR verification stopped without a reason".into(),
+            ));
+        };
+        let file_hash: [u8; 32] = hasher.finalize().into();
+        let actual = nix_derivation::nixbase32::encode(&file_hash);
+        if actual != expected {
+            return Err(CacheError::Rejected(format!(
+                "NAR body hashes to sha256:{actual}, not to the {expected} in its name"
+            )));
+        }
+        let digest = digest.unwrap_or(NarDigest {
+            nar_hash: file_hash,
+            nar_size: received,
+        });
+        let outcome = self.outcome(upload.commit().await?, received);
+        self.verified.insert(key.as_str(), digest);
+        Ok(outcome)
+    }
+
+    /// Decodes a stored NAR file to learn its NarHash and NarSize (for a NAR this
+    /// server has not verified since it started, or that another writer stored).
+    async fn decode_stored_nar(&self, key: &ObjectKey) -> Result<NarDigest, CacheError> {
+        let compression = nar_compression(key)?;
+        let Some(reader) = self.storage.open(key.as_str(), 0).await? else {
+            return Err(CacheError::Rejected(format!(
+                "URL {} names a NAR that is not in this cache; upload it first",
+                key.as_str()
+            )));
+        };
+        let mut stream = reader.body.into_stream();
+        let mut verifier = NarVerifier::start(compression, true);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(StorageError::from_io)?;
+            if !verifier.feed(chunk).await {
+                break;
+            }
+        }
+        let verdict = verifier.finish().await;
+        let digest = verdict
+            .map_err(|e| {
+                CacheError::Rejected(format!("the stored {} is not valid: {e}", key.as_str()))
+            })?
+            .ok_or_else(|| CacheError::Rejected("the stored NAR was not hashed".into()))?;
+        self.verified.insert(key.as_str(), digest);
+        Ok(digest)
+    }
+
+    /// The narinfo's NarHash and NarSize against what its NAR file decodes to, so
+    /// that a client never downloads a NAR its narinfo misdescribes.
+    async fn check_nar_contents(&self, checked: &CheckedNarInfo) -> Result<(), CacheError> {
+        let digest = match self.verified.get(checked.nar.as_str()) {
+            Some(d) => d,
+            None => self.decode_stored_nar(&checked.nar).await?,
+        };
+        if checked.nar_hash != digest.nar_hash {
+            return Err(CacheError::Rejected(format!(
+                "NarHash sha256:{} does not match the NAR, which hashes to sha256:{}",
+                nix_derivation::nixbase32::encode(&checked.nar_hash),
+                nix_derivation::nixbase32::encode(&digest.nar_hash)
+            )));
+        }
+        if checked.nar_size != digest.nar_size {
+            return Err(CacheError::Rejected(format!(
+                "NarSize {} does not match the NAR, which is {} bytes",
+                checked.nar_size, digest.nar_size
+            )));
+        }
+        Ok(())
+    }
+
+    /// Streams a body into a pending upload, and commits it within the size limit.
+    async fn stream_to_storage<S>(
+        &self,
+        key: &ObjectKey,
+        mut body: S,
+    ) -> Result<PutOutcome, CacheError>
+    where
+        S: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin,
+    {
+        let limit = self.upload_limit(key.kind());
+        let mut upload = self.storage.begin_upload(key.as_str()).await?;
+        let mut received: u64 = 0;
+        while let Some(chunk) = body.next().await {
+            let chunk = chunk?;
+            received += chunk.len() as u64;
+            if received > limit {
+                return Err(CacheError::TooLarge {
+                    size: received,
+                    limit,
+                });
             }
             upload.write(&chunk).await?;
-        }
-        if let (Some(h), Some(expected)) = (hasher, expected_nix32) {
-            let actual = nix_derivation::nixbase32::encode(&h.finalize());
-            if actual != expected {
-                return Err(CacheError::Rejected(format!(
-                    "NAR body hashes to sha256:{actual}, not to the {expected} in its name"
-                )));
-            }
         }
         Ok(self.outcome(upload.commit().await?, received))
     }
@@ -176,6 +266,7 @@ impl Cache {
             }
             Some(_) => {}
         }
+        self.check_nar_contents(&checked).await?;
         for reference in &checked.references {
             if self
                 .storage
@@ -190,6 +281,16 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// The compression of a NAR key, refused when this server cannot decode it.
+fn nar_compression(key: &ObjectKey) -> Result<Compression, CacheError> {
+    let ext = key.nar_extension().unwrap_or_default();
+    Compression::from_extension(ext).ok_or_else(|| {
+        CacheError::Rejected(format!(
+            "NAR files compressed as {ext:?} are not supported (none, xz, zstd, bzip2, br, lzip, lz4 are)"
+        ))
+    })
 }
 
 /// Whether `bytes` are one JSON object, checked without building it (listings of large

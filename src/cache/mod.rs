@@ -1,10 +1,14 @@
 //! Cache logic between the HTTP edge and storage: which keys exist, what an upload
 //! must satisfy before it becomes visible, and what `nix-cache-info` says.
 
+pub mod compression;
 pub mod index;
 pub mod ingest;
 pub mod key;
+pub mod nar;
+pub mod nar_verify;
 pub mod narinfo;
+pub mod verified;
 
 /// Cases per generated-input test: `default`, ten times as many with
 /// `NIX_STORED_ROBUST_FULL=1`, or `NIX_STORED_FUZZ_CASES`.
@@ -84,6 +88,7 @@ pub struct Cache {
     cache_info: String,
     index: Arc<index::NarinfoIndex>,
     stored: Arc<StoredTotals>,
+    verified: verified::VerifiedNars,
 }
 
 /// What the cache holds, for metrics: counted once at start by walking the storage,
@@ -127,6 +132,7 @@ impl Cache {
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
             stored: Arc::default(),
+            verified: verified::VerifiedNars::default(),
         }
     }
 
