@@ -18,9 +18,9 @@ pub const ZSTD_WINDOW_LOG_MAX: u32 = 27;
 const BROTLI_WINDOW_MAX: u64 = 16 << 20;
 /// bzip2's largest block (900 kB) takes under 4 MiB to decode.
 const BZIP2_MEMORY: u64 = 4 << 20;
-/// An lz4 frame's blocks are at most 4 MiB; the decoder holds one compressed and
-/// one decompressed block.
-const LZ4_MEMORY: u64 = 9 << 20;
+/// An lz4 frame's blocks are at most 4 MiB (8 MiB in the legacy format); the decoder
+/// holds one compressed and one decompressed block.
+const LZ4_MEMORY: u64 = 17 << 20;
 /// Decoder state beyond the window (tables, input buffer), generously.
 const DECODER_OVERHEAD: u64 = 1 << 20;
 
@@ -99,7 +99,7 @@ pub enum Decoder<R: BufRead> {
     /// brotli.
     Brotli(Box<brotli_decompressor::Decompressor<R>>),
     /// lz4 frames.
-    Lz4(lz4_flex::frame::FrameDecoder<R>),
+    Lz4(lz4_flex::frame::FrameDecoder<Lz4Frames<R>>),
 }
 
 impl<R: BufRead> Decoder<R> {
@@ -127,7 +127,10 @@ impl<R: BufRead> Decoder<R> {
             Compression::Brotli => Decoder::Brotli(Box::new(
                 brotli_decompressor::Decompressor::new(input, 64 << 10),
             )),
-            Compression::Lz4 => Decoder::Lz4(lz4_flex::frame::FrameDecoder::new(input)),
+            Compression::Lz4 => Decoder::Lz4(lz4_flex::frame::FrameDecoder::new(Lz4Frames {
+                inner: input,
+                walk: FrameWalk::default(),
+            })),
         })
     }
 
@@ -139,8 +142,174 @@ impl<R: BufRead> Decoder<R> {
             Decoder::Zstd(d) => d.get_mut(),
             Decoder::Bzip2(d) => d.get_mut(),
             Decoder::Brotli(d) => d.get_mut(),
-            Decoder::Lz4(d) => d.get_mut(),
+            Decoder::Lz4(d) => &mut d.get_mut().inner,
         }
+    }
+
+    /// Whether the compressed stream read so far ends where a stream may end. Only
+    /// lz4 needs asking: its decoder takes the end of the input between two blocks
+    /// for the end of the frame, which other lz4 readers refuse as truncated.
+    pub fn ended_cleanly(&mut self) -> bool {
+        match self {
+            Decoder::Lz4(d) => d.get_mut().walk.at_end(),
+            _ => true,
+        }
+    }
+}
+
+/// The compressed input of the lz4 decoder, followed through the frame format.
+pub struct Lz4Frames<R> {
+    inner: R,
+    walk: FrameWalk,
+}
+
+impl<R: BufRead> Read for Lz4Frames<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.walk.feed(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Where the lz4 frame format stands after the bytes fed so far: a frame is magic,
+/// header, blocks (4-byte size, data, optional checksum), a zero end mark and an
+/// optional checksum; a legacy frame is sized blocks up to the end or the next
+/// frame; a skippable frame is a size and data.
+#[derive(Default)]
+struct FrameWalk {
+    /// Bytes of the current fixed-size field gathered so far.
+    field: Vec<u8>,
+    /// What the next bytes are.
+    at: Lz4Part,
+    /// Bytes still to pass over (block data, skippable frame data).
+    skip: u64,
+    /// FLG of the current frame: block checksums (bit 4), content checksum (bit 2).
+    flags: u8,
+}
+
+#[derive(Default, Clone, Copy, PartialEq, Eq)]
+enum Lz4Part {
+    #[default]
+    Magic,
+    Header,
+    BlockSize,
+    LegacyBlockSize,
+    SkippableSize,
+    Skip(Lz4After),
+    ContentChecksum,
+    Broken,
+}
+
+/// Where a skipped run of bytes leads.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Lz4After {
+    Block,
+    LegacyBlock,
+    Frame,
+}
+
+impl Lz4After {
+    fn next(self) -> Lz4Part {
+        match self {
+            Lz4After::Block => Lz4Part::BlockSize,
+            Lz4After::LegacyBlock => Lz4Part::LegacyBlockSize,
+            Lz4After::Frame => Lz4Part::Magic,
+        }
+    }
+}
+
+const LZ4_MAGIC: u32 = 0x184D_2204;
+const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+
+impl FrameWalk {
+    fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() && self.at != Lz4Part::Broken {
+            if let Lz4Part::Skip(after) = self.at {
+                let n = (bytes.len() as u64).min(self.skip);
+                self.skip -= n;
+                bytes = &bytes[n as usize..];
+                if self.skip == 0 {
+                    self.at = after.next();
+                }
+                continue;
+            }
+            let want = self.field_len();
+            let n = (want - self.field.len()).min(bytes.len());
+            self.field.extend_from_slice(&bytes[..n]);
+            bytes = &bytes[n..];
+            if self.field.len() == want {
+                self.field_done();
+            }
+        }
+    }
+
+    fn field_len(&self) -> usize {
+        match (self.at, self.field.first()) {
+            // FLG and BD, then the optional content size and dictionary id, and the
+            // header checksum: known once FLG is.
+            (Lz4Part::Header, Some(&flg)) => {
+                2 + if flg & 0x08 != 0 { 8 } else { 0 } + if flg & 0x01 != 0 { 4 } else { 0 } + 1
+            }
+            (Lz4Part::Header, None) => 1,
+            _ => 4,
+        }
+    }
+
+    fn field_done(&mut self) {
+        if self.at == Lz4Part::Header && self.field.len() == 1 {
+            // Now the header's length is known.
+            return;
+        }
+        let word = match self.field[..] {
+            [a, b, c, d] => u32::from_le_bytes([a, b, c, d]),
+            _ => 0,
+        };
+        self.at = match self.at {
+            Lz4Part::Magic => match word {
+                LZ4_MAGIC => Lz4Part::Header,
+                LZ4_LEGACY_MAGIC => Lz4Part::LegacyBlockSize,
+                0x184D_2A50..=0x184D_2A5F => Lz4Part::SkippableSize,
+                _ => Lz4Part::Broken,
+            },
+            Lz4Part::Header => {
+                self.flags = self.field[0];
+                Lz4Part::BlockSize
+            }
+            Lz4Part::BlockSize if word == 0 => {
+                if self.flags & 0x04 != 0 {
+                    Lz4Part::ContentChecksum
+                } else {
+                    Lz4Part::Magic
+                }
+            }
+            Lz4Part::BlockSize => {
+                let checksum = if self.flags & 0x10 != 0 { 4 } else { 0 };
+                self.skip = u64::from(word & 0x7fff_ffff) + checksum;
+                Lz4Part::Skip(Lz4After::Block)
+            }
+            // A legacy frame ends where another frame's magic stands for a size.
+            Lz4Part::LegacyBlockSize if word == LZ4_MAGIC => Lz4Part::Header,
+            Lz4Part::LegacyBlockSize if word == LZ4_LEGACY_MAGIC => Lz4Part::LegacyBlockSize,
+            Lz4Part::LegacyBlockSize => {
+                self.skip = u64::from(word);
+                Lz4Part::Skip(Lz4After::LegacyBlock)
+            }
+            Lz4Part::SkippableSize => {
+                self.skip = u64::from(word);
+                Lz4Part::Skip(Lz4After::Frame)
+            }
+            Lz4Part::ContentChecksum => Lz4Part::Magic,
+            Lz4Part::Skip(_) | Lz4Part::Broken => Lz4Part::Broken,
+        };
+        if let (Lz4Part::Skip(after), 0) = (self.at, self.skip) {
+            self.at = after.next();
+        }
+        self.field.clear();
+    }
+
+    /// Whether the input may end here: between frames, or between legacy blocks.
+    fn at_end(&self) -> bool {
+        self.field.is_empty() && matches!(self.at, Lz4Part::Magic | Lz4Part::LegacyBlockSize)
     }
 }
 
@@ -221,6 +390,24 @@ mod tests {
         trailing.extend_from_slice(b"junk");
         assert!(decode(Compression::Zstd, &trailing).is_err());
         assert!(decode(Compression::Zstd, &z[..z.len() - 1]).is_err());
+    }
+
+    #[test]
+    fn an_lz4_stream_must_end_with_its_frame() {
+        let data = b"lz4 frames ".repeat(100_000);
+        let mut info = lz4_flex::frame::FrameInfo::new();
+        info.block_checksums = true;
+        info.content_checksum = true;
+        let mut e = lz4_flex::frame::FrameEncoder::with_frame_info(info, Vec::new());
+        e.write_all(&data).unwrap();
+        let packed = e.finish().unwrap();
+        for cut in [0, 3, 4, 8, 12] {
+            let bytes = &packed[..packed.len() - cut];
+            let mut d = Decoder::new(Compression::Lz4, bytes).unwrap();
+            let mut out = Vec::new();
+            let decoded = d.read_to_end(&mut out).is_ok();
+            assert_eq!(decoded && d.ended_cleanly(), cut == 0, "cut {cut}");
+        }
     }
 
     #[test]

@@ -106,8 +106,14 @@ fn verify(
         hasher,
         size,
     } = tee;
-    // The decoder stopped at the end of its stream; anything after it is not NAR.
-    if !decoder.input().drained() {
+    // The decoder stopped at the end of its stream; anything after it is not NAR
+    // (brotli says so only when asked once more).
+    let mut probe = [0u8; 1];
+    let tail = decoder.read(&mut probe);
+    if !decoder.ended_cleanly() {
+        return Err(format!("the {} stream is truncated", compression.name()));
+    }
+    if !matches!(tail, Ok(0)) || !decoder.input().drained() {
         return Err(format!(
             "data after the end of the {} stream",
             compression.name()
