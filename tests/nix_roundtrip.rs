@@ -308,6 +308,46 @@ fn xz_and_uncompressed_round_trips_with_copy_from() {
     }
 }
 
+/// The server decompresses every upload to check the NAR inside: each compression
+/// Nix writes must decode as Nix wrote it, and substitute back.
+#[test]
+fn every_other_compression_nix_writes_is_verified_and_round_trips() {
+    let Some(nix) = Nix::new() else { return };
+    let (sk, pk) = nix.keys();
+    for (compression, ext) in [
+        ("bzip2", ".nar.bz2"),
+        ("br", ".nar.br"),
+        ("lzip", ".nar.lzip"),
+        ("lz4", ".nar.lz4"),
+    ] {
+        let s = ServerBuilder::new().start();
+        let c = nix.build();
+        let before = app_contents(&c);
+        nix.copy_to(
+            &format!("{}?compression={compression}&secret-key={sk}", s.url()),
+            &c.app,
+        );
+        let nars = s.store.nars();
+        assert_eq!(nars.len(), 3, "{compression}: {nars:?}");
+        assert!(nars.iter().all(|f| f.ends_with(ext)), "{nars:?}");
+        nix.delete(&c);
+        nix.ok(
+            "nix",
+            &[
+                "copy",
+                "--from",
+                &s.url(),
+                &c.app,
+                "--option",
+                "trusted-public-keys",
+                &pk,
+            ],
+        );
+        assert!(nix.valid(&c.app), "{compression}");
+        assert_eq!(app_contents(&c), before, "{compression}");
+    }
+}
+
 #[test]
 fn unsigned_uploads_are_not_substituted_with_require_sigs() {
     let Some(nix) = Nix::new() else { return };
