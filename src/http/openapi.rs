@@ -80,7 +80,7 @@ fn object_routes() -> Vec<ObjectRoute> {
                 "1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar.xz",
             )),
             summary: "A NAR file, named by the nix32 SHA-256 of its (possibly compressed) bytes; supports Range",
-            put: "Stores a NAR once its bytes hash to the name",
+            put: "Stores a NAR once its bytes hash to the name and decompress (as the extension says) to one valid NAR",
         },
         ObjectRoute {
             kind: Kind::Log,
