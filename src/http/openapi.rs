@@ -58,7 +58,7 @@ fn object_routes() -> Vec<ObjectRoute> {
                 "nx73vzmbhpb3836sq4af0c7y7rlw5z6y",
             )),
             summary: "A store path's narinfo",
-            put: "Stores a narinfo once it parses as Nix parses it, names this hash, points at a NAR of the declared size that the cache has, and (with trusted keys) is signed",
+            put: "Stores a narinfo once it parses as Nix parses it, names this hash, points at a NAR of the declared size that the cache has and that decodes to its NarHash and NarSize, and (with trusted keys) is signed",
         },
         ObjectRoute {
             kind: Kind::Listing,
