@@ -351,6 +351,60 @@ fn after_a_restart_a_narinfo_is_checked_against_the_stored_nar() {
 }
 
 #[test]
+fn more_nar_uploads_at_once_than_the_blocking_pool_has_threads() {
+    // Each NAR upload has a verifier thread for as long as its body lasts. Were they
+    // on tokio's blocking pool (512 threads), on which the directory backend writes
+    // each MiB, 512 started uploads would leave no thread for the writes they wait on.
+    if fs_only("the directory backend writes on the blocking pool") {
+        return;
+    }
+    const N: usize = 520;
+    const HEAD: usize = 1024;
+    let s = ServerBuilder::new().start();
+    // Distinct NARs of 2 MiB, made again when needed rather than all kept.
+    let nar = |i: usize| nar_of(&vec![i as u8 ^ (i >> 8) as u8; (2 << 20) + i]);
+    let conns: Vec<_> = (0..N)
+        .map(|i| {
+            let nar = nar(i);
+            let mut c = connect(s.addr);
+            let key = format!("/{}", nar_key(&nar));
+            c.write_all(&request_head(
+                s.addr,
+                "PUT",
+                &key,
+                &[],
+                Some(nar.len() as u64),
+            ))
+            .unwrap();
+            c.write_all(&nar[..HEAD]).unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || s.store.pending().len() == N),
+        "{} uploads under way",
+        s.store.pending().len()
+    );
+    // Every upload now needs a write before its verifier can end.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                scope.spawn(move || {
+                    let nar = nar(i);
+                    c.write_all(&nar[HEAD..]).unwrap();
+                    read_response(&mut BufReader::new(c), false).unwrap().status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&st| st == 201), "{statuses:?}");
+    assert_eq!(s.store.nars().len(), N);
+}
+
+#[test]
 fn a_cancelled_upload_leaves_nothing() {
     let s = ServerBuilder::new().start();
     let nar = nar_of(&vec![7u8; 256 * 1024]);

@@ -93,7 +93,8 @@ impl Cache {
         let limit = self.upload_limit(key.kind());
         let mut upload = Some(self.storage.begin_upload(key.as_str()).await?);
         // An uncompressed NAR's NarHash is its file hash, computed here anyway.
-        let mut verifier = NarVerifier::start(compression, compression != Compression::None);
+        let mut verifier = NarVerifier::start(compression, compression != Compression::None)
+            .map_err(StorageError::Io)?;
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -150,7 +151,7 @@ impl Cache {
             )));
         };
         let mut stream = reader.body.into_stream();
-        let mut verifier = NarVerifier::start(compression, true);
+        let mut verifier = NarVerifier::start(compression, true).map_err(StorageError::Io)?;
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(StorageError::from_io)?;
             if !verifier.feed(chunk).await {

@@ -1,8 +1,11 @@
 //! Decompress, hash and parse a NAR file while its bytes stream past.
 //!
 //! The decoders and the parser are blocking `Read` code, and decompressing is CPU
-//! work, so they run on a blocking thread; the async side hands it the chunks
-//! through a short bounded channel. Memory is the decoder's cap
+//! work, so they run on a thread of their own per upload; the async side hands it the
+//! chunks through a short bounded channel. Not on tokio's blocking pool: a verifier
+//! waits for chunks as long as its upload lasts, and with as many uploads as the
+//! pool has threads, the storage writes those uploads wait for (which run on the
+//! pool) would never start. Memory is the decoder's cap
 //! ([`compression::decoder_memory`]) plus [`PIPELINE_MEMORY`], whatever the size of
 //! the NAR.
 
@@ -10,7 +13,7 @@ use std::io::{self, BufRead, BufReader, Read};
 
 use bytes::{Buf, Bytes};
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::compression::{self, Compression, Decoder};
 use super::nar::{self, NarError};
@@ -40,37 +43,40 @@ pub struct NarDigest {
 
 /// A verification in progress; see the module doc.
 pub struct NarVerifier {
-    tx: Option<mpsc::Sender<Bytes>>,
-    task: tokio::task::JoinHandle<Result<Option<NarDigest>, String>>,
+    tx: mpsc::Sender<Bytes>,
+    verdict: oneshot::Receiver<Result<Option<NarDigest>, String>>,
 }
 
 impl NarVerifier {
     /// Starts verifying a file of `compression`. With `hash` false the uncompressed
     /// bytes are not hashed (for an uncompressed NAR the caller hashes the file
     /// anyway), and [`NarVerifier::finish`] returns no digest.
-    pub fn start(compression: Compression, hash: bool) -> Self {
+    pub fn start(compression: Compression, hash: bool) -> io::Result<Self> {
         let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let task = tokio::task::spawn_blocking(move || verify(compression, hash, rx));
-        NarVerifier { tx: Some(tx), task }
+        let (done, verdict) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("nar-verify".into())
+            .spawn(move || {
+                let _ = done.send(verify(compression, hash, rx));
+            })?;
+        Ok(NarVerifier { tx, verdict })
     }
 
     /// Passes on the next chunk of the file. `false` when verification already
     /// failed: [`NarVerifier::finish`] says why.
     pub async fn feed(&mut self, chunk: Bytes) -> bool {
-        match &self.tx {
-            Some(tx) => tx.send(chunk).await.is_ok(),
-            None => false,
-        }
+        self.tx.send(chunk).await.is_ok()
     }
 
     /// Ends the file and waits for the verdict: the digest (with `hash`), or why
     /// the file is not a valid NAR, as one line.
-    pub async fn finish(mut self) -> Result<Option<NarDigest>, String> {
-        self.tx = None;
-        match self.task.await {
-            Ok(res) => res,
-            Err(e) => Err(format!("NAR verification failed: {e}")),
-        }
+    pub async fn finish(self) -> Result<Option<NarDigest>, String> {
+        let NarVerifier { tx, verdict } = self;
+        // The end of the file, for the thread.
+        drop(tx);
+        verdict
+            .await
+            .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into()))
     }
 }
 
@@ -189,7 +195,7 @@ mod tests {
     use std::io::Write;
 
     async fn run(c: Compression, file: &[u8], chunk: usize) -> Result<Option<NarDigest>, String> {
-        let mut v = NarVerifier::start(c, true);
+        let mut v = NarVerifier::start(c, true).unwrap();
         for part in file.chunks(chunk) {
             if !v.feed(Bytes::copy_from_slice(part)).await {
                 break;
