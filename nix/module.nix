@@ -123,7 +123,7 @@ in
 
     memoryBudget = mkOption {
       type = types.str;
-      default = "256M";
+      default = "512M";
       example = "1G";
       description = ''
         Memory for client data the server holds whole (narinfo, realisation and

@@ -11,15 +11,20 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Default budget, in bytes (`NIX_STORED_MEMORY_BUDGET`).
-pub const DEFAULT_BUDGET: u64 = 256 << 20;
+/// 512 MiB: three xz (or two zstd) NAR verifications at their decoders' caps (about
+/// 104 and 136 MiB) within the three quarters decoders may take, and the rest for
+/// narinfos and the S3 memo.
+pub const DEFAULT_BUDGET: u64 = 512 << 20;
 
 /// A byte-counting semaphore: [`Budget::try_reserve`] takes bytes from it, and a
-/// [`Reservation`] gives them back when dropped. It never waits: a caller that
-/// cannot have its bytes now refuses its work.
+/// [`Reservation`] gives them back when dropped. Callers that cannot have their
+/// bytes now refuse their work, or wait a bounded time ([`Budget::reserve_waiting`]).
 #[derive(Debug)]
 pub struct Budget {
     limit: u64,
     used: AtomicU64,
+    /// Woken whenever bytes are given back.
+    released: tokio::sync::Notify,
 }
 
 impl Budget {
@@ -28,6 +33,7 @@ impl Budget {
         Arc::new(Budget {
             limit,
             used: AtomicU64::new(0),
+            released: tokio::sync::Notify::new(),
         })
     }
 
@@ -57,6 +63,35 @@ impl Budget {
             })
     }
 
+    /// Takes `bytes` while no more than `ceiling` is then in use, waiting up to
+    /// `max_wait` for other reservations to end: for work that needs much memory
+    /// for a while (a NAR's decoder), which is better delayed than refused.
+    /// `None` when the wait ran out, or at once when `bytes` can never fit.
+    pub async fn reserve_waiting(
+        self: &Arc<Self>,
+        bytes: u64,
+        ceiling: u64,
+        max_wait: std::time::Duration,
+    ) -> Option<Reservation> {
+        if bytes > ceiling.min(self.limit) {
+            return None;
+        }
+        let deadline = tokio::time::Instant::now() + max_wait;
+        loop {
+            // Registered before the attempt, so that a release between a failed
+            // attempt and the wait is not missed.
+            let released = self.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if let Some(r) = self.try_reserve_below(bytes, ceiling) {
+                return Some(r);
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return None;
+            }
+        }
+    }
+
     fn take(&self, bytes: u64, ceiling: u64) -> bool {
         self.used
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
@@ -67,6 +102,7 @@ impl Budget {
 
     fn give_back(&self, bytes: u64) {
         self.used.fetch_sub(bytes, Ordering::AcqRel);
+        self.released.notify_waiters();
     }
 }
 
@@ -173,5 +209,27 @@ mod tests {
             t.join().expect("no panic");
         }
         assert_eq!(b.in_use(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_waiting_reservation_gets_the_bytes_given_back() {
+        let budget = Budget::new(100);
+        let first = budget.try_reserve(80).unwrap();
+        let wait = std::time::Duration::from_secs(10);
+        let waiter = {
+            let budget = budget.clone();
+            tokio::spawn(async move { budget.reserve_waiting(50, 100, wait).await })
+        };
+        tokio::task::yield_now().await;
+        drop(first);
+        let second = waiter.await.unwrap().expect("the bytes given back");
+        assert_eq!(budget.in_use(), 50);
+        drop(second);
+        // More than the ceiling can never fit: no wait.
+        assert!(budget.reserve_waiting(60, 50, wait).await.is_none());
+        // A wait that runs out.
+        let _held = budget.try_reserve(100).unwrap();
+        let short = std::time::Duration::from_millis(20);
+        assert!(budget.reserve_waiting(1, 100, short).await.is_none());
     }
 }

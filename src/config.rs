@@ -83,7 +83,7 @@ pub struct Args {
     /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
     /// being validated, the S3 narinfo memo), in bytes or with a K, M, G or T suffix.
     /// An upload that would go beyond it is refused with 503 and Retry-After.
-    #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "256M")]
+    #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M")]
     pub memory_budget: String,
 
     /// Space-separated public keys (`name:base64`, as in nix.conf's trusted-public-keys).
@@ -797,7 +797,7 @@ mod tests {
             parse(&["--memory-budget", "64K"]).unwrap().memory_budget,
             64 << 10
         );
-        assert_eq!(parse(&[]).unwrap().memory_budget, 256 << 20);
+        assert_eq!(parse(&[]).unwrap().memory_budget, 512 << 20);
         assert!(parse(&["--max-connections-per-address", "0"]).is_err());
         assert_eq!(parse(&[]).unwrap().max_auth_failures, 10);
         assert_eq!(

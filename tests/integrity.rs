@@ -95,10 +95,15 @@ fn check_rule(why: &str, breaks: impl FnOnce(&mut NarInfo) -> String) {
 #[test]
 fn a_nar_must_hash_to_its_name() {
     let s = ServerBuilder::new().start();
-    let nar = nar_of(b"the real contents");
+    let plain = nar_of(b"the real contents");
     let other = nar_of(b"other contents");
-    for ext in ["", ".xz", ".zst", ".bz2", ".br", ".lz4", ".lzip"] {
-        let key = format!("/nar/{}.nar{ext}", nix32_sha256(&other));
+    for &(compression, ext) in [("none", "")].iter().chain(COMPRESSIONS) {
+        // Valid compressed NARs: only the name is wrong.
+        let nar = compress(&plain, compression);
+        let key = format!(
+            "/nar/{}.nar{ext}",
+            nix32_sha256(&compress(&other, compression))
+        );
         let r = put(&s, &key, &nar);
         assert_eq!(r.status, 400, "{key}: {}", r.text());
         assert_eq!(get(&s, &key).status, 404, "{key}");
@@ -119,9 +124,321 @@ fn a_nar_must_hash_to_its_name() {
     assert_only(&s, &[]);
     assert!(s.store.pending().is_empty());
     // The right body under its own name is accepted.
-    let key = format!("/{}", nar_key(&nar));
-    assert_eq!(put(&s, &key, &nar).status, 201);
-    assert_eq!(get(&s, &key).body, nar);
+    let key = format!("/{}", nar_key(&plain));
+    assert_eq!(put(&s, &key, &plain).status, 201);
+    assert_eq!(get(&s, &key).body, plain);
+}
+
+/// PUTs `body` at `key`, expects 400 with a reason containing `why`, and checks
+/// nothing was stored under it.
+fn nar_refused(s: &Server, key: &str, body: &[u8], why: &str) {
+    let r = put(s, key, body);
+    assert_eq!(r.status, 400, "{key}: {}", r.text());
+    let text = r.text();
+    assert!(text.contains(why), "{key}: {text:?} does not say {why:?}");
+    assert_eq!(text.trim().lines().count(), 1, "{text:?}");
+    assert_eq!(head(s, key).status, 404, "{key}");
+    assert!(s.store.pending().is_empty());
+}
+
+fn key_of(file: &[u8], ext: &str) -> String {
+    format!("/nar/{}.nar{ext}", nix32_sha256(file))
+}
+
+#[test]
+fn garbage_under_a_compressed_name_is_refused_and_its_narinfo_too() {
+    let s = ServerBuilder::new().start();
+    for (compression, ext) in COMPRESSIONS {
+        let garbage = format!("garbage, not {compression} at all")
+            .repeat(50)
+            .into_bytes();
+        let key = key_of(&garbage, ext);
+        nar_refused(&s, &key, &garbage, compression);
+        // Its narinfo, claiming a NAR of 4 EiB, finds no NAR to describe.
+        let h = store_hash(&format!("garbage {compression}"));
+        let mut info = NarInfo::compressed(STORE, &h, "g", &garbage, &garbage, compression, ext);
+        info.nar_size = "4611686018427387904".into();
+        refused(&s, &h, info.render().as_bytes(), "garbage NAR", &[]);
+    }
+}
+
+#[test]
+fn a_compressed_file_that_is_not_a_nar_is_refused() {
+    let s = ServerBuilder::new().start();
+    for (compression, ext) in COMPRESSIONS {
+        let file = compress(b"hello, a text file and not an archive", compression);
+        nar_refused(&s, &key_of(&file, ext), &file, "not a valid NAR");
+        // Nor a NAR followed by more data inside the compressed stream.
+        let mut longer = nar_of(b"x");
+        longer.extend_from_slice(&[0; 8]);
+        let file = compress(&longer, compression);
+        nar_refused(&s, &key_of(&file, ext), &file, "after the end");
+        // Nor a compressed NAR followed by more data after the compressed stream.
+        let mut file = compress(&nar_of(b"y"), compression);
+        file.extend_from_slice(b"tail");
+        nar_refused(&s, &key_of(&file, ext), &file, compression);
+    }
+    assert_only(&s, &[]);
+}
+
+#[test]
+fn an_uncompressed_body_that_is_not_a_nar_is_refused() {
+    let s = ServerBuilder::new().start();
+    for body in [&b"hello"[..], b"", b"\x0d\0\0\0\0\0\0\0nix-archive-2\0\0\0"] {
+        nar_refused(&s, &key_of(body, ""), body, "NAR");
+    }
+    // Names out of order in a directory.
+    let mut nar = Vec::new();
+    for tok in [
+        &b"nix-archive-1"[..],
+        b"(",
+        b"type",
+        b"directory",
+        b"entry",
+        b"(",
+        b"name",
+        b"b",
+        b"node",
+        b"(",
+        b"type",
+        b"symlink",
+        b"target",
+        b"x",
+        b")",
+        b")",
+        b"entry",
+        b"(",
+        b"name",
+        b"a",
+        b"node",
+        b"(",
+        b"type",
+        b"symlink",
+        b"target",
+        b"x",
+        b")",
+        b")",
+        b")",
+    ] {
+        nar.extend_from_slice(&(tok.len() as u64).to_le_bytes());
+        nar.extend_from_slice(tok);
+        nar.resize(nar.len() + (8 - tok.len() % 8) % 8, 0);
+    }
+    nar_refused(&s, &key_of(&nar, ""), &nar, "not sorted");
+    assert_only(&s, &[]);
+}
+
+#[test]
+fn a_truncated_nar_is_refused() {
+    let s = ServerBuilder::new().start();
+    let nar = nar_of(&vec![3u8; 100_000]);
+    for cut in [8, 100, nar.len() / 2, nar.len() - 8] {
+        let short = &nar[..cut];
+        nar_refused(&s, &key_of(short, ""), short, "truncated");
+        for (compression, ext) in COMPRESSIONS {
+            // A complete compressed stream of a truncated NAR...
+            let file = compress(short, compression);
+            nar_refused(&s, &key_of(&file, ext), &file, "truncated");
+        }
+    }
+    for (compression, ext) in COMPRESSIONS {
+        // ...and a truncated compressed stream of a complete NAR.
+        let file = compress(&nar, compression);
+        let short = &file[..file.len() - 3];
+        nar_refused(&s, &key_of(short, ext), short, compression);
+    }
+    assert_only(&s, &[]);
+}
+
+#[test]
+fn every_compression_is_accepted_end_to_end() {
+    let s = ServerBuilder::new().start();
+    let nar = nar_of(&b"some file contents ".repeat(10_000));
+    for (compression, _) in COMPRESSIONS {
+        let h = store_hash(&format!("e2e {compression}"));
+        let (info, file) = NarInfo::packed(STORE, &h, "p", &nar, compression);
+        let url = format!("/{}", info.url);
+        let r = put(&s, &url, &file);
+        assert_eq!(r.status, 201, "{compression}: {}", r.text());
+        accepted(&s, &h, info.render().as_bytes(), compression);
+        assert_eq!(get(&s, &url).body, file, "{compression}");
+    }
+}
+
+#[test]
+fn a_narinfo_lying_about_its_nar_is_refused() {
+    // (For an uncompressed NAR, NarHash/NarSize must equal FileHash/FileSize, which
+    // the file name and the stored size already pin down.)
+    let s = ServerBuilder::new().start();
+    let nar = nar_of(b"what the NAR really holds");
+    let other = nar_of(b"what the narinfo says it holds");
+    for (compression, _) in COMPRESSIONS {
+        let h = store_hash(&format!("liar {compression}"));
+        let (honest, file) = NarInfo::packed(STORE, &h, "p", &nar, compression);
+        assert_eq!(put(&s, &format!("/{}", honest.url), &file).status, 201);
+        let mut wrong_hash = honest.clone();
+        wrong_hash.nar_hash = format!("sha256:{}", nix32_sha256(&other));
+        let r = put(&s, &format!("/{h}.narinfo"), wrong_hash.render().as_bytes());
+        assert_eq!(r.status, 400, "{compression}: {}", r.text());
+        assert!(r.text().contains("NarHash"), "{compression}: {}", r.text());
+        let mut wrong_size = honest.clone();
+        wrong_size.nar_size = (nar.len() + 8).to_string();
+        let r = put(&s, &format!("/{h}.narinfo"), wrong_size.render().as_bytes());
+        assert_eq!(r.status, 400, "{compression}: {}", r.text());
+        assert!(r.text().contains("NarSize"), "{compression}: {}", r.text());
+        assert_eq!(head(&s, &format!("/{h}.narinfo")).status, 404);
+        accepted(&s, &h, honest.render().as_bytes(), compression);
+    }
+}
+
+#[test]
+fn a_nar_needing_too_much_decoder_memory_is_refused() {
+    let s = ServerBuilder::new().start();
+    let nar = nar_of(b"small");
+    // xz with a 128 MiB dictionary: the header says how much decoding takes.
+    let mut opts = liblzma::stream::LzmaOptions::new_preset(1).unwrap();
+    opts.dict_size(128 << 20);
+    let mut filters = liblzma::stream::Filters::new();
+    filters.lzma2(&opts);
+    let stream =
+        liblzma::stream::Stream::new_stream_encoder(&filters, liblzma::stream::Check::Crc64)
+            .unwrap();
+    let mut e = liblzma::write::XzEncoder::new_stream(Vec::new(), stream);
+    e.write_all(&nar).unwrap();
+    let xz = e.finish().unwrap();
+    nar_refused(&s, &key_of(&xz, ".xz"), &xz, "decoder memory");
+    // zstd with a 256 MiB window.
+    let mut e = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    e.set_parameter(zstd::zstd_safe::CParameter::WindowLog(28))
+        .unwrap();
+    e.include_contentsize(false).unwrap();
+    e.write_all(&nar).unwrap();
+    let zst = e.finish().unwrap();
+    nar_refused(&s, &key_of(&zst, ".zst"), &zst, "decoder memory");
+    assert_only(&s, &[]);
+}
+
+#[test]
+fn after_a_restart_a_narinfo_is_checked_against_the_stored_nar() {
+    let store = Store::fresh("redecode");
+    let nar = nar_of(&b"kept across restarts ".repeat(1000));
+    let h = store_hash("restart");
+    let (honest, file) = NarInfo::packed(STORE, &h, "p", &nar, "xz");
+    let mut s = ServerBuilder::new().store(&store).start();
+    assert_eq!(put(&s, &format!("/{}", honest.url), &file).status, 201);
+    s.terminate();
+    let s = ServerBuilder::new().store(&store).start();
+    let mut lying = honest.clone();
+    lying.nar_size = (nar.len() - 8).to_string();
+    let keep = [honest.url.as_str()];
+    refused(
+        &s,
+        &h,
+        lying.render().as_bytes(),
+        "NarSize after restart",
+        &keep,
+    );
+    accepted(&s, &h, honest.render().as_bytes(), "after restart");
+    // A NAR another writer put into the storage is decoded too: garbage is refused.
+    let garbage = b"not xz, written behind the server's back".to_vec();
+    let bad_key = key_of(&garbage, ".xz");
+    store.write(&bad_key[1..], &garbage);
+    let h2 = store_hash("behind its back");
+    let info = NarInfo::compressed(STORE, &h2, "p", &nar, &garbage, "xz", ".xz");
+    let r = put(&s, &format!("/{h2}.narinfo"), info.render().as_bytes());
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("is not valid"), "{}", r.text());
+}
+
+#[test]
+fn nar_uploads_beyond_the_memory_budget_wait_their_turn() {
+    // 40 MiB: 30 MiB for decoders, three uncompressed verifications (8 MiB each) at
+    // once. Twelve parallel uploads must all succeed: the others wait, none is refused.
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_MEMORY_BUDGET", "40M")
+        .start();
+    let nars: Vec<Vec<u8>> = (0..12u8)
+        .map(|i| nar_of(&vec![i; (4 << 20) + usize::from(i)]))
+        .collect();
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = nars
+            .iter()
+            .map(|nar| {
+                let s = &s;
+                scope.spawn(move || put(s, &format!("/{}", nar_key(nar)), nar).status)
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&st| st == 201), "{statuses:?}");
+    assert_eq!(s.store.nars().len(), 12);
+    // A decoder that can never fit is refused at once with 503, not after a wait.
+    let tiny = ServerBuilder::new()
+        .env("NIX_STORED_MEMORY_BUDGET", "8M")
+        .start();
+    let nar = nar_of(b"no room for its verification");
+    let r = put(&tiny, &format!("/{}", nar_key(&nar)), &nar);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+}
+
+#[test]
+fn more_nar_uploads_at_once_than_the_blocking_pool_has_threads() {
+    // Each NAR upload has a verifier thread for as long as its body lasts. Were they
+    // on tokio's blocking pool (512 threads), on which the directory backend writes
+    // each MiB, 512 started uploads would leave no thread for the writes they wait on.
+    if fs_only("the directory backend writes on the blocking pool") {
+        return;
+    }
+    const N: usize = 520;
+    const HEAD: usize = 1024;
+    // A budget that lets every verification start at once (8 MiB each, within the
+    // three quarters decoders may take): the budget is accounting, not allocation.
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_MEMORY_BUDGET", "8G")
+        .env("NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", "1000")
+        .start();
+    // Distinct NARs of 2 MiB, made again when needed rather than all kept.
+    let nar = |i: usize| nar_of(&vec![i as u8 ^ (i >> 8) as u8; (2 << 20) + i]);
+    let conns: Vec<_> = (0..N)
+        .map(|i| {
+            let nar = nar(i);
+            let mut c = connect(s.addr);
+            let key = format!("/{}", nar_key(&nar));
+            c.write_all(&request_head(
+                s.addr,
+                "PUT",
+                &key,
+                &[],
+                Some(nar.len() as u64),
+            ))
+            .unwrap();
+            c.write_all(&nar[..HEAD]).unwrap();
+            c
+        })
+        .collect();
+    assert!(
+        eventually(Duration::from_secs(60), || s.store.pending().len() == N),
+        "{} uploads under way",
+        s.store.pending().len()
+    );
+    // Every upload now needs a write before its verifier can end.
+    let statuses: Vec<u16> = std::thread::scope(|scope| {
+        let handles: Vec<_> = conns
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut c)| {
+                scope.spawn(move || {
+                    let nar = nar(i);
+                    c.write_all(&nar[HEAD..]).unwrap();
+                    read_response(&mut BufReader::new(c), false).unwrap().status
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|&st| st == 201), "{statuses:?}");
+    assert_eq!(s.store.nars().len(), N);
 }
 
 #[test]
@@ -173,23 +490,15 @@ fn narinfo_correct_variants_are_accepted() {
     );
     // Every compression with its extension; NarHash/NarSize describe the uncompressed
     // NAR and need not equal FileHash/FileSize.
-    for (i, (compression, ext)) in [
-        ("xz", ".xz"),
-        ("zstd", ".zst"),
-        ("bzip2", ".bz2"),
-        ("br", ".br"),
-        ("lz4", ".lz4"),
-        ("lzip", ".lzip"),
-        ("gzip", ""),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let file = format!("{compression} bytes {i}").into_bytes();
-        let fkey = format!("/nar/{}.nar{ext}", nix32_sha256(&file));
-        assert_eq!(put(&s, &fkey, &file).status, 201, "{fkey}");
+    for (compression, _) in COMPRESSIONS {
         let h = store_hash(compression);
-        let info = NarInfo::compressed(STORE, &h, "c", &nar, &file, compression, ext);
+        let (info, file) = NarInfo::packed(STORE, &h, "c", &nar, compression);
+        assert_eq!(
+            put(&s, &format!("/{}", info.url), &file).status,
+            201,
+            "{}",
+            info.url
+        );
         accepted(&s, &h, info.render().as_bytes(), compression);
     }
     // References present in the cache, and a reference to itself.
@@ -351,7 +660,6 @@ fn narinfo_without_file_size() {
 #[test]
 fn narinfo_extension_inconsistent_with_compression() {
     let s = ServerBuilder::new().start();
-    let nar = nar_of(b"uncompressed");
     let mut keep = Vec::new();
     let cases = [
         ("xz", ".zst"),
@@ -364,7 +672,13 @@ fn narinfo_extension_inconsistent_with_compression() {
         ("lz4", ".lzip"),
     ];
     for (i, (compression, ext)) in cases.into_iter().enumerate() {
-        let file = format!("compressed file {i}").into_bytes();
+        // A file really compressed as its extension says, so only the narinfo is wrong.
+        let nar = nar_of(format!("uncompressed {i}").as_bytes());
+        let actual = COMPRESSIONS
+            .iter()
+            .find(|(_, e)| *e == ext)
+            .map_or("none", |(c, _)| c);
+        let file = compress(&nar, actual);
         let key = format!("nar/{}.nar{ext}", nix32_sha256(&file));
         assert_eq!(put(&s, &format!("/{key}"), &file).status, 201);
         keep.push(key);
@@ -1143,7 +1457,7 @@ fn re_uploads_merge_signatures_and_never_drop_one() {
 
 const MIB: usize = 1024 * 1024;
 
-/// A large pseudo-random file, produced block by block.
+/// A large NAR of one pseudo-random file, produced block by block.
 struct BigFile {
     blocks: usize,
     seed: Vec<u8>,
@@ -1163,9 +1477,22 @@ impl BigFile {
         BigFile { blocks, seed }
     }
 
+    /// The `i`th MiB of the NAR: its header, then the contents, then its end.
     fn block(&self, i: usize) -> Vec<u8> {
         let mut b = self.seed.clone();
         b[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        // The header and the end together take 112 bytes, so the contents need no
+        // padding.
+        let header = nar_of(b"");
+        let (head, tail) = header.split_at(header.len() - 16 - 8);
+        if i == 0 {
+            b[..head.len()].copy_from_slice(head);
+            let contents = (self.len() - header.len()) as u64;
+            b[head.len()..head.len() + 8].copy_from_slice(&contents.to_le_bytes());
+        }
+        if i + 1 == self.blocks {
+            b[MIB - 16..].copy_from_slice(&tail[8..]);
+        }
         b
     }
 

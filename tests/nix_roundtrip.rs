@@ -469,6 +469,45 @@ fn xz_and_uncompressed_round_trips_with_copy_from(client: Client) {
     }
 }
 
+/// The server decompresses every upload to check the NAR inside: each compression
+/// Nix writes must decode as Nix wrote it, and substitute back.
+fn every_other_compression_nix_writes_is_verified_and_round_trips(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let (sk, pk) = nix.keys();
+    for (compression, ext) in [
+        ("bzip2", ".nar.bz2"),
+        ("br", ".nar.br"),
+        ("lzip", ".nar.lzip"),
+        ("lz4", ".nar.lz4"),
+    ] {
+        let s = ServerBuilder::new().start();
+        let c = nix.build();
+        let before = nix.app_contents(&c);
+        nix.copy_to(
+            &format!("{}?compression={compression}&secret-key={sk}", s.url()),
+            &c.app,
+        );
+        let nars = s.store.nars();
+        assert_eq!(nars.len(), 3, "{compression}: {nars:?}");
+        assert!(nars.iter().all(|f| f.ends_with(ext)), "{nars:?}");
+        nix.delete(&c);
+        nix.ok(
+            "nix",
+            &[
+                "copy",
+                "--from",
+                &s.url(),
+                &c.app,
+                "--option",
+                "trusted-public-keys",
+                &pk,
+            ],
+        );
+        assert!(nix.valid(&c.app), "{compression}");
+        assert_eq!(nix.app_contents(&c), before, "{compression}");
+    }
+}
+
 fn unsigned_uploads_are_not_substituted_with_require_sigs(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
     let s = ServerBuilder::new().start();
@@ -794,6 +833,7 @@ fn path_info_json_of_stored_and_missing_paths(client: Client) {
 with_both_clients!(
     zstd_upload_with_listings_and_log_then_substitution,
     xz_and_uncompressed_round_trips_with_copy_from,
+    every_other_compression_nix_writes_is_verified_and_round_trips,
     unsigned_uploads_are_not_substituted_with_require_sigs,
     basic_auth_through_a_netrc_file,
     the_store_directory_is_a_file_cache_both_ways,

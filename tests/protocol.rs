@@ -42,14 +42,13 @@ struct Object {
 fn every_kind(h: &str) -> Vec<Object> {
     let mut out = Vec::new();
     let plain_nar = nar_of(b"the plain NAR\n");
-    for (i, ext) in EXTENSIONS.iter().enumerate() {
-        // The server does not decompress: any bytes are a valid file as long as they
-        // hash to the name.
-        let body = if *ext == ".nar" {
-            plain_nar.clone()
-        } else {
-            format!("pretend {ext} stream #{i}").into_bytes()
-        };
+    for ext in EXTENSIONS {
+        // Every file is a real NAR, compressed as its extension says.
+        let compression = COMPRESSIONS
+            .iter()
+            .find(|(_, e)| format!(".nar{e}") == *ext)
+            .map_or("none", |(c, _)| c);
+        let body = compress(&plain_nar, compression);
         out.push(Object {
             path: format!("/nar/{}{ext}", nix32_sha256(&body)),
             body,

@@ -37,7 +37,7 @@ let
           NIX_STORED_PRIORITY = "30";
           NIX_STORED_LOG_LEVEL = "info";
           NIX_STORED_MAX_UPLOAD_SIZE = "32G";
-          NIX_STORED_MEMORY_BUDGET = "256M";
+          NIX_STORED_MEMORY_BUDGET = "512M";
         };
         credentials = [ ];
         listen = "127.0.0.1:8100";

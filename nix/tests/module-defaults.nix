@@ -8,7 +8,7 @@
   priority = 30;
   logLevel = "info";
   maxUploadSize = "32G";
-  memoryBudget = "256M";
+  memoryBudget = "512M";
   trustedPublicKeys = [ ];
   readUser = null;
   writeUser = null;

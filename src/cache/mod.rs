@@ -1,11 +1,15 @@
 //! Cache logic between the HTTP edge and storage: which keys exist, what an upload
 //! must satisfy before it becomes visible, and what `nix-cache-info` says.
 
+pub mod compression;
 pub mod index;
 pub mod ingest;
 pub mod json_check;
 pub mod key;
+pub mod nar;
+pub mod nar_verify;
 pub mod narinfo;
+pub mod verified;
 
 /// Cases per generated-input test: `default`, ten times as many with
 /// `NIX_STORED_ROBUST_FULL=1`, or `NIX_STORED_FUZZ_CASES`.
@@ -114,6 +118,7 @@ pub struct Cache {
     /// two concurrent re-signings cannot drop each other's signature.
     narinfo_locks: Box<[tokio::sync::Mutex<()>]>,
     budget: Arc<Budget>,
+    verified: verified::VerifiedNars,
 }
 
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
@@ -160,6 +165,7 @@ impl Cache {
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
             stored: Arc::default(),
+            verified: verified::VerifiedNars::default(),
             narinfo_locks: (0..NARINFO_LOCK_STRIPES)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),

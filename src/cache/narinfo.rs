@@ -23,6 +23,10 @@ pub struct CheckedNarInfo {
     pub file_size: u64,
     /// Hash parts of the references other than the path itself.
     pub references: Vec<String>,
+    /// Its declared `NarHash` (a SHA-256), to compare with what the NAR decodes to.
+    pub nar_hash: [u8; 32],
+    /// Its declared `NarSize`.
+    pub nar_size: u64,
 }
 
 /// What a narinfo upload is checked against.
@@ -134,9 +138,9 @@ pub fn check(
     {
         return Err("Compression is none but NarHash/NarSize differ from FileHash/FileSize".into());
     }
-    if sha256_nix32(info.nar_hash()).is_none() {
+    let NixHash::Sha256(nar_hash) = *info.nar_hash() else {
         return Err("NarHash must be a SHA-256".into());
-    }
+    };
 
     for sig in info.signatures() {
         let ok = sig
@@ -170,6 +174,8 @@ pub fn check(
         nar,
         file_size,
         references,
+        nar_hash,
+        nar_size: info.nar_size(),
     })
 }
 

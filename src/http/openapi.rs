@@ -58,7 +58,7 @@ fn object_routes() -> Vec<ObjectRoute> {
                 "nx73vzmbhpb3836sq4af0c7y7rlw5z6y",
             )),
             summary: "A store path's narinfo",
-            put: "Stores a narinfo once it parses as Nix parses it, names this hash, points at a NAR of the declared size that the cache has, and (with trusted keys) is signed",
+            put: "Stores a narinfo once it parses as Nix parses it, names this hash, points at a NAR of the declared size that the cache has and that decodes to its NarHash and NarSize, and (with trusted keys) is signed",
         },
         ObjectRoute {
             kind: Kind::Listing,
@@ -80,7 +80,7 @@ fn object_routes() -> Vec<ObjectRoute> {
                 "1s5nqwqlnw6zdnqzjfcc78w50vlwxm1rb005xl3y7z5fd9165z2p.nar.xz",
             )),
             summary: "A NAR file, named by the nix32 SHA-256 of its (possibly compressed) bytes; supports Range",
-            put: "Stores a NAR once its bytes hash to the name",
+            put: "Stores a NAR once its bytes hash to the name and decompress (as the extension says) to one valid NAR",
         },
         ObjectRoute {
             kind: Kind::Log,

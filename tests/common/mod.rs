@@ -885,6 +885,98 @@ pub fn nar_of(contents: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Every compression Nix writes NARs with: its `Compression:` name and file extension.
+pub const COMPRESSIONS: &[(&str, &str)] = &[
+    ("xz", ".xz"),
+    ("zstd", ".zst"),
+    ("bzip2", ".bz2"),
+    ("br", ".br"),
+    ("lz4", ".lz4"),
+    ("lzip", ".lzip"),
+];
+
+/// `data` compressed as Nix's `Compression: <compression>` would be (`none` leaves it).
+pub fn compress(data: &[u8], compression: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    match compression {
+        "none" => out.extend_from_slice(data),
+        "xz" => {
+            let mut e = liblzma::write::XzEncoder::new(out, 6);
+            e.write_all(data).unwrap();
+            out = e.finish().unwrap();
+        }
+        "zstd" => out = zstd::encode_all(data, 3).unwrap(),
+        "bzip2" => {
+            let mut e = bzip2::write::BzEncoder::new(out, bzip2::Compression::default());
+            e.write_all(data).unwrap();
+            out = e.finish().unwrap();
+        }
+        "br" => {
+            let mut w = brotli::CompressorWriter::new(&mut out, 4096, 6, 22);
+            w.write_all(data).unwrap();
+            drop(w);
+        }
+        "lz4" => {
+            let mut e = lz4_flex::frame::FrameEncoder::new(out);
+            e.write_all(data).unwrap();
+            out = e.finish().unwrap();
+        }
+        "lzip" => out = lzip(data),
+        other => panic!("no encoder for {other}"),
+    }
+    out
+}
+
+/// One lzip member (header, raw LZMA stream with its end marker, trailer), as
+/// `lzip` writes it; liblzma only decodes lzip, so the member is put together here.
+fn lzip(data: &[u8]) -> Vec<u8> {
+    use liblzma::stream::{Action, Filters, LzmaOptions, Stream};
+    let dict_log = 20;
+    let mut opts = LzmaOptions::new_preset(6).unwrap();
+    opts.dict_size(1 << dict_log)
+        .literal_context_bits(3)
+        .literal_position_bits(0)
+        .position_bits(2);
+    let mut filters = Filters::new();
+    filters.lzma1(&opts);
+    let mut stream = Stream::new_raw_encoder(&filters).unwrap();
+    let mut lzma = Vec::with_capacity(data.len() / 2 + 4096);
+    let mut input = data;
+    loop {
+        if lzma.capacity() - lzma.len() < 4096 {
+            lzma.reserve(1 << 20);
+        }
+        let before = stream.total_in();
+        let status = stream
+            .process_vec(input, &mut lzma, Action::Finish)
+            .unwrap();
+        input = &input[(stream.total_in() - before) as usize..];
+        if status == liblzma::stream::Status::StreamEnd {
+            break;
+        }
+    }
+    let mut out = b"LZIP\x01".to_vec();
+    out.push(dict_log);
+    out.extend_from_slice(&lzma);
+    out.extend_from_slice(&crc32(data).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    let member = out.len() as u64 + 8;
+    out.extend_from_slice(&member.to_le_bytes());
+    out
+}
+
+/// CRC-32 (IEEE), bit by bit: only the lzip fixtures need it.
+fn crc32(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = (crc >> 1) ^ (0xedb8_8320 & (crc & 1).wrapping_neg());
+        }
+    }
+    !crc
+}
+
 /// The store-path hash alphabet (nix32: no e, o, u, t).
 pub const NIX32: &str = "0123456789abcdfghijklmnpqrsvwxyz";
 
@@ -934,6 +1026,24 @@ impl NarInfo {
             sigs: Vec::new(),
             ca: None,
         }
+    }
+
+    /// A narinfo for `nar` compressed with `compression` (one of [`COMPRESSIONS`]),
+    /// and the file to upload at its URL.
+    pub fn packed(
+        store_dir: &str,
+        hash: &str,
+        name: &str,
+        nar: &[u8],
+        compression: &str,
+    ) -> (Self, Vec<u8>) {
+        let ext = COMPRESSIONS
+            .iter()
+            .find(|(c, _)| *c == compression)
+            .map_or("", |(_, e)| e);
+        let file = compress(nar, compression);
+        let info = Self::compressed(store_dir, hash, name, nar, &file, compression, ext);
+        (info, file)
     }
 
     /// A narinfo whose file at `nar/<fh>.nar<ext>` is `file` (compressed with

@@ -1,0 +1,248 @@
+//! Decompress, hash and parse a NAR file while its bytes stream past.
+//!
+//! The decoders and the parser are blocking `Read` code, and decompressing is CPU
+//! work, so they run on a thread of their own per upload; the async side hands it the
+//! chunks through a short bounded channel. Not on tokio's blocking pool: a verifier
+//! waits for chunks as long as its upload lasts, and with as many uploads as the
+//! pool has threads, the storage writes those uploads wait for (which run on the
+//! pool) would never start. Memory is the decoder's cap
+//! ([`compression::decoder_memory`]) plus [`PIPELINE_MEMORY`], whatever the size of
+//! the NAR.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use bytes::{Buf, Bytes};
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
+
+use super::compression::{self, Compression, Decoder};
+use super::nar::{self, NarError};
+
+/// Chunks in flight to the decoding thread.
+const CHANNEL_CHUNKS: usize = 8;
+/// Read-ahead between the decoder and the NAR parser.
+const PARSE_BUFFER: usize = 256 << 10;
+/// Memory of one verification besides the decoder: the chunks in flight (a request
+/// body's chunks are at most a few hundred KiB), the parse buffer, and the parser's
+/// per-directory names ([`nar::MAX_DEPTH`] x [`nar::MAX_NAME_LEN`]).
+pub const PIPELINE_MEMORY: u64 = 8 << 20;
+
+/// Memory one NAR verification of `compression` takes at most, for a global budget.
+pub fn verify_memory(compression: Compression) -> u64 {
+    compression::decoder_memory(compression) + PIPELINE_MEMORY
+}
+
+/// What a NAR file decodes to: its `NarHash` and `NarSize`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NarDigest {
+    /// SHA-256 of the uncompressed NAR.
+    pub nar_hash: [u8; 32],
+    /// Length of the uncompressed NAR.
+    pub nar_size: u64,
+}
+
+/// A verification in progress; see the module doc.
+pub struct NarVerifier {
+    tx: mpsc::Sender<Bytes>,
+    verdict: oneshot::Receiver<Result<Option<NarDigest>, String>>,
+}
+
+impl NarVerifier {
+    /// Starts verifying a file of `compression`. With `hash` false the uncompressed
+    /// bytes are not hashed (for an uncompressed NAR the caller hashes the file
+    /// anyway), and [`NarVerifier::finish`] returns no digest.
+    pub fn start(compression: Compression, hash: bool) -> io::Result<Self> {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (done, verdict) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("nar-verify".into())
+            .spawn(move || {
+                let _ = done.send(verify(compression, hash, rx));
+            })?;
+        Ok(NarVerifier { tx, verdict })
+    }
+
+    /// Passes on the next chunk of the file. `false` when verification already
+    /// failed: [`NarVerifier::finish`] says why.
+    pub async fn feed(&mut self, chunk: Bytes) -> bool {
+        self.tx.send(chunk).await.is_ok()
+    }
+
+    /// Ends the file and waits for the verdict: the digest (with `hash`), or why
+    /// the file is not a valid NAR, as one line.
+    pub async fn finish(self) -> Result<Option<NarDigest>, String> {
+        let NarVerifier { tx, verdict } = self;
+        // The end of the file, for the thread.
+        drop(tx);
+        verdict
+            .await
+            .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into()))
+    }
+}
+
+/// The thread's side: decode, hash and parse everything `rx` delivers.
+fn verify(
+    compression: Compression,
+    hash: bool,
+    rx: mpsc::Receiver<Bytes>,
+) -> Result<Option<NarDigest>, String> {
+    let input = ChunkReader {
+        rx,
+        cur: Bytes::new(),
+    };
+    let decoder = Decoder::new(compression, input).map_err(|e| e.to_string())?;
+    let mut reader = BufReader::with_capacity(
+        PARSE_BUFFER,
+        Tee {
+            inner: decoder,
+            hasher: hash.then(Sha256::new),
+            size: 0,
+        },
+    );
+    let parsed = nar::validate(&mut reader);
+    let tee = reader.into_inner();
+    match parsed {
+        Ok(()) => {}
+        Err(NarError::Io(e)) => return Err(compression::describe_error(compression, &e)),
+        Err(e) if compression == Compression::None => return Err(e.to_string()),
+        Err(e) => return Err(format!("the {} stream holds {e}", compression.name())),
+    }
+    let Tee {
+        inner: mut decoder,
+        hasher,
+        size,
+    } = tee;
+    // The decoder stopped at the end of its stream; anything after it is not NAR
+    // (brotli says so only when asked once more).
+    let mut probe = [0u8; 1];
+    let tail = decoder.read(&mut probe);
+    if !decoder.ended_cleanly() {
+        return Err(format!("the {} stream is truncated", compression.name()));
+    }
+    if !matches!(tail, Ok(0)) || !decoder.input().drained() {
+        return Err(format!(
+            "data after the end of the {} stream",
+            compression.name()
+        ));
+    }
+    Ok(hasher.map(|h| NarDigest {
+        nar_hash: h.finalize().into(),
+        nar_size: size,
+    }))
+}
+
+/// Hashes and counts what is read through it.
+struct Tee<R> {
+    inner: R,
+    hasher: Option<Sha256>,
+    size: u64,
+}
+
+impl<R: Read> Read for Tee<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if let Some(h) = self.hasher.as_mut() {
+            h.update(&buf[..n]);
+        }
+        self.size += n as u64;
+        Ok(n)
+    }
+}
+
+/// The chunks from the async side as one blocking reader.
+struct ChunkReader {
+    rx: mpsc::Receiver<Bytes>,
+    cur: Bytes,
+}
+
+impl ChunkReader {
+    /// Reads to the end; whether nothing but empty chunks came.
+    fn drained(&mut self) -> bool {
+        self.cur.is_empty() && std::iter::from_fn(|| self.rx.blocking_recv()).all(|c| c.is_empty())
+    }
+}
+
+impl Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let avail = self.fill_buf()?;
+        let n = avail.len().min(buf.len());
+        buf[..n].copy_from_slice(&avail[..n]);
+        self.consume(n);
+        Ok(n)
+    }
+}
+
+impl BufRead for ChunkReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
+        while self.cur.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(chunk) => self.cur = chunk,
+                None => break,
+            }
+        }
+        Ok(&self.cur)
+    }
+
+    fn consume(&mut self, amt: usize) {
+        self.cur.advance(amt);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::nar::tests::file_nar;
+    use std::io::Write;
+
+    async fn run(c: Compression, file: &[u8], chunk: usize) -> Result<Option<NarDigest>, String> {
+        let mut v = NarVerifier::start(c, true).unwrap();
+        for part in file.chunks(chunk) {
+            if !v.feed(Bytes::copy_from_slice(part)).await {
+                break;
+            }
+        }
+        v.finish().await
+    }
+
+    #[tokio::test]
+    async fn digests_the_uncompressed_nar() {
+        let nar = file_nar(&b"contents ".repeat(50_000));
+        let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        e.write_all(&nar).unwrap();
+        let xz = e.finish().unwrap();
+        let want = NarDigest {
+            nar_hash: Sha256::digest(&nar).into(),
+            nar_size: nar.len() as u64,
+        };
+        for chunk in [1, 7, 4096, 1 << 20] {
+            assert_eq!(run(Compression::Xz, &xz, chunk).await, Ok(Some(want)));
+            assert_eq!(run(Compression::None, &nar, chunk).await, Ok(Some(want)));
+        }
+    }
+
+    #[tokio::test]
+    async fn refuses_what_is_not_a_nar_or_has_a_tail() {
+        let nar = file_nar(b"x");
+        let mut tail = nar.clone();
+        tail.extend_from_slice(&[0; 8]);
+        let err = run(Compression::None, &tail, 5).await.unwrap_err();
+        assert!(err.contains("after the end"), "{err}");
+
+        let z = zstd::encode_all(&b"not a NAR"[..], 3).unwrap();
+        let err = run(Compression::Zstd, &z, 5).await.unwrap_err();
+        assert!(err.contains("zstd stream holds not a valid NAR"), "{err}");
+
+        let err = run(Compression::Bzip2, b"garbage", 5).await.unwrap_err();
+        assert!(err.contains("does not decompress"), "{err}");
+
+        // A valid brotli stream followed by garbage the decoder never reads.
+        let mut br = Vec::new();
+        {
+            let mut w = brotli::CompressorWriter::new(&mut br, 4096, 5, 22);
+            w.write_all(&nar).unwrap();
+        }
+        assert!(run(Compression::Brotli, &br, 3).await.is_ok());
+        br.extend_from_slice(b"more");
+        assert!(run(Compression::Brotli, &br, 3).await.is_err());
+    }
+}
