@@ -119,9 +119,12 @@ fn run_writer(mut w: Writer) {
     let mut n = 0;
     while !w.stop.load(Ordering::Relaxed) {
         if !own.is_empty() && w.rng.chance(1, 5) {
-            // Re-sign one of its paths: an overwrite, as `nix store sign` does.
+            // Re-sign one of its paths: an overwrite that adds a signature to those
+            // it has, as `nix store sign --store` does (a stored narinfo only gains
+            // signatures, so what is stored is then exactly this body).
             let i = w.rng.below(own.len() as u64) as usize;
-            own[i].info.sigs = vec![signature(&mut w.rng)];
+            let sig = signature(&mut w.rng);
+            own[i].info.sigs.push(sig);
             let key = own[i].narinfo_key();
             if !send(
                 &w.ledger,

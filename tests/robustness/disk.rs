@@ -83,6 +83,7 @@ fn full_disk() {
 
     // Stored before the disk fills: paths, a log, and one narinfo to overwrite later.
     let mut stored: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut first_info = None;
     for i in 0..8 {
         let p = PathFixture::new(
             &format!("disk-{seed}-{i}"),
@@ -92,6 +93,7 @@ fn full_disk() {
         upload(&mut conn, &p).expect("upload before the disk fills");
         stored.push((p.nar_key(), p.nar.clone()));
         stored.push((p.narinfo_key(), p.info.render().into_bytes()));
+        first_info.get_or_insert_with(|| p.info.clone());
     }
     let log_key = format!("/log/{}-x.drv", common::store_hash("disk-log"));
     let log = rng.text(5000).into_bytes();
@@ -137,15 +139,12 @@ fn full_disk() {
         expect_507("concurrent chunked 1 MiB", t.join().unwrap(), &mut refused);
     }
     // A narinfo overwrite and a small new log: either 507, nothing changed.
-    // (Same store hash as the first path, another name: a valid replacement.)
-    let overwrite = common::NarInfo::uncompressed(
-        STORE,
-        &common::store_hash(&format!("disk-{seed}-0")),
-        "x",
-        &stored[0].1,
-        &[],
-    )
-    .render();
+    // (The first path re-signed: the one change a stored narinfo accepts.)
+    let overwrite = {
+        let mut info = first_info.clone().expect("a first path");
+        info.sign(STORE, "disk-resign-1", &common::signing_key(3));
+        info.render()
+    };
     let r = conn.put(&stored[1].0, overwrite.as_bytes()).unwrap();
     expect_507("narinfo overwrite", r.status, &mut before_body);
     let r = conn

@@ -71,12 +71,23 @@ fn concurrency_on_one_key() {
     let info = at_once(CLIENTS, move |_| {
         put_status(addr, &q.narinfo_key(), q.info.render().as_bytes())
     });
-    // Rival narinfos for one key (each a valid, different body): one wins whole.
+    // Rival re-signings of one key (each a valid, different body with a signature of
+    // its own): a stored path only gains signatures, so every one of them is kept.
+    let rival_sigs: Vec<String> = (0..CLIENTS)
+        .map(|i| {
+            use base64::Engine as _;
+            format!(
+                "rival-{i}:{}",
+                base64::engine::general_purpose::STANDARD.encode(rng.bytes(64))
+            )
+        })
+        .collect();
     let rivals: Arc<Vec<String>> = Arc::new(
-        (0..CLIENTS)
-            .map(|i| {
+        rival_sigs
+            .iter()
+            .map(|sig| {
                 let mut info = p.info.clone();
-                info.deriver = Some(format!("{}-rival-{i}.drv", common::store_hash("d")));
+                info.sigs = vec![sig.clone()];
                 info.render()
             })
             .collect(),
@@ -90,15 +101,16 @@ fn concurrency_on_one_key() {
     let got_nar = conn.get(&p.nar_key()).unwrap();
     let got_info = conn.get(&p.narinfo_key()).unwrap();
     let on_disk = std::fs::read(s.dir.join(&p.narinfo_key()[1..])).unwrap();
-    let winners = rivals
+    let served = String::from_utf8_lossy(&got_info.body).into_owned();
+    let kept = rival_sigs
         .iter()
-        .filter(|r| r.as_bytes() == got_info.body.as_slice())
+        .filter(|sig| served.contains(&format!("Sig: {sig}\n")))
         .count();
     let files = common::files_below(&s.dir);
     figures(
         TEST,
         format_args!(
-            "{CLIENTS} identical NAR PUTs ({}), {CLIENTS} identical narinfo PUTs ({}), {CLIENTS} rival narinfo bodies ({}) -> {winners} intact winner; {} files in the cache",
+            "{CLIENTS} identical NAR PUTs ({}), {CLIENTS} identical narinfo PUTs ({}), {CLIENTS} rival re-signings ({}) -> {kept} signatures kept; {} files in the cache",
             count(&nar),
             count(&info),
             count(&rival),
@@ -132,7 +144,14 @@ fn concurrency_on_one_key() {
         count(&rival)
     );
     assert_eq!(got_nar.body, p.nar);
-    assert_eq!(winners, 1, "the narinfo is exactly one of the bodies sent");
+    assert_eq!(
+        kept, CLIENTS,
+        "every re-signing kept its signature:\n{served}"
+    );
+    assert!(
+        served.starts_with(&p.info.render()),
+        "the path itself is unchanged:\n{served}"
+    );
     assert_eq!(on_disk, got_info.body);
     let mut expected = vec![
         p.narinfo_key()[1..].to_owned(),
