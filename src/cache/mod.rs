@@ -9,6 +9,8 @@ pub mod key;
 pub mod nar;
 pub mod nar_verify;
 pub mod narinfo;
+#[cfg(test)]
+mod rules_tests;
 pub mod verified;
 
 /// Cases per generated-input test: `default`, ten times as many with

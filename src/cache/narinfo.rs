@@ -523,6 +523,144 @@ mod fuzz {
         }
     }
 
+    /// A valid narinfo for [`KEY`], from generated parts: every field Nix writes,
+    /// each within what Nix accepts.
+    fn valid_narinfo() -> impl Strategy<Value = String> {
+        let compression = prop_oneof![
+            Just(("none", "")),
+            Just(("xz", ".xz")),
+            Just(("zstd", ".zst")),
+            Just(("bzip2", ".bz2")),
+            Just(("br", ".br")),
+            Just(("lz4", ".lz4")),
+            Just(("lzip", ".lzip")),
+        ];
+        let store_path_hash =
+            prop::array::uniform20(any::<u8>()).prop_map(|b| nixbase32::encode(&b));
+        let reference = (store_path_hash.clone(), "[a-z0-9][a-z0-9+._-]{0,20}")
+            .prop_map(|(h, n)| format!("{h}-{n}"));
+        (
+            "[a-z0-9][a-z0-9+._-]{0,30}",
+            compression,
+            prop::array::uniform32(any::<u8>()),
+            prop::array::uniform32(any::<u8>()),
+            1u64..1 << 40,
+            1u64..1 << 40,
+            prop::collection::vec(reference, 0..6),
+            prop::option::of(store_path_hash),
+            prop::collection::vec(("[a-z][a-z0-9.-]{0,15}", prop::array::uniform32(any::<u8>())), 0..3),
+        )
+            .prop_map(
+                |(name, (compression, ext), file, nar, file_size, nar_size, refs, deriver, sigs)| {
+                    use base64::Engine as _;
+                    let file_hash = nixbase32::encode(&file);
+                    let (nar_hash, nar_size) = if compression == "none" {
+                        (file_hash.clone(), file_size)
+                    } else {
+                        (nixbase32::encode(&nar), nar_size)
+                    };
+                    let mut text = format!(
+                        "StorePath: /nix/store/{KEY}-{name}\nURL: nar/{file_hash}.nar{ext}\nCompression: {compression}\nFileHash: sha256:{file_hash}\nFileSize: {file_size}\nNarHash: sha256:{nar_hash}\nNarSize: {nar_size}\nReferences: {}\n",
+                        refs.join(" ")
+                    );
+                    if let Some(d) = deriver {
+                        text.push_str(&format!("Deriver: {d}-{name}.drv\n"));
+                    }
+                    for (key_name, half) in sigs {
+                        let mut raw = half.to_vec();
+                        raw.extend_from_slice(&half);
+                        let sig = base64::engine::general_purpose::STANDARD.encode(raw);
+                        text.push_str(&format!("Sig: {key_name}:{sig}\n"));
+                    }
+                    text
+                },
+            )
+    }
+
+    /// A change to a narinfo's text, and the part of the refusal that names it.
+    type Change = (fn(&str) -> String, &'static str);
+
+    /// A change to a valid narinfo that Nix (or this cache) must refuse.
+    fn breaking_change() -> impl Strategy<Value = Change> {
+        fn line_with(text: &str, name: &str, f: impl Fn(&str) -> String) -> String {
+            text.lines()
+                .map(|l| match l.strip_prefix(name) {
+                    Some(rest) => format!("{}\n", f(&format!("{name}{rest}"))),
+                    None => format!("{l}\n"),
+                })
+                .collect()
+        }
+        let cases: Vec<Change> = vec![
+            (|t| t.replace('\n', "\r\n"), "carriage return"),
+            (|t| t.trim_end().to_owned(), "newline"),
+            (
+                |t| line_with(t, "Compression:", |_| String::new()),
+                "Key: value",
+            ),
+            (
+                |t| {
+                    t.lines()
+                        .filter(|l| !l.starts_with("Compression:"))
+                        .map(|l| format!("{l}\n"))
+                        .collect()
+                },
+                "Compression",
+            ),
+            (
+                |t| {
+                    line_with(t, "FileHash:", |l| {
+                        l.replacen("sha256:", "sha256:0", 1)[..l.len()].to_owned()
+                    })
+                },
+                "FileHash",
+            ),
+            (|t| line_with(t, "URL:", |l| format!("{l}.gz")), "URL"),
+            (
+                |t| line_with(t, "StorePath:", |l| l.replace("/nix/store/", "/opt/store/")),
+                "store",
+            ),
+            (|t| line_with(t, "Sig:", |l| format!("{l}x")), "Sig"),
+            (
+                |t| {
+                    t.lines()
+                        .filter(|l| !l.starts_with("FileSize:"))
+                        .map(|l| format!("{l}\n"))
+                        .collect()
+                },
+                "FileSize",
+            ),
+        ];
+        prop::sample::select(cases)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::cache::fuzz_cases(1000)))]
+
+        #[test]
+        fn generated_valid_narinfos_are_accepted(text in valid_narinfo()) {
+            let checked = run(text.as_bytes())
+                .unwrap_or_else(|e| panic!("refused ({e}):\n{text}"));
+            assert_consistent(text.as_bytes(), &checked);
+        }
+
+        #[test]
+        fn a_breaking_change_to_a_valid_narinfo_is_refused(
+            text in valid_narinfo(),
+            (change, why) in breaking_change(),
+        ) {
+            let broken = change(&text);
+            // Some changes need the field they change (a Sig line, for one).
+            prop_assume!(broken != text);
+            let err = run(broken.as_bytes())
+                .err()
+                .unwrap_or_else(|| panic!("accepted after a breaking change ({why}):\n{broken}"));
+            prop_assert!(
+                err.contains(why) || why == "Key: value" || why == "store",
+                "{why}: {err}\n{broken}"
+            );
+        }
+    }
+
     #[test]
     fn the_unedited_narinfo_is_consistent() {
         let checked = run(GOOD.as_bytes()).unwrap();

@@ -6,6 +6,8 @@
 //! anything that is not a plain relative path.
 
 pub mod fs;
+#[cfg(test)]
+pub mod memory;
 pub mod s3;
 
 use std::pin::Pin;
