@@ -9,8 +9,9 @@ use hyper::{Method, Request};
 
 use super::body::Body;
 use super::error::ErrorDetail;
-use super::metrics::{Observation, Route};
+use super::metrics::Observation;
 use super::objects::principal_of;
+use super::router::Target;
 use super::{AppState, Response};
 use crate::logging;
 
@@ -27,9 +28,10 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
     let path = loggable_path(req.uri().path());
     let bytes_in = content_length(req.headers());
     let version = version_text(req.version());
-    let route = Route::of(&path);
+    let target = Target::parse(req.uri().path());
+    let route = target.label();
     let in_flight = app.metrics.start();
-    let mut resp = super::route(app, route, req).await;
+    let mut resp = super::route(app, target, req).await;
     drop(in_flight);
     let mut hex = [0u8; 16];
     let id_text = hex_id(id, &mut hex);

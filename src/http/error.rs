@@ -9,6 +9,7 @@ use hyper::StatusCode;
 
 use super::auth::AuthError;
 use super::body::Body;
+use super::metrics::RejectReason;
 use super::Response;
 use crate::cache::CacheError;
 use crate::storage::StorageError;
@@ -102,31 +103,31 @@ impl HttpError {
 }
 
 impl HttpError {
-    /// Why an upload failed, as a metrics label (one of `metrics::REJECT_REASONS`).
-    pub fn reject_reason(&self) -> &'static str {
+    /// Why an upload failed, as counted in the metrics.
+    pub fn reject_reason(&self) -> RejectReason {
         match self {
             HttpError::Auth(AuthError::Unauthorized(_) | AuthError::BadCredentials(_)) => {
-                "unauthorized"
+                RejectReason::Unauthorized
             }
-            HttpError::Throttled(_) => "throttled",
-            HttpError::Auth(AuthError::Forbidden(_)) => "forbidden",
-            HttpError::UnsupportedEncoding => "content_encoding",
-            HttpError::Cache(CacheError::Rejected(_)) => "verification",
-            HttpError::Cache(CacheError::Conflict(_)) => "conflict",
-            HttpError::Cache(CacheError::TooLarge { .. }) => "too_large",
-            HttpError::Cache(CacheError::BodyTimeout) => "body_timeout",
-            HttpError::Cache(CacheError::BodyBroken(_)) => "body_broken",
-            HttpError::Cache(CacheError::MemoryBudget { .. }) => "memory_budget",
-            HttpError::Cache(CacheError::Storage(StorageError::Full)) => "storage_full",
+            HttpError::Throttled(_) => RejectReason::Throttled,
+            HttpError::Auth(AuthError::Forbidden(_)) => RejectReason::Forbidden,
+            HttpError::UnsupportedEncoding => RejectReason::ContentEncoding,
+            HttpError::Cache(CacheError::Rejected(_)) => RejectReason::Verification,
+            HttpError::Cache(CacheError::Conflict(_)) => RejectReason::Conflict,
+            HttpError::Cache(CacheError::TooLarge { .. }) => RejectReason::TooLarge,
+            HttpError::Cache(CacheError::BodyTimeout) => RejectReason::BodyTimeout,
+            HttpError::Cache(CacheError::BodyBroken(_)) => RejectReason::BodyBroken,
+            HttpError::Cache(CacheError::MemoryBudget { .. }) => RejectReason::MemoryBudget,
+            HttpError::Cache(CacheError::Storage(StorageError::Full)) => RejectReason::StorageFull,
             HttpError::Cache(CacheError::Storage(
                 StorageError::Io(_) | StorageError::Refused(_),
-            )) => "storage_error",
+            )) => RejectReason::StorageError,
             HttpError::Cache(CacheError::BadKey(_))
             | HttpError::NotFound(_)
             | HttpError::MethodNotAllowed
             | HttpError::ReadOnly
             | HttpError::RangeNotSatisfiable(_)
-            | HttpError::TooManyConnections => "invalid_key",
+            | HttpError::TooManyConnections => RejectReason::InvalidKey,
         }
     }
 

@@ -48,34 +48,6 @@ const ROUTES: [&str; 11] = [
 ];
 
 impl Route {
-    /// Classifies a request path by its shape alone (the key itself is validated later).
-    pub fn of(path: &str) -> Route {
-        let p = path.strip_prefix('/').unwrap_or(path);
-        if p.starts_with("nar/") {
-            Route::Nar
-        } else if p.ends_with(".narinfo") && !p.contains('/') {
-            Route::NarInfo
-        } else if p == "nix-cache-info" {
-            Route::CacheInfo
-        } else if p.ends_with(".ls") && !p.contains('/') {
-            Route::Listing
-        } else if p.starts_with("log/") {
-            Route::Log
-        } else if p.starts_with("debuginfo/") {
-            Route::DebugInfo
-        } else if p.starts_with("realisations/") || p.starts_with("build-trace-v2/") {
-            Route::Realisation
-        } else if p == "metrics" {
-            Route::Metrics
-        } else if p == "healthz" || p == "readyz" {
-            Route::Health
-        } else if p == "openapi.json" {
-            Route::OpenApi
-        } else {
-            Route::Other
-        }
-    }
-
     fn index(self) -> usize {
         self as usize
     }
@@ -111,22 +83,75 @@ const BUCKETS_US: [u64; 13] = [
     10_000_000,
 ];
 
-/// Why an upload was refused: the `reason` label.
-pub const REJECT_REASONS: [&str; 13] = [
-    "unauthorized",
-    "throttled",
-    "forbidden",
-    "invalid_key",
-    "verification",
-    "conflict",
-    "too_large",
-    "body_timeout",
-    "body_broken",
-    "content_encoding",
-    "storage_full",
-    "storage_error",
-    "memory_budget",
-];
+/// Why an upload was refused: the `reason` label of
+/// `nix_stored_uploads_rejected_total`. `http::error` says which error is which.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RejectReason {
+    /// Missing or wrong credentials.
+    Unauthorized,
+    /// Too many wrong credentials from the client's network.
+    Throttled,
+    /// Credentials that do not allow uploads.
+    Forbidden,
+    /// A path that is no cache key.
+    InvalidKey,
+    /// The body broke a verification rule.
+    Verification,
+    /// The body contradicts what the cache holds.
+    Conflict,
+    /// Over the size limit.
+    TooLarge,
+    /// The body stopped arriving.
+    BodyTimeout,
+    /// The body could not be read.
+    BodyBroken,
+    /// A content-encoded body.
+    ContentEncoding,
+    /// The storage is full.
+    StorageFull,
+    /// The storage failed.
+    StorageError,
+    /// No room in the memory budget.
+    MemoryBudget,
+}
+
+impl RejectReason {
+    /// Every reason, in the order of their counters.
+    pub const ALL: [RejectReason; 13] = [
+        RejectReason::Unauthorized,
+        RejectReason::Throttled,
+        RejectReason::Forbidden,
+        RejectReason::InvalidKey,
+        RejectReason::Verification,
+        RejectReason::Conflict,
+        RejectReason::TooLarge,
+        RejectReason::BodyTimeout,
+        RejectReason::BodyBroken,
+        RejectReason::ContentEncoding,
+        RejectReason::StorageFull,
+        RejectReason::StorageError,
+        RejectReason::MemoryBudget,
+    ];
+
+    /// The label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            RejectReason::Unauthorized => "unauthorized",
+            RejectReason::Throttled => "throttled",
+            RejectReason::Forbidden => "forbidden",
+            RejectReason::InvalidKey => "invalid_key",
+            RejectReason::Verification => "verification",
+            RejectReason::Conflict => "conflict",
+            RejectReason::TooLarge => "too_large",
+            RejectReason::BodyTimeout => "body_timeout",
+            RejectReason::BodyBroken => "body_broken",
+            RejectReason::ContentEncoding => "content_encoding",
+            RejectReason::StorageFull => "storage_full",
+            RejectReason::StorageError => "storage_error",
+            RejectReason::MemoryBudget => "memory_budget",
+        }
+    }
+}
 
 const N_ROUTES: usize = ROUTES.len();
 const N_METHODS: usize = METHODS.len();
@@ -140,7 +165,7 @@ pub struct Metrics {
     latency_sum_us: [AtomicU64; N_ROUTES],
     bytes_in: [AtomicU64; N_ROUTES],
     bytes_out: [AtomicU64; N_ROUTES],
-    rejected: [AtomicU64; REJECT_REASONS.len()],
+    rejected: [AtomicU64; RejectReason::ALL.len()],
     in_flight: AtomicI64,
     connections_refused: AtomicU64,
     auth_throttled: AtomicU64,
@@ -215,11 +240,9 @@ impl Metrics {
         }
     }
 
-    /// Counts a refused upload; `reason` is one of [`REJECT_REASONS`].
-    pub fn rejected(&self, reason: &str) {
-        if let Some(i) = REJECT_REASONS.iter().position(|&r| r == reason) {
-            self.rejected[i].fetch_add(1, Ordering::Relaxed);
-        }
+    /// Counts a refused upload.
+    pub fn rejected(&self, reason: RejectReason) {
+        self.rejected[reason as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a connection refused because its client address had as many open as
@@ -330,10 +353,11 @@ impl Metrics {
             "counter",
             "Uploads refused, by reason; nothing of them was stored.",
         );
-        for (i, reason) in REJECT_REASONS.iter().enumerate() {
+        for (i, reason) in RejectReason::ALL.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "nix_stored_uploads_rejected_total{{reason=\"{reason}\"}} {}",
+                "nix_stored_uploads_rejected_total{{reason=\"{}\"}} {}",
+                reason.label(),
                 load(&self.rejected[i])
             );
         }
@@ -427,16 +451,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn routes_by_shape() {
-        assert_eq!(Route::of("/nix-cache-info"), Route::CacheInfo);
-        assert_eq!(Route::of("/abc.narinfo"), Route::NarInfo);
-        assert_eq!(Route::of("/nar/x.nar.xz"), Route::Nar);
-        assert_eq!(Route::of("/log/x.drv"), Route::Log);
-        assert_eq!(Route::of("/x/y.narinfo"), Route::Other);
-        assert_eq!(Route::of("/metrics"), Route::Metrics);
-        assert_eq!(Route::of("/readyz"), Route::Health);
+    fn labels_line_up_with_their_names() {
         assert_eq!(ROUTES[Route::Other.index()], "other");
         assert_eq!(ROUTES[Route::OpenApi.index()], "openapi");
+        for (i, reason) in RejectReason::ALL.iter().enumerate() {
+            assert_eq!(*reason as usize, i, "{}", reason.label());
+        }
     }
 
     #[test]
@@ -459,7 +479,7 @@ mod tests {
             bytes_out: 0,
             elapsed: Duration::from_secs(60),
         });
-        m.rejected("verification");
+        m.rejected(RejectReason::Verification);
         m.connection_refused();
         m.auth_throttled();
         m.auth_throttled();

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi;
 pub mod range;
+pub mod router;
 pub mod service;
 pub mod throttle;
 
@@ -47,9 +48,7 @@ pub struct AppState {
     pub readiness: service::Readiness,
 }
 
-/// Answers one request, logged and counted. Every path names a cache object (or
-/// nothing) except the server's own few resources, so there is no router: the
-/// route is known from the path's shape, and `cache::key` validates the rest.
+/// Answers one request, logged and counted; [`router`] says what its path names.
 pub async fn serve_request(
     app: Arc<AppState>,
     req: hyper::Request<hyper::body::Incoming>,
@@ -95,15 +94,21 @@ impl AppState {
 
 async fn route(
     app: &AppState,
-    route: metrics::Route,
+    target: router::Target,
     req: hyper::Request<hyper::body::Incoming>,
 ) -> Response {
-    use metrics::Route;
-    match route {
-        Route::Metrics if app.metrics_enabled => service::metrics(app, &req),
-        Route::Health if req.uri().path() == "/healthz" => service::healthz(&req),
-        Route::Health => service::readyz(app, &req).await,
-        Route::OpenApi => service::openapi(&req),
-        _ => objects::handle(app, req).await,
+    use router::Target;
+    match target {
+        Target::Metrics if app.metrics_enabled => service::metrics(app, &req),
+        // Turned off: as absent as any other path that is no cache key.
+        Target::Metrics => {
+            let invalid = crate::cache::key::ObjectKey::parse("metrics")
+                .map_or_else(Target::Invalid, Target::Object);
+            objects::handle(app, invalid, req).await
+        }
+        Target::Healthz => service::healthz(&req),
+        Target::Readyz => service::readyz(app, &req).await,
+        Target::OpenApi => service::openapi(&req),
+        Target::Object(_) | Target::Invalid(_) => objects::handle(app, target, req).await,
     }
 }

@@ -9,6 +9,7 @@ use super::auth::{Access, Principal};
 use super::body::{self, Body, Chunks};
 use super::error::HttpError;
 use super::range::{self, RangeRequest};
+use super::router::Target;
 use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{Kind, ObjectKey};
@@ -20,11 +21,12 @@ const MUTABLE_MAX_AGE: u32 = 60;
 /// NARs are named by their content hash and never change.
 const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
 
-/// Handles every request: authorises it, validates the key, dispatches on the method.
-pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response {
+/// Handles a request for a cache object (or for a path that names none): authorises
+/// it, then dispatches on the method.
+pub async fn handle(app: &AppState, target: Target, req: Request<Incoming>) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = authorised(app, &parts, &mut body).await;
+    let resp = authorised(app, target, &parts, &mut body).await;
     if let Some(unread) = body {
         if parts.version == hyper::Version::HTTP_2 {
             body::discard_unread(unread, &parts.headers, app.body_timeout);
@@ -37,6 +39,7 @@ pub async fn handle(app: &AppState, req: Request<Incoming>) -> Response {
 /// given before leaves it there (see [`body::discard_unread`]).
 async fn authorised(
     app: &AppState,
+    target: Target,
     parts: &hyper::http::request::Parts,
     body: &mut Option<Incoming>,
 ) -> Response {
@@ -49,8 +52,7 @@ async fn authorised(
         Ok(p) => p,
         Err(e) => return app.refused(access, e),
     };
-    let mut resp = match dispatch(app, &parts.method, parts.uri.path(), &parts.headers, body).await
-    {
+    let mut resp = match dispatch(app, &parts.method, target, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => app.refused(access, e),
     };
@@ -61,17 +63,19 @@ async fn authorised(
 async fn dispatch(
     app: &AppState,
     method: &Method,
-    path: &str,
+    target: Target,
     headers: &HeaderMap,
     body: &mut Option<Incoming>,
 ) -> Result<Response, HttpError> {
-    let key = match ObjectKey::parse(path) {
-        Ok(k) => k,
+    let key = match target {
+        Target::Object(k) => k,
         // For reads, a malformed key is simply something this cache does not have.
-        Err(e) if *method != Method::PUT => {
+        Target::Invalid(e) if *method != Method::PUT => {
             return Err(HttpError::NotFound(format!("not found: {e}")))
         }
-        Err(e) => return Err(HttpError::Cache(e.into())),
+        Target::Invalid(e) => return Err(HttpError::Cache(e.into())),
+        // The router sends only objects and invalid paths here.
+        _ => return Err(HttpError::NotFound("not found".into())),
     };
     match *method {
         Method::PUT => put(app, &key, headers, body).await,

@@ -396,6 +396,7 @@ mod tests {
     use super::*;
     use crate::cache::key::ObjectKey;
     use crate::http::metrics::Route;
+    use crate::http::router::Target;
 
     #[test]
     fn examples_are_keys_of_their_kind() {
@@ -409,7 +410,7 @@ mod tests {
             };
             let key = ObjectKey::parse(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
             assert_eq!(key.kind(), route.kind, "{path}");
-            assert_ne!(Route::of(&path), Route::Other, "{path}");
+            assert_ne!(Target::parse(&path).label(), Route::Other, "{path}");
         }
     }
 
@@ -420,7 +421,10 @@ mod tests {
             assert!(doc["paths"][path].is_object(), "{path} undocumented");
             assert!(ObjectKey::parse(path).is_err(), "{path} would shadow a key");
             assert!(
-                !matches!(Route::of(path), Route::Other | Route::NarInfo | Route::Nar),
+                !matches!(
+                    Target::parse(path).label(),
+                    Route::Other | Route::NarInfo | Route::Nar
+                ),
                 "{path}"
             );
         }
