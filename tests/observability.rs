@@ -286,3 +286,43 @@ fn openapi_document_is_served_and_describes_every_object() {
         201
     );
 }
+
+#[test]
+fn a_storage_that_denies_access_is_502_without_details() {
+    if fs_only("chattr on the cache directory") {
+        return;
+    }
+    let s = ServerBuilder::new().start();
+    let tmp = s.dir.join(".tmp");
+    // Immutable: even root cannot create the upload's temporary file there (EPERM).
+    let chattr = |flag: &str| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(&tmp)
+            .status()
+            .is_ok_and(|st| st.success())
+    };
+    if !chattr("+i") {
+        eprintln!("skipped: chattr +i is not supported where the test's cache lives");
+        return;
+    }
+    let nar = nar_of(b"into an immutable directory");
+    let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
+    assert!(chattr("-i"), "chattr -i");
+    assert_eq!(r.status, 502, "{}", r.text());
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert_eq!(
+        r.text(),
+        format!("the cache storage denied the server access (request id {id}; the server's log has the details)\n")
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || s.log().lines().any(|l| {
+            l.contains(&format!("request {id} ")) && l.contains("denied access")
+        })),
+        "the log has the cause under {id}:\n{}",
+        s.log()
+    );
+    // Access restored: the same upload goes through.
+    let r = put(&s, &format!("/nar/{}.nar", nix32_sha256(&nar)), &nar);
+    assert_eq!(r.status, 201, "{}", r.text());
+}

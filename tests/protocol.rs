@@ -786,3 +786,93 @@ fn errors_are_one_line_text() {
     assert!(r.header("x-request-id").is_some());
     assert!(r.header("content-length").is_some());
 }
+
+/// A TCP relay to `target` that can be cut: the network between the server and its
+/// bucket, as a tripped switch or a firewall change would cut it.
+struct Relay {
+    addr: std::net::SocketAddr,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    conns: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Relay {
+    fn start(target: std::net::SocketAddr) -> Relay {
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let conns = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (c, k) = (cut.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                if c.load(Ordering::SeqCst) {
+                    // Cut: refuse by closing at once, as a dead peer would reset.
+                    drop(client);
+                    continue;
+                }
+                let Ok(upstream) = std::net::TcpStream::connect(target) else {
+                    continue;
+                };
+                let mut held = k.lock().unwrap();
+                held.push(client.try_clone().unwrap());
+                held.push(upstream.try_clone().unwrap());
+                drop(held);
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                    (upstream, client),
+                ] {
+                    std::thread::spawn(move || {
+                        let _ = std::io::copy(&mut from, &mut to);
+                        let _ = to.shutdown(std::net::Shutdown::Both);
+                    });
+                }
+            }
+        });
+        Relay { addr, cut, conns }
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for c in self.conns.lock().unwrap().drain(..) {
+            let _ = c.shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+#[test]
+fn an_unreachable_bucket_is_503_with_retry_after_and_no_details() {
+    if s3_only("the network to a bucket") {
+        return;
+    }
+    let endpoint = garage().endpoint.clone();
+    let target: std::net::SocketAddr = endpoint
+        .trim_start_matches("http://")
+        .parse()
+        .expect("Garage listens on an address");
+    let relay = Relay::start(target);
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_S3_ENDPOINT", &format!("http://{}", relay.addr))
+        .start();
+    let h = store_hash("unreachable");
+    assert_eq!(get(&s, &format!("/{h}.narinfo")).status, 404);
+    relay.cut();
+    // object_store retries for NIX_STORED's 15 s before it gives up.
+    let r = get(&s, &format!("/{h}.narinfo"));
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some(), "{:?}", r.headers);
+    let id = r.header("x-request-id").unwrap().to_owned();
+    assert!(
+        r.text().starts_with("the cache storage is unavailable"),
+        "{}",
+        r.text()
+    );
+    assert!(r.text().contains(&id), "{}", r.text());
+    for secret in [relay.addr.to_string(), garage().bucket.clone()] {
+        assert!(
+            !r.text().contains(&secret),
+            "the body names {secret}: {}",
+            r.text()
+        );
+    }
+}

@@ -30,6 +30,10 @@ pub struct ErrorDetail {
 /// is a guess that spares a retry storm.
 const TOO_MANY_CONNECTIONS_RETRY_SECS: u64 = 2;
 
+/// `Retry-After` of an answer for an unavailable storage: object_store has already
+/// retried for a while; a few seconds more spares it a storm of retries.
+const STORAGE_RETRY_AFTER_SECS: u64 = 5;
+
 /// Whole seconds to wait, rounded up: a client retrying after `Retry-After` is then
 /// never early.
 fn retry_after_secs(wait: std::time::Duration) -> u64 {
@@ -94,6 +98,11 @@ impl HttpError {
                 CacheError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
                 CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+                // The storage, this server's upstream, refused it or is away.
+                CacheError::Storage(StorageError::Permission(_)) => StatusCode::BAD_GATEWAY,
+                CacheError::Storage(StorageError::Unavailable(_)) => {
+                    StatusCode::SERVICE_UNAVAILABLE
+                }
                 // The cache directory's state conflicts with the write: a client
                 // error code, so that the refusal is not mistaken for a crash.
                 CacheError::Storage(StorageError::Refused(_)) => StatusCode::CONFLICT,
@@ -120,7 +129,10 @@ impl HttpError {
             HttpError::Cache(CacheError::MemoryBudget { .. }) => RejectReason::MemoryBudget,
             HttpError::Cache(CacheError::Storage(StorageError::Full)) => RejectReason::StorageFull,
             HttpError::Cache(CacheError::Storage(
-                StorageError::Io(_) | StorageError::Refused(_),
+                StorageError::Io(_)
+                | StorageError::Refused(_)
+                | StorageError::Permission(_)
+                | StorageError::Unavailable(_),
             )) => RejectReason::StorageError,
             HttpError::Cache(CacheError::BadKey(_))
             | HttpError::NotFound(_)
@@ -138,12 +150,20 @@ impl HttpError {
         // client gets a generic line, the access log the cause. Every other answer,
         // 503s for memory or connections and 507 included, says only what the
         // client may know.
-        let detail = matches!(
-            self,
-            HttpError::Cache(CacheError::Storage(StorageError::Io(_)))
-        )
-        .then(|| ErrorDetail {
-            public: "internal server error",
+        let public = match &self {
+            HttpError::Cache(CacheError::Storage(StorageError::Io(_))) => {
+                Some("internal server error")
+            }
+            HttpError::Cache(CacheError::Storage(StorageError::Permission(_))) => {
+                Some("the cache storage denied the server access")
+            }
+            HttpError::Cache(CacheError::Storage(StorageError::Unavailable(_))) => {
+                Some("the cache storage is unavailable; retry later")
+            }
+            _ => None,
+        };
+        let detail = public.map(|public| ErrorDetail {
+            public,
             detail: self.to_string(),
         });
         if matches!(self, HttpError::Cache(CacheError::MemoryBudget { .. })) {
@@ -215,6 +235,12 @@ impl HttpError {
                 | CacheError::Storage(StorageError::Full | StorageError::Refused(_)),
             ) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
+            HttpError::Cache(CacheError::Storage(StorageError::Unavailable(_))) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+                );
             }
             HttpError::Cache(CacheError::MemoryBudget { retry_after, .. }) => {
                 h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after));

@@ -65,9 +65,9 @@ fn method_index(m: &hyper::Method) -> usize {
 }
 
 /// Every status this server answers with; anything else is counted as `other`.
-const STATUSES: [u16; 22] = [
+const STATUSES: [u16; 23] = [
     200, 201, 204, 206, 304, 307, 400, 401, 403, 404, 405, 408, 409, 411, 413, 415, 416, 429, 431,
-    500, 503, 507,
+    500, 502, 503, 507,
 ];
 
 fn status_index(s: u16) -> usize {

@@ -218,6 +218,11 @@ fn object_path(route: &ObjectRoute) -> Value {
     }
     errors(&mut get, &AUTH_ERRORS);
     get.insert("500".into(), text("The storage failed to read the object"));
+    get.insert("502".into(), text("The storage denied the server access"));
+    get.insert(
+        "503".into(),
+        text("The storage is unavailable; retry after Retry-After seconds"),
+    );
     let mut head = Map::new();
     head.insert(
         "200".into(),
@@ -233,6 +238,8 @@ fn object_path(route: &ObjectRoute) -> Value {
         empty("Too many wrong credentials from this address"),
     );
     head.insert("500".into(), empty("The storage failed"));
+    head.insert("502".into(), empty("The storage denied the server access"));
+    head.insert("503".into(), empty("The storage is unavailable"));
     let mut put = Map::new();
     if route.kind == Kind::CacheInfo {
         put.insert("204".into(), empty(route.put));
@@ -251,7 +258,8 @@ fn object_path(route: &ObjectRoute) -> Value {
             ("413", "The body is larger than the limit for this kind of object"),
             ("415", "The body is content-encoded; upload it without Content-Encoding"),
             ("500", "The storage failed; nothing was stored"),
-            ("503", "The memory budget (NIX_STORED_MEMORY_BUDGET) is taken by other uploads; nothing was stored, retry after Retry-After seconds"),
+            ("502", "The storage denied the server access; nothing was stored"),
+            ("503", "The memory budget (NIX_STORED_MEMORY_BUDGET) is taken by other uploads, or the storage is unavailable; nothing was stored, retry after Retry-After seconds"),
             ("507", "The storage is full; nothing was stored"),
         ],
     );

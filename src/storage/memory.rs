@@ -68,17 +68,6 @@ impl Storage for MemoryStorage {
         }))
     }
 
-    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()> {
-        let names: Vec<String> = self
-            .lock()
-            .keys()
-            .filter(|k| !k.contains('/'))
-            .cloned()
-            .collect();
-        let _ = sink.send(names).await;
-        Ok(())
-    }
-
     fn describe(&self) -> String {
         "memory".to_owned()
     }

@@ -65,16 +65,29 @@ pub enum StorageError {
     /// in the request: retrying will not help until an administrator looks.
     #[error("{0}")]
     Refused(String),
+    /// The storage denied the server access (S3 credentials without the right
+    /// grant, a read-only or immutable directory): an administrator must act.
+    #[error("the storage denied access: {0}")]
+    Permission(String),
+    /// The storage did not answer, or asked to slow down, after the client's own
+    /// retries: worth retrying later.
+    #[error("the storage is unavailable: {0}")]
+    Unavailable(String),
     /// Any other I/O failure.
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
 }
 
 impl StorageError {
-    /// Classifies an I/O error, so a full disk is reported as such.
+    /// Classifies an I/O error: a full disk and a denied access are reported as such.
     pub fn from_io(err: std::io::Error) -> Self {
         if Self::is_no_space(&err) {
             StorageError::Full
+        } else if matches!(
+            err.raw_os_error(),
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS)
+        ) {
+            StorageError::Permission(err.to_string())
         } else {
             StorageError::Io(err)
         }
@@ -85,6 +98,12 @@ impl StorageError {
         matches!(err.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
     }
 }
+
+/// Objects up to this size are read whole and sent with the answer's headers in one
+/// write; larger ones are streamed. The directory backend reads them in the
+/// request's own task: opening and reading a file in the page cache takes
+/// microseconds, far less than a hop to the blocking thread pool (nginx's model).
+pub const INLINE_READ_MAX: usize = 64 * 1024;
 
 /// Result type of the storage layer.
 pub type Result<T> = std::result::Result<T, StorageError>;
@@ -131,7 +150,13 @@ pub trait Storage: Send + Sync + 'static {
     /// Sends the names of the objects at the top level of the cache (`<hash>.narinfo`,
     /// `nix-cache-info`, …; nothing inside folders such as `nar/`) to `sink`, in
     /// batches, until all were sent.
-    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()>;
+    ///
+    /// Only asked of a backend whose [`Storage::watch_top_level`] works (a listing
+    /// without a watch cannot keep an index exact), so the others keep this default.
+    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()> {
+        let _ = sink;
+        Ok(())
+    }
     /// Starts reporting objects that appear at the top level from now on, whoever
     /// writes them, to `sink`; `Ok(false)` when this backend cannot watch.
     fn watch_top_level(&self, sink: tokio::sync::mpsc::Sender<TopLevelEvent>) -> Result<bool> {

@@ -19,10 +19,7 @@ use bytes::Bytes;
 use super::beneath::{is_symlink_refusal, warn_symlink, Root};
 use super::watch::shared_filesystem;
 
-/// Objects up to this size are read whole in the request's own task: opening and
-/// reading a file in the page cache takes microseconds, far less than a hop to the
-/// blocking thread pool. This is the model nginx uses.
-pub const INLINE_READ_MAX: usize = 64 * 1024;
+pub use crate::storage::INLINE_READ_MAX;
 
 thread_local! {
     /// One read buffer per runtime thread, so that a small read allocates only the

@@ -35,10 +35,6 @@ mod memo;
 use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
 use crate::budget::Budget;
 
-/// Objects up to this size are read whole and answered in one write, as by the
-/// directory backend.
-const INLINE_READ_MAX: u64 = 64 * 1024;
-
 /// Size of a multipart upload's parts (S3 wants at least 5 MiB, the last one
 /// excepted). Bodies up to this size are sent in a single `PUT`. Parts grow after
 /// every [`PARTS_PER_SIZE`] parts, so that S3's limit of 10,000 parts is never hit:
@@ -86,8 +82,18 @@ pub struct S3Storage {
 }
 
 /// Turns an object_store error into a storage error, keeping its text.
+/// What a failed S3 request means for the client. object_store has already retried
+/// what is transient (5xx, throttling, broken connections) with backoff, so a
+/// generic error that remains is the store being unavailable.
 fn backend(err: object_store::Error) -> StorageError {
-    StorageError::Io(std::io::Error::other(err))
+    use object_store::Error as E;
+    match err {
+        E::PermissionDenied { .. } | E::Unauthenticated { .. } => {
+            StorageError::Permission(err.to_string())
+        }
+        E::Generic { .. } => StorageError::Unavailable(err.to_string()),
+        _ => StorageError::Io(std::io::Error::other(err)),
+    }
 }
 
 fn is_not_found(err: &object_store::Error) -> bool {
@@ -321,7 +327,7 @@ impl Storage for S3Storage {
             Err(e) => Err(backend(e))?,
         };
         let meta = meta_of(&got.meta);
-        if got.meta.size.saturating_sub(offset) <= INLINE_READ_MAX {
+        if got.meta.size.saturating_sub(offset) <= super::INLINE_READ_MAX as u64 {
             let bytes = got.bytes().await.map_err(backend)?;
             if offset == 0 {
                 self.memo.put(key, &meta, &bytes, started);
@@ -356,30 +362,9 @@ impl Storage for S3Storage {
         }))
     }
 
-    async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()> {
-        let prefix =
-            (!self.settings.prefix.is_empty()).then(|| Path::from(self.settings.prefix.as_str()));
-        let listed = self
-            .store
-            .list_with_delimiter(prefix.as_ref())
-            .await
-            .map_err(backend)?;
-        let names: Vec<String> = listed
-            .objects
-            .iter()
-            .filter_map(|o| o.location.filename().map(str::to_owned))
-            .collect();
-        for batch in names.chunks(4096) {
-            if sink.send(batch.to_vec()).await.is_err() {
-                break;
-            }
-        }
-        Ok(())
-    }
-
-    // No `watch_top_level`: S3 has no change feed that covers writes by other
-    // servers, so the in-memory narinfo index stays off (every narinfo miss asks the
-    // bucket) and nothing another server uploads is ever hidden.
+    // No `watch_top_level` (and so no listing): S3 has no change feed that covers
+    // writes by other servers, so the in-memory narinfo index stays off (every
+    // narinfo miss asks the bucket) and nothing another server uploads is ever hidden.
 
     async fn presign_get(&self, key: &str) -> Result<Option<String>> {
         let Some(expiry) = self.settings.redirect else {
@@ -596,6 +581,31 @@ impl Drop for S3Upload {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn s3_errors_say_what_failed() {
+        let source = || -> Box<dyn std::error::Error + Send + Sync> { "x".into() };
+        let denied = object_store::Error::PermissionDenied {
+            path: "k".into(),
+            source: source(),
+        };
+        assert!(matches!(backend(denied), StorageError::Permission(_)));
+        let unauthenticated = object_store::Error::Unauthenticated {
+            path: "k".into(),
+            source: source(),
+        };
+        assert!(matches!(
+            backend(unauthenticated),
+            StorageError::Permission(_)
+        ));
+        let down = object_store::Error::Generic {
+            store: "S3",
+            source: source(),
+        };
+        assert!(matches!(backend(down), StorageError::Unavailable(_)));
+        let other = object_store::Error::NotSupported { source: source() };
+        assert!(matches!(backend(other), StorageError::Io(_)));
+    }
 
     #[test]
     fn virtual_hosted_endpoints_name_the_bucket() {
