@@ -112,10 +112,11 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => "http",
     };
-    tracing::info!("listening on {scheme}://{addr}{origin}");
     // From the socket actually listening: under socket activation the configured
-    // address says nothing about who can connect.
+    // address says nothing about who can connect. Before the "listening" line, which
+    // tells supervisors (and the tests) that start-up is over.
     warn_about_uploads(&config, addr);
+    tracing::info!("listening on {scheme}://{addr}{origin}");
     systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let app = Arc::new(AppState {
