@@ -157,13 +157,7 @@ impl Cache {
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            received += chunk.len() as u64;
-            if received > limit {
-                return Err(CacheError::TooLarge {
-                    size: received,
-                    limit,
-                });
-            }
+            received = within_limit(received, chunk.len(), limit)?;
             verifier.update(&chunk);
             if verifier.failed() {
                 // Nothing of it will be kept: stop writing, read the rest.
@@ -197,13 +191,7 @@ impl Cache {
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
             let chunk = chunk?;
-            received += chunk.len() as u64;
-            if received > limit {
-                return Err(CacheError::TooLarge {
-                    size: received,
-                    limit,
-                });
-            }
+            received = within_limit(received, chunk.len(), limit)?;
             // Once verification failed, the rest of the body is only read (so the
             // client gets the answer instead of a reset), and the upload is dropped.
             let Some(pending) = upload.as_mut() else {
@@ -435,6 +423,15 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// The bytes received once `chunk` more arrived, refused past `limit`.
+fn within_limit(received: u64, chunk: usize, limit: u64) -> Result<u64, CacheError> {
+    let size = received + chunk as u64;
+    if size > limit {
+        return Err(CacheError::TooLarge { size, limit });
+    }
+    Ok(size)
 }
 
 /// How long a NAR upload waits for its decoder's memory before it is refused (503):

@@ -97,6 +97,24 @@ impl Info {
         }
     }
 
+    /// The same, with the NAR stored xz-compressed.
+    fn xz(seed: &str, nar: &[u8]) -> Self {
+        let mut info = Info::new(seed, nar);
+        info.file = xz(nar);
+        info.ext = ".xz";
+        info.compression = "xz";
+        info
+    }
+
+    /// A narinfo for `seed` that claims `claimed`'s NAR but points at `file`'s file.
+    fn lying_about(seed: &str, claimed: &[u8], file: &Info) -> Self {
+        let mut lying = Info::new(seed, claimed);
+        lying.file = file.file.clone();
+        lying.ext = file.ext;
+        lying.compression = file.compression;
+        lying
+    }
+
     fn nar_key(&self) -> String {
         format!("nar/{}.nar{}", nix32(&self.file), self.ext)
     }
@@ -217,18 +235,10 @@ async fn a_narinfo_needs_its_nar_and_its_references_first() {
 async fn a_narinfo_must_describe_its_nar() {
     let (cache, _) = cache();
     let nar = nar_of(b"compressed contents");
-    let mut info = Info::new("compressed", &nar);
-    info.file = xz(&nar);
-    info.ext = ".xz";
-    info.compression = "xz";
+    let info = Info::xz("compressed", &nar);
     put(&cache, &info.nar_key(), &info.file).await.unwrap();
     // Another NAR's hash and size: the NAR decodes to something else.
-    let mut lying = Info {
-        ..Info::new("compressed", &nar_of(b"other"))
-    };
-    lying.file = info.file.clone();
-    lying.ext = ".xz";
-    lying.compression = "xz";
+    let lying = Info::lying_about("compressed", &nar_of(b"other"), &info);
     rejected(
         put(&cache, &lying.key(), lying.render().as_bytes()).await,
         "NarHash",
@@ -250,15 +260,9 @@ async fn a_narinfo_must_describe_its_nar() {
 async fn a_nar_written_by_another_tool_is_decoded_for_its_narinfo() {
     let (cache, storage) = cache();
     let nar = nar_of(b"written behind the server's back");
-    let mut info = Info::new("behind", &nar);
-    info.file = xz(&nar);
-    info.ext = ".xz";
-    info.compression = "xz";
+    let info = Info::xz("behind", &nar);
     storage.insert(&info.nar_key(), &info.file);
-    let mut lying = Info::new("behind", &nar_of(b"something else"));
-    lying.file = info.file.clone();
-    lying.ext = ".xz";
-    lying.compression = "xz";
+    let lying = Info::lying_about("behind", &nar_of(b"something else"), &info);
     rejected(
         put(&cache, &lying.key(), lying.render().as_bytes()).await,
         "NarHash",
