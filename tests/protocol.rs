@@ -680,7 +680,7 @@ fn query_strings_do_not_change_the_key() {
 #[test]
 fn directory_layout_is_a_file_cache() {
     let store = Store::fresh("layout");
-    if let Store::Dir(dir) = &store {
+    if let Some(dir) = store.dir() {
         // Leftovers of an interrupted upload are removed at start.
         std::fs::create_dir_all(dir.join(".tmp")).unwrap();
         std::fs::write(dir.join(".tmp").join("upload-leftover"), b"partial").unwrap();

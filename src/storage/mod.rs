@@ -6,6 +6,7 @@
 //! anything that is not a plain relative path.
 
 pub mod fs;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::pin::Pin;

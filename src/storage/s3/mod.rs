@@ -111,6 +111,9 @@ impl S3Storage {
 
     /// The client alone, without contacting the bucket.
     fn build(settings: S3Settings, budget: Arc<Budget>) -> std::result::Result<Self, String> {
+        // reqwest's rustls comes without a provider (no aws-lc-rs): ring, the server's
+        // own, is the process default. Already installed (a second client) is fine.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
