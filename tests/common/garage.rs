@@ -56,6 +56,8 @@ pub fn garage() -> &'static Garage {
             get("KEY_ID"),
             get("SECRET"),
         );
+        // reqwest's rustls has no provider of its own: ring, as in the server.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&endpoint)
             .with_region(&region)
