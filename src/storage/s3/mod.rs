@@ -94,6 +94,13 @@ fn is_not_found(err: &object_store::Error) -> bool {
     matches!(err, object_store::Error::NotFound { .. })
 }
 
+/// Makes ring, the server's own crypto, the process's rustls provider: reqwest's rustls
+/// has none of its own (object_store's default would be aws-lc-rs, a second stack).
+/// Called before every client is built; the second call changes nothing.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl S3Storage {
     /// Builds the client, then checks once that the bucket answers with these
     /// credentials: reads `nix-cache-info`, and writes it when absent so the bucket is
@@ -111,9 +118,7 @@ impl S3Storage {
 
     /// The client alone, without contacting the bucket.
     fn build(settings: S3Settings, budget: Arc<Budget>) -> std::result::Result<Self, String> {
-        // reqwest's rustls comes without a provider (no aws-lc-rs): ring, the server's
-        // own, is the process default. Already installed (a second client) is fine.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        install_ring();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
@@ -611,6 +616,7 @@ mod tests {
 
     #[test]
     fn parts_grow_to_stay_under_the_part_limit() {
+        install_ring();
         let mut total: u64 = 0;
         let mut up = S3Upload {
             store: AmazonS3Builder::new()
