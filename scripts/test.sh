@@ -39,7 +39,14 @@ NIX_STORED_TEST_NIX_CHROOT=$(bash scripts/nix-chroot.sh)
 export NIX_STORED_TEST_NIX_CHROOT
 
 cargo fmt --check
+# Supply-chain policy (deny.toml): licences by name, crates.io only, no second crypto
+# stack, no avoidable duplicate versions. cargo-deny from crates.io when missing
+# (about 2 minutes on 2 cores, once).
+command -v cargo-deny >/dev/null || cargo install cargo-deny --locked
+cargo deny check bans licenses sources
+# Both builds: the default (S3 and HTTPS) and the lean directory-only HTTP server.
 cargo clippy --all-targets -- -D warnings
+cargo clippy --all-targets --no-default-features -- -D warnings
 # The Nix tests fail instead of skipping when nix (or the chroot) is missing, and the large
 # (2 GiB) round trip is part of the suite. The robustness tests
 # (tests/robustness/) print their figures, "robustness: <test>: …", on stderr.
@@ -70,3 +77,8 @@ bash scripts/check-nix.sh target/debug/nix-stored
 # The benchmark harness in its one-second-per-workload mode, so it never rots. It
 # fails only when the harness or a server breaks, never on a missed target.
 bench/run.sh --quick --out "${TMPDIR:-/tmp}/nix-stored-bench-quick.md"
+
+# The lean build (--no-default-features: no S3, no HTTPS) through the directory
+# backend's black-box tests, and its refusal of S3 and HTTPS settings (tests/config.rs).
+# Last, because it replaces target/debug/nix-stored with the lean binary.
+cargo test --no-default-features --test protocol --test integrity --test auth --test config

@@ -8,6 +8,7 @@ use clap::Parser;
 use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
+#[cfg(feature = "s3")]
 use crate::storage::s3::S3Settings;
 
 /// Command line and environment of the server.
@@ -231,6 +232,7 @@ pub enum StorageConfig {
     /// A local directory (NIX_STORED_PATH).
     Fs(PathBuf),
     /// An S3 bucket.
+    #[cfg(feature = "s3")]
     S3(S3Settings),
 }
 
@@ -392,6 +394,11 @@ impl Config {
                     "NIX_STORED_TLS_KEY is set but NIX_STORED_TLS_CERT is not: HTTPS needs both",
                 )),
             };
+        if cfg!(not(feature = "tls")) && tls.is_some() {
+            return Err(err(
+                "HTTPS is configured (NIX_STORED_TLS_CERT and NIX_STORED_TLS_KEY) but this binary was built without the tls feature",
+            ));
+        }
         if args.header_timeout == 0 {
             return Err(err("NIX_STORED_HEADER_TIMEOUT must be at least 1 second"));
         }
@@ -450,6 +457,7 @@ impl Config {
             "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={}",
             match &self.storage {
                 StorageConfig::Fs(p) => format!("fs:{}", p.display()),
+                #[cfg(feature = "s3")]
                 StorageConfig::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
             },
             self.listen,
@@ -503,6 +511,20 @@ fn storage(args: &Args) -> Result<StorageConfig, ConfigError> {
     if !s3 {
         return Ok(StorageConfig::Fs(args.path.clone()));
     }
+    s3_storage(args)
+}
+
+/// Without the `s3` feature, S3 settings are an error rather than silently unused.
+#[cfg(not(feature = "s3"))]
+fn s3_storage(_: &Args) -> Result<StorageConfig, ConfigError> {
+    Err(err(
+        "S3 storage is configured (NIX_STORED_S3_BUCKET or NIX_STORED_STORAGE=s3) but this binary was built without the s3 feature",
+    ))
+}
+
+/// The S3 settings, checked as far as that needs no network.
+#[cfg(feature = "s3")]
+fn s3_storage(args: &Args) -> Result<StorageConfig, ConfigError> {
     let bucket = args.s3_bucket.clone().unwrap_or_default();
     // S3's rules, loosely: what no store accepts is refused before any request.
     let valid_bucket = (3..=63).contains(&bucket.len())
@@ -763,6 +785,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "tls")]
     fn tls_needs_both_files() {
         assert!(parse(&[]).unwrap().tls.is_none());
         let cert_only = parse(&["--tls-cert", "/c.pem"]).unwrap_err().0;
@@ -813,6 +836,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(feature = "s3")]
     fn s3_is_chosen_by_a_bucket_and_checked_offline() {
         let c = parse(&["--s3-bucket", "cache", "--s3-prefix", "/a/b/"]).unwrap();
         let StorageConfig::S3(s) = c.storage else {

@@ -11,6 +11,7 @@ pub mod logging;
 pub mod server;
 pub mod storage;
 pub mod systemd;
+#[cfg(feature = "tls")]
 pub mod tls;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use config::{Config, StorageConfig};
 use http::auth::Auth;
 use http::AppState;
 use storage::fs::FsStorage;
+#[cfg(feature = "s3")]
 use storage::s3::S3Storage;
 use storage::Storage;
 
@@ -31,6 +33,7 @@ pub struct StartError(String);
 /// Opens the storage, binds the address and serves until a termination signal.
 pub async fn run(config: Config) -> Result<(), StartError> {
     // Before anything is created on disk: a bad certificate is a configuration error.
+    #[cfg(feature = "tls")]
     let tls = match &config.tls {
         Some(files) => Some(Arc::new(
             tls::Tls::load(files).map_err(|e| StartError(e.to_string()))?,
@@ -62,6 +65,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
                 })?
                 .with_memory_budget(budget.clone()),
         ),
+        #[cfg(feature = "s3")]
         StorageConfig::S3(settings) => Arc::new(
             S3Storage::open(settings.clone(), config.store_dir.as_str(), budget.clone())
                 .await
@@ -104,6 +108,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let addr = listener
         .local_addr()
         .map_err(|e| StartError(format!("cannot read the bound address: {e}")))?;
+    #[cfg(feature = "tls")]
     let scheme = match &tls {
         Some(tls) => {
             tls.spawn_reloader()
@@ -112,6 +117,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         }
         None => "http",
     };
+    #[cfg(not(feature = "tls"))]
+    let scheme = "http";
     // From the socket actually listening: under socket activation the configured
     // address says nothing about who can connect. Before the "listening" line, which
     // tells supervisors (and the tests) that start-up is over.
@@ -136,11 +143,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         max_connections_per_address,
         grace: config.shutdown_timeout,
     };
-    match tls {
+    #[cfg(feature = "tls")]
+    let served = match tls {
         Some(tls) => server::serve_tls(listener, app, options, tls).await,
         None => server::serve(listener, app, options).await,
-    }
-    .map_err(|e| StartError(format!("server failed: {e}")))
+    };
+    #[cfg(not(feature = "tls"))]
+    let served = server::serve(listener, app, options).await;
+    served.map_err(|e| StartError(format!("server failed: {e}")))
 }
 
 /// Says at start when uploads are open to anyone who can connect, or closed to all.

@@ -187,12 +187,13 @@ fn check_denial(r: &Response, status: u16, what: &str) {
 /// Runs the whole matrix against one configuration.
 fn matrix(setup: Setup, passfiles: bool) {
     let base = temp_dir("auth");
-    let dir = match Store::fresh("auth") {
-        Store::Dir(d) => {
-            let _ = std::fs::remove_dir_all(&d);
+    let fresh = Store::fresh("auth");
+    let dir = match fresh.dir() {
+        Some(d) => {
+            let _ = std::fs::remove_dir_all(d);
             Store::Dir(base.join("store"))
         }
-        s3 => s3,
+        None => fresh,
     };
     let fx = populate(&dir);
     let s = builder(setup, &dir, passfiles.then_some(base.as_path())).start();

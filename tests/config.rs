@@ -408,6 +408,7 @@ fn the_store_directory_is_created() {
 // (Garage, started for this test binary when scripts/test.sh did not start one).
 
 /// A server pointed at the shared Garage, in a fresh prefix.
+#[cfg(feature = "s3")]
 fn s3_server() -> ServerBuilder {
     let g = garage();
     let mut b = ServerBuilder::new().store(&Store::Dir(temp_dir("unused")));
@@ -418,6 +419,7 @@ fn s3_server() -> ServerBuilder {
 }
 
 #[test]
+#[cfg(feature = "s3")]
 fn s3_misconfiguration_fails_at_start() {
     let cases = [
         (
@@ -486,6 +488,7 @@ fn s3_misconfiguration_fails_at_start() {
 }
 
 #[test]
+#[cfg(feature = "s3")]
 fn s3_credentials_from_a_file() {
     let g = garage();
     let base = temp_dir("s3-creds");
@@ -528,4 +531,42 @@ fn s3_credentials_from_a_file() {
     );
     assert!(stderr.contains("credentials were refused"), "{stderr}");
     let _ = std::fs::remove_dir_all(&base);
+}
+
+// ---------------------------------------------------------------------------------
+// The lean build (`--no-default-features`): S3 and HTTPS settings are refused by
+// name, never silently ignored.
+
+#[test]
+#[cfg(not(feature = "s3"))]
+fn s3_settings_are_refused_without_the_s3_feature() {
+    for (what, builder) in [
+        (
+            "a bucket",
+            ServerBuilder::new().env("NIX_STORED_S3_BUCKET", "cache"),
+        ),
+        (
+            "storage s3",
+            ServerBuilder::new().env("NIX_STORED_STORAGE", "s3"),
+        ),
+    ] {
+        let stderr = refuses(what, builder);
+        assert!(
+            stderr.contains("built without the s3 feature"),
+            "{what}: {stderr}"
+        );
+    }
+}
+
+#[test]
+#[cfg(not(feature = "tls"))]
+fn tls_settings_are_refused_without_the_tls_feature() {
+    let dir = temp_dir("lean-tls");
+    let stderr = refuses(
+        "a certificate and key",
+        ServerBuilder::new()
+            .env("NIX_STORED_TLS_CERT", dir.join("c.pem").to_str().unwrap())
+            .env("NIX_STORED_TLS_KEY", dir.join("k.pem").to_str().unwrap()),
+    );
+    assert!(stderr.contains("built without the tls feature"), "{stderr}");
 }

@@ -8,6 +8,9 @@
 //! NIX_STORED_REQUIRE_NIX=1, which the project's test command sets so that CI can never
 //! skip them silently.
 
+// HTTPS and S3 helpers throughout: the Nix tests run in the default (full) build.
+#![cfg(all(feature = "s3", feature = "tls"))]
+
 mod common;
 
 use std::path::{Path, PathBuf};

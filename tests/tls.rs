@@ -5,6 +5,8 @@
 //!
 //! The real Nix client over HTTPS is in `nix_roundtrip.rs`, next to its helpers.
 
+#![cfg(feature = "tls")]
+
 mod common;
 
 use std::path::PathBuf;

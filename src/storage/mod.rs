@@ -8,6 +8,7 @@
 pub mod fs;
 #[cfg(test)]
 pub mod memory;
+#[cfg(feature = "s3")]
 pub mod s3;
 
 use std::pin::Pin;

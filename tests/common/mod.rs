@@ -9,7 +9,13 @@
 //! signatures) are built directly from the formats Nix documents.
 #![allow(dead_code)]
 
+#[cfg(feature = "s3")]
+mod garage;
+#[cfg(feature = "tls")]
 pub mod tls;
+
+#[cfg(feature = "s3")]
+pub use garage::garage;
 
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -51,7 +57,12 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Whether the servers of this run use the S3 backend: `NIX_STORED_TEST_BACKEND=s3`
 /// (scripts/test.sh runs the protocol, integrity, auth and Nix tests a second time so).
 pub fn s3_backend() -> bool {
-    std::env::var("NIX_STORED_TEST_BACKEND").is_ok_and(|b| b == "s3")
+    let s3 = std::env::var("NIX_STORED_TEST_BACKEND").is_ok_and(|b| b == "s3");
+    assert!(
+        !s3 || cfg!(feature = "s3"),
+        "NIX_STORED_TEST_BACKEND=s3, but the tests were built without the s3 feature"
+    );
+    s3
 }
 
 /// Prints why a test does not apply to S3 and returns `true` when running against it.
@@ -71,212 +82,29 @@ pub fn s3_only(reason: &str) -> bool {
     !s3_backend()
 }
 
-/// The Garage server of this run, and an S3 client of the tests' own to inspect it.
-pub struct Garage {
-    pub endpoint: String,
-    pub region: String,
-    pub bucket: String,
-    pub key_id: String,
-    pub secret: String,
-    rt: tokio::runtime::Runtime,
-    client: object_store::aws::AmazonS3,
-}
-
-/// The shared Garage: the one scripts/test.sh started (`NIX_STORED_TEST_S3_*`), or
-/// else one started by scripts/garage.sh for this test binary, stopped when it exits.
-pub fn garage() -> &'static Garage {
-    static GARAGE: std::sync::OnceLock<Garage> = std::sync::OnceLock::new();
-    GARAGE.get_or_init(|| {
-        let var = |k: &str| std::env::var(format!("NIX_STORED_TEST_S3_{k}")).ok();
-        let vars: Vec<(String, String)> = if var("ENDPOINT").is_some() {
-            ["ENDPOINT", "REGION", "BUCKET", "KEY_ID", "SECRET"]
-                .iter()
-                .map(|k| (k.to_string(), var(k).unwrap_or_default()))
-                .collect()
-        } else {
-            let dir = temp_dir("garage");
-            let out = Command::new("bash")
-                .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/garage.sh"))
-                .arg("start")
-                .arg(&dir)
-                .arg(std::process::id().to_string())
-                .stderr(Stdio::inherit())
-                .output()
-                .expect("run scripts/garage.sh");
-            assert!(out.status.success(), "scripts/garage.sh start failed");
-            String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.strip_prefix("NIX_STORED_TEST_S3_"))
-                .filter_map(|l| l.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect()
-        };
-        let get = |k: &str| {
-            vars.iter()
-                .find(|(n, _)| n == k)
-                .map(|(_, v)| v.clone())
-                .unwrap_or_else(|| panic!("no NIX_STORED_TEST_S3_{k} from Garage"))
-        };
-        let (endpoint, region, bucket, key_id, secret) = (
-            get("ENDPOINT"),
-            get("REGION"),
-            get("BUCKET"),
-            get("KEY_ID"),
-            get("SECRET"),
-        );
-        let client = object_store::aws::AmazonS3Builder::new()
-            .with_endpoint(&endpoint)
-            .with_region(&region)
-            .with_bucket_name(&bucket)
-            .with_access_key_id(&key_id)
-            .with_secret_access_key(&secret)
-            .with_allow_http(true)
-            .build()
-            .expect("S3 client for the tests");
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        Garage {
-            endpoint,
-            region,
-            bucket,
-            key_id,
-            secret,
-            rt,
-            client,
-        }
-    })
-}
-
-impl Garage {
-    /// The environment that points a server at `prefix` in the test bucket.
-    pub fn server_env(&self, prefix: &str) -> Vec<(String, String)> {
-        [
-            ("NIX_STORED_S3_BUCKET", self.bucket.as_str()),
-            ("NIX_STORED_S3_PREFIX", prefix),
-            ("NIX_STORED_S3_ENDPOINT", self.endpoint.as_str()),
-            ("NIX_STORED_S3_REGION", self.region.as_str()),
-            ("AWS_ACCESS_KEY_ID", self.key_id.as_str()),
-            ("AWS_SECRET_ACCESS_KEY", self.secret.as_str()),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-    }
-
-    fn path(prefix: &str, key: &str) -> object_store::path::Path {
-        object_store::path::Path::parse(format!("{prefix}/{key}")).expect("object path")
-    }
-
-    /// Keys below `prefix`, relative to it, sorted.
-    pub fn list(&self, prefix: &str) -> Vec<String> {
-        use futures_util::TryStreamExt;
-        let root = object_store::path::Path::from(prefix);
-        let objects: Vec<object_store::ObjectMeta> = self
-            .rt
-            .block_on(object_store::ObjectStore::list(&self.client, Some(&root)).try_collect())
-            .expect("list the test bucket");
-        let mut keys: Vec<String> = objects
-            .iter()
-            .map(|o| {
-                o.location
-                    .as_ref()
-                    .strip_prefix(&format!("{prefix}/"))
-                    .unwrap_or(o.location.as_ref())
-                    .to_owned()
-            })
-            .collect();
-        keys.sort();
-        keys
-    }
-
-    /// The object under `prefix/key`, if any.
-    pub fn read(&self, prefix: &str, key: &str) -> Option<Vec<u8>> {
-        use object_store::ObjectStoreExt;
-        let path = Self::path(prefix, key);
-        self.rt.block_on(async {
-            match self.client.get(&path).await {
-                Ok(r) => Some(r.bytes().await.expect("read object").to_vec()),
-                Err(object_store::Error::NotFound { .. }) => None,
-                Err(e) => panic!("GET {path}: {e}"),
-            }
-        })
-    }
-
-    /// Stores `bytes` under `prefix/key`, as another tool would.
-    pub fn write(&self, prefix: &str, key: &str, bytes: &[u8]) {
-        use object_store::ObjectStoreExt;
-        let path = Self::path(prefix, key);
-        self.rt
-            .block_on(self.client.put(&path, bytes.to_vec().into()))
-            .unwrap_or_else(|e| panic!("PUT {path}: {e}"));
-    }
-
-    /// Keys of the multipart uploads begun and neither completed nor aborted below
-    /// `prefix` (S3's ListMultipartUploads, through a presigned URL).
-    pub fn pending_uploads(&self, prefix: &str) -> Vec<String> {
-        use object_store::signer::{Method, SignedUrlOptions, Signer};
-        let options = SignedUrlOptions::default()
-            .with_query([("uploads", ""), ("prefix", &format!("{prefix}/"))]);
-        let url = self
-            .rt
-            .block_on(self.client.signed_url_opts(
-                Method::GET,
-                &object_store::path::Path::from(""),
-                Duration::from_secs(60),
-                &options,
-            ))
-            .expect("presign ListMultipartUploads");
-        let addr: SocketAddr = format!(
-            "{}:{}",
-            url.host_str().unwrap_or("127.0.0.1"),
-            url.port().unwrap_or(80)
-        )
-        .parse()
-        .expect("Garage listens on an IP address");
-        let target = format!("{}?{}", url.path(), url.query().unwrap_or(""));
-        let r = send(addr, "GET", &target, &[], b"");
-        let text = r.text();
-        assert_eq!(r.status, 200, "ListMultipartUploads: {text}");
-        let mut keys = Vec::new();
-        for upload in text.split("<Upload>").skip(1) {
-            if let Some(key) = upload
-                .split("<Key>")
-                .nth(1)
-                .and_then(|k| k.split("</Key>").next())
-            {
-                keys.push(key.to_owned());
-            }
-        }
-        keys.sort();
-        keys
-    }
-}
-
 /// Where a server keeps its objects: a directory, or a prefix of the test bucket.
 #[derive(Clone, Debug)]
 pub enum Store {
     /// A cache directory (the filesystem backend).
     Dir(PathBuf),
     /// A key prefix in the shared Garage bucket (the S3 backend).
+    #[cfg(feature = "s3")]
     S3(String),
 }
 
 impl Store {
     /// A fresh, empty store of the backend this run tests.
     pub fn fresh(tag: &str) -> Store {
+        #[cfg(feature = "s3")]
         if s3_backend() {
             let n = COUNTER.fetch_add(1, Ordering::Relaxed);
             let nanos = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map(|d| d.as_nanos())
                 .unwrap_or(0);
-            Store::S3(format!("{tag}-{}-{n}-{nanos}", std::process::id()))
-        } else {
-            Store::Dir(temp_dir(tag))
+            return Store::S3(format!("{tag}-{}-{n}-{nanos}", std::process::id()));
         }
+        Store::Dir(temp_dir(tag))
     }
 
     /// Every stored object, relative, sorted (in a directory: also uploads in progress
@@ -284,6 +112,7 @@ impl Store {
     pub fn files(&self) -> Vec<String> {
         match self {
             Store::Dir(d) => files_below(d),
+            #[cfg(feature = "s3")]
             Store::S3(p) => garage().list(p),
         }
     }
@@ -299,6 +128,7 @@ impl Store {
     pub fn pending(&self) -> Vec<String> {
         match self {
             Store::Dir(d) => files_below(&d.join(".tmp")),
+            #[cfg(feature = "s3")]
             Store::S3(p) => garage().pending_uploads(p),
         }
     }
@@ -308,6 +138,7 @@ impl Store {
         let key = key.trim_start_matches('/');
         match self {
             Store::Dir(d) => std::fs::read(d.join(key)).ok(),
+            #[cfg(feature = "s3")]
             Store::S3(p) => garage().read(p, key),
         }
     }
@@ -328,6 +159,7 @@ impl Store {
                     .expect("create parent");
                 std::fs::write(path, bytes).expect("write object");
             }
+            #[cfg(feature = "s3")]
             Store::S3(p) => garage().write(p, key, bytes),
         }
     }
@@ -336,6 +168,7 @@ impl Store {
     pub fn nix_url(&self) -> String {
         match self {
             Store::Dir(d) => format!("file://{}", d.display()),
+            #[cfg(feature = "s3")]
             Store::S3(p) => {
                 let g = garage();
                 let host = g.endpoint.trim_start_matches("http://");
@@ -347,9 +180,18 @@ impl Store {
         }
     }
 
+    /// The directory of a filesystem store.
+    pub fn dir(&self) -> Option<&Path> {
+        match self {
+            Store::Dir(d) => Some(d),
+            #[cfg(feature = "s3")]
+            Store::S3(_) => None,
+        }
+    }
+
     /// Removes a directory store (S3 prefixes go with the Garage of the run).
     pub fn remove(&self) {
-        if let Store::Dir(d) = self {
+        if let Some(d) = self.dir() {
             let _ = std::fs::remove_dir_all(d);
         }
     }
@@ -428,6 +270,7 @@ impl ServerBuilder {
             Store::Dir(dir) => {
                 cmd.env("NIX_STORED_PATH", dir);
             }
+            #[cfg(feature = "s3")]
             Store::S3(prefix) => {
                 cmd.envs(garage().server_env(prefix));
             }
@@ -448,6 +291,7 @@ impl ServerBuilder {
         let dir = match &store {
             Store::Dir(d) => d.clone(),
             // Not used by an S3 server; kept so that `Server::dir` always exists.
+            #[cfg(feature = "s3")]
             Store::S3(_) => temp_dir("unused"),
         };
         let mut child = self.command(&store).spawn().expect("spawn nix-stored");
@@ -624,7 +468,7 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         self.kill9();
-        if self.owns_dir || matches!(self.store, Store::S3(_)) {
+        if self.owns_dir || !matches!(self.store, Store::Dir(_)) {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
@@ -1194,7 +1038,7 @@ pub fn entries_below(dir: &Path) -> Vec<String> {
 /// upload); an S3 server sends bodies below one part in a single PUT at the end, so
 /// for those a short pause stands in.
 pub fn wait_for_upload_start(s: &Server, large: bool) -> bool {
-    if matches!(s.store, Store::S3(_)) && !large {
+    if !matches!(s.store, Store::Dir(_)) && !large {
         std::thread::sleep(Duration::from_millis(500));
         return true;
     }

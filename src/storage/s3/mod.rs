@@ -100,6 +100,13 @@ fn is_not_found(err: &object_store::Error) -> bool {
     matches!(err, object_store::Error::NotFound { .. })
 }
 
+/// Makes ring, the server's own crypto, the process's rustls provider: reqwest's rustls
+/// has none of its own (object_store's default would be aws-lc-rs, a second stack).
+/// Called before every client is built; the second call changes nothing.
+fn install_ring() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 impl S3Storage {
     /// Builds the client, then checks once that the bucket answers with these
     /// credentials: reads `nix-cache-info`, and writes it when absent so the bucket is
@@ -117,6 +124,7 @@ impl S3Storage {
 
     /// The client alone, without contacting the bucket.
     fn build(settings: S3Settings, budget: Arc<Budget>) -> std::result::Result<Self, String> {
+        install_ring();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(region) = &settings.region {
             builder = builder.with_region(region);
@@ -618,6 +626,7 @@ mod tests {
 
     #[test]
     fn parts_grow_to_stay_under_the_part_limit() {
+        install_ring();
         let mut total: u64 = 0;
         let mut up = S3Upload {
             store: AmazonS3Builder::new()
