@@ -82,8 +82,9 @@ pub struct Args {
     pub max_upload_size: String,
 
     /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
-    /// being validated, the S3 narinfo memo), in bytes or with a K, M, G or T suffix.
-    /// An upload that would go beyond it is refused with 503 and Retry-After.
+    /// being validated, the decoders verifying NAR uploads, the S3 narinfo memo), in
+    /// bytes or with a K, M, G or T suffix. An upload that would go beyond it waits or
+    /// is refused with 503 and Retry-After. The default is budget::DEFAULT_BUDGET.
     #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M")]
     pub memory_budget: String,
 
@@ -820,7 +821,10 @@ mod tests {
             parse(&["--memory-budget", "64K"]).unwrap().memory_budget,
             64 << 10
         );
-        assert_eq!(parse(&[]).unwrap().memory_budget, 512 << 20);
+        assert_eq!(
+            parse(&[]).unwrap().memory_budget,
+            crate::budget::DEFAULT_BUDGET
+        );
         assert!(parse(&["--max-connections-per-address", "0"]).is_err());
         assert_eq!(parse(&[]).unwrap().max_auth_failures, 10);
         assert_eq!(

@@ -349,7 +349,7 @@ pub fn describe_error(compression: Compression, err: &io::Error) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::io::Write;
 
@@ -360,7 +360,8 @@ mod tests {
         Ok(out)
     }
 
-    fn xz(data: &[u8], preset: u32) -> Vec<u8> {
+    /// `data` xz-compressed at `preset`.
+    pub(crate) fn xz(data: &[u8], preset: u32) -> Vec<u8> {
         let mut e = liblzma::write::XzEncoder::new(Vec::new(), preset);
         e.write_all(data).unwrap();
         e.finish().unwrap()

@@ -11,7 +11,14 @@ use super::ingest::{BodyError, PutOutcome};
 use super::key::ObjectKey;
 use super::{Cache, CacheError, CacheSettings};
 use crate::budget::Budget;
+use crate::cache::compression::tests::xz as xz_at;
+use crate::cache::nar::tests::file_nar as nar_of;
 use crate::storage::memory::MemoryStorage;
+
+/// xz at Nix's default preset.
+fn xz(data: &[u8]) -> Vec<u8> {
+    xz_at(data, 6)
+}
 
 const STORE: &str = "/nix/store";
 
@@ -37,36 +44,6 @@ fn nix32(bytes: &[u8]) -> String {
 
 fn store_hash(seed: &str) -> String {
     nixbase32::encode(&Sha256::digest(seed.as_bytes())[..20])
-}
-
-fn nar_str(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(&(b.len() as u64).to_le_bytes());
-    out.extend_from_slice(b);
-    out.resize(out.len() + (8 - b.len() % 8) % 8, 0);
-}
-
-/// The NAR of one regular file holding `contents`.
-fn nar_of(contents: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for tok in [
-        &b"nix-archive-1"[..],
-        b"(",
-        b"type",
-        b"regular",
-        b"contents",
-    ] {
-        nar_str(&mut out, tok);
-    }
-    nar_str(&mut out, contents);
-    nar_str(&mut out, b")");
-    out
-}
-
-fn xz(data: &[u8]) -> Vec<u8> {
-    use std::io::Write as _;
-    let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
-    e.write_all(data).unwrap();
-    e.finish().unwrap()
 }
 
 /// A narinfo as Nix writes it, for `nar` stored as `file` (`ext`, `compression`).

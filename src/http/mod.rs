@@ -102,13 +102,13 @@ async fn route(
         Target::Metrics if app.metrics_enabled => service::metrics(app, &req),
         // Turned off: as absent as any other path that is no cache key.
         Target::Metrics => {
-            let invalid = crate::cache::key::ObjectKey::parse("metrics")
-                .map_or_else(Target::Invalid, Target::Object);
-            objects::handle(app, invalid, req).await
+            let key = crate::cache::key::ObjectKey::parse(req.uri().path());
+            objects::handle(app, key, req).await
         }
         Target::Healthz => service::healthz(&req),
         Target::Readyz => service::readyz(app, &req).await,
         Target::OpenApi => service::openapi(&req),
-        Target::Object(_) | Target::Invalid(_) => objects::handle(app, target, req).await,
+        Target::Object(key) => objects::handle(app, Ok(key), req).await,
+        Target::Invalid(e) => objects::handle(app, Err(e), req).await,
     }
 }

@@ -9,10 +9,9 @@ use super::auth::{Access, Principal};
 use super::body::{self, Body, Chunks};
 use super::error::HttpError;
 use super::range::{self, RangeRequest};
-use super::router::Target;
 use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
-use crate::cache::key::{Kind, ObjectKey};
+use crate::cache::key::{KeyError, Kind, ObjectKey};
 use crate::storage::{ObjectBody, ObjectMeta};
 
 /// How long CDNs and proxies may keep objects that can change (narinfos are re-PUT
@@ -23,10 +22,14 @@ const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
 
 /// Handles a request for a cache object (or for a path that names none): authorises
 /// it, then dispatches on the method.
-pub async fn handle(app: &AppState, target: Target, req: Request<Incoming>) -> Response {
+pub async fn handle(
+    app: &AppState,
+    key: Result<ObjectKey, KeyError>,
+    req: Request<Incoming>,
+) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    let resp = authorised(app, target, &parts, &mut body).await;
+    let resp = authorised(app, key, &parts, &mut body).await;
     if let Some(unread) = body {
         if parts.version == hyper::Version::HTTP_2 {
             body::discard_unread(unread, &parts.headers, app.body_timeout);
@@ -39,7 +42,7 @@ pub async fn handle(app: &AppState, target: Target, req: Request<Incoming>) -> R
 /// given before leaves it there (see [`body::discard_unread`]).
 async fn authorised(
     app: &AppState,
-    target: Target,
+    key: Result<ObjectKey, KeyError>,
     parts: &hyper::http::request::Parts,
     body: &mut Option<Incoming>,
 ) -> Response {
@@ -52,7 +55,7 @@ async fn authorised(
         Ok(p) => p,
         Err(e) => return app.refused(access, e),
     };
-    let mut resp = match dispatch(app, &parts.method, target, &parts.headers, body).await {
+    let mut resp = match dispatch(app, &parts.method, key, &parts.headers, body).await {
         Ok(r) => r,
         Err(e) => app.refused(access, e),
     };
@@ -63,19 +66,17 @@ async fn authorised(
 async fn dispatch(
     app: &AppState,
     method: &Method,
-    target: Target,
+    key: Result<ObjectKey, KeyError>,
     headers: &HeaderMap,
     body: &mut Option<Incoming>,
 ) -> Result<Response, HttpError> {
-    let key = match target {
-        Target::Object(k) => k,
+    let key = match key {
+        Ok(k) => k,
         // For reads, a malformed key is simply something this cache does not have.
-        Target::Invalid(e) if *method != Method::PUT => {
+        Err(e) if *method != Method::PUT => {
             return Err(HttpError::NotFound(format!("not found: {e}")))
         }
-        Target::Invalid(e) => return Err(HttpError::Cache(e.into())),
-        // The router sends only objects and invalid paths here.
-        _ => return Err(HttpError::NotFound("not found".into())),
+        Err(e) => return Err(HttpError::Cache(e.into())),
     };
     match *method {
         Method::PUT => put(app, &key, headers, body).await,
