@@ -8,6 +8,7 @@ use clap::Parser;
 use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
+use crate::cache::retention::settings::{RetentionArgs, RetentionSettings};
 #[cfg(feature = "s3")]
 use crate::storage::s3::S3Settings;
 
@@ -188,6 +189,24 @@ pub struct Args {
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[arg(long, env = "NIX_STORED_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub retention: RetentionArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print what a retention pass would remove now (paths, bytes, why), with the
+    /// server's settings, and change nothing; safe next to a running server.
+    Gc {
+        /// Required: passes that remove run in the server.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 /// The certificate chain and private key files of HTTPS.
@@ -283,6 +302,8 @@ pub struct Config {
     pub shutdown_timeout: std::time::Duration,
     /// HTTPS certificate and key; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Quota, age limit, pins.
+    pub retention: RetentionSettings,
 }
 
 /// A configuration problem, reported as one line before exiting.
@@ -433,6 +454,7 @@ impl Config {
             max_auth_failures: args.max_auth_failures,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             tls,
+            retention: args.retention.into(),
         })
     }
 
@@ -455,7 +477,7 @@ impl Config {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
         format!(
-            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={}",
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
             match &self.storage {
                 StorageConfig::Fs(p) => format!("fs:{}", p.display()),
                 #[cfg(feature = "s3")]
@@ -480,6 +502,7 @@ impl Config {
             self.max_auth_failures,
             self.shutdown_timeout.as_secs(),
             tls,
+            self.retention.summary(),
         )
     }
 }

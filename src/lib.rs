@@ -54,38 +54,14 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         "connection limit {max_connections}, {max_connections_per_address} per client address (open file limit {nofile})"
     );
     let budget = budget::Budget::new(config.memory_budget);
-    let storage: Arc<dyn Storage> = match &config.storage {
-        StorageConfig::Fs(path) => Arc::new(
-            FsStorage::open(path, config.store_dir.as_str())
-                .map_err(|e| {
-                    StartError(format!(
-                        "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
-                        path.display()
-                    ))
-                })?
-                .with_memory_budget(budget.clone()),
-        ),
-        #[cfg(feature = "s3")]
-        StorageConfig::S3(settings) => Arc::new(
-            S3Storage::open(settings.clone(), config.store_dir.as_str(), budget.clone())
-                .await
-                .map_err(StartError)?,
-        ),
-    };
-    tracing::info!("storage: {}", storage.describe());
-    let cache = Cache::new(
-        storage,
-        CacheSettings {
-            store_dir: config.store_dir.clone(),
-            priority: config.priority,
-            max_upload_size: config.max_upload_size,
-            trusted_keys: config.trusted_keys.clone(),
-        },
-        budget,
-    );
+    let cache = open_cache(&config, budget).await?;
     cache.start_index();
     if config.metrics {
         cache.start_usage_count();
+    }
+    cache.start_retention();
+    if cache.retention().enabled() {
+        spawn_pins_reloader(cache.retention().clone())?;
     }
     let auth = Auth::new(
         config.read_user.as_ref(),
@@ -126,6 +102,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     tracing::info!("listening on {scheme}://{addr}{origin}");
     systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
+    let retention = cache.retention().clone();
     let app = Arc::new(AppState {
         cache,
         auth,
@@ -150,7 +127,85 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     };
     #[cfg(not(feature = "tls"))]
     let served = server::serve(listener, app, options).await;
+    // Uses since the last flush would otherwise make their paths look older after
+    // a restart.
+    if let Err(e) = retention.flush().await {
+        tracing::warn!("cannot write the recency journal: {e}");
+    }
     served.map_err(|e| StartError(format!("server failed: {e}")))
+}
+
+/// Opens the storage the configuration names and the cache over it.
+async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cache, StartError> {
+    let storage: Arc<dyn Storage> = match &config.storage {
+        StorageConfig::Fs(path) => Arc::new(
+            FsStorage::open(path, config.store_dir.as_str())
+                .map_err(|e| {
+                    StartError(format!(
+                        "NIX_STORED_PATH {}: cannot create or write the cache directory: {e}",
+                        path.display()
+                    ))
+                })?
+                .with_memory_budget(budget.clone()),
+        ),
+        #[cfg(feature = "s3")]
+        StorageConfig::S3(settings) => Arc::new(
+            S3Storage::open(settings.clone(), config.store_dir.as_str(), budget.clone())
+                .await
+                .map_err(StartError)?,
+        ),
+    };
+    tracing::info!("storage: {}", storage.describe());
+    let narinfo_linger = match &config.storage {
+        #[cfg(feature = "s3")]
+        StorageConfig::S3(s) => s.narinfo_ttl + std::time::Duration::from_secs(1),
+        _ => std::time::Duration::ZERO,
+    };
+    Ok(Cache::new(
+        storage,
+        CacheSettings {
+            store_dir: config.store_dir.clone(),
+            priority: config.priority,
+            max_upload_size: config.max_upload_size,
+            trusted_keys: config.trusted_keys.clone(),
+            retention: config.retention.clone(),
+            narinfo_linger,
+        },
+        budget,
+    ))
+}
+
+/// Re-reads the pins file on SIGHUP (changes to it are seen at each pass anyway).
+fn spawn_pins_reloader(retention: Arc<cache::retention::Retention>) -> Result<(), StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hup = signal(SignalKind::hangup())
+        .map_err(|e| StartError(format!("cannot handle SIGHUP: {e}")))?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            retention.reload_pins();
+        }
+    });
+    Ok(())
+}
+
+/// `nix-stored gc --dry-run`: what a pass would remove now, printed; nothing changes.
+/// The storage is opened as the server opens it (which writes nothing but a missing
+/// nix-cache-info).
+pub async fn gc_dry_run(config: Config) -> Result<String, StartError> {
+    if !config.retention.enabled() {
+        return Err(StartError(
+            "retention is off: set NIX_STORED_MAX_SIZE or NIX_STORED_RETENTION to see what a pass would remove".into(),
+        ));
+    }
+    let budget = budget::Budget::new(config.memory_budget);
+    let cache = open_cache(&config, budget).await?;
+    cache.retention().reload_pins();
+    let report = cache
+        .retention()
+        .pass(true)
+        .await
+        .map_err(|e| StartError(format!("cannot survey the storage: {e}")))?;
+    Ok(report.render())
 }
 
 /// Says at start when uploads are open to anyone who can connect, or closed to all.

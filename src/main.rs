@@ -1,5 +1,5 @@
 use clap::Parser;
-use nix_stored::config::{Args, Config, LogLevel};
+use nix_stored::config::{Args, Command, Config, LogLevel};
 use nix_stored::logging;
 
 fn main() {
@@ -18,6 +18,7 @@ fn main() {
         println!("{}", nix_stored::http::openapi::document());
         return;
     }
+    let command = args.command.clone();
     let config = match Config::from_args(args) {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
@@ -42,6 +43,18 @@ fn main() {
         Err(e) => fail(&format!("cannot start the async runtime: {e}")),
     };
     runtime.spawn(logging::flush_periodically());
+    if let Some(Command::Gc { dry_run }) = command {
+        if !dry_run {
+            fail("nix-stored gc only reports (--dry-run): passes that remove run in the server, which coordinates them with uploads");
+        }
+        let result = runtime.block_on(nix_stored::gc_dry_run(config));
+        logging::flush();
+        match result {
+            Ok(report) => print!("{report}"),
+            Err(e) => fail(&e.to_string()),
+        }
+        return;
+    }
     let result = runtime.block_on(nix_stored::run(config));
     logging::flush();
     if let Err(e) = result {

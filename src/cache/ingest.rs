@@ -100,7 +100,15 @@ impl Cache {
             Kind::Nar => self.put_nar(key, body).await,
             Kind::NarInfo => {
                 let (bytes, _memory) = self.collect(key, memory, body).await?;
-                self.check_narinfo(key, &bytes).await?;
+                let checked = self.parse_narinfo(key, &bytes)?;
+                // Before the NAR and references are checked: from here until the
+                // narinfo is stored, no retention pass can remove them.
+                let hold = self.retention.hold_narinfo(
+                    key.store_hash().unwrap_or_default(),
+                    checked.nar.as_str(),
+                    &checked.references,
+                )?;
+                self.check_narinfo(&checked).await?;
                 let _merging = self.narinfo_lock(key).lock().await;
                 let bytes = match self.read_stored_narinfo(key).await? {
                     None => bytes,
@@ -108,7 +116,10 @@ impl Cache {
                         match narinfo::merge(&stored, &bytes, &self.settings.store_dir)
                             .map_err(CacheError::Conflict)?
                         {
-                            Merge::Unchanged => return Ok(PutOutcome::Replaced),
+                            Merge::Unchanged => {
+                                self.retention.record_use(key.as_str());
+                                return Ok(PutOutcome::Replaced);
+                            }
                             Merge::Replace(merged) => merged,
                             Merge::ReplaceInvalid => {
                                 tracing::warn!(
@@ -124,7 +135,9 @@ impl Cache {
                 if let Some(hash) = key.store_hash() {
                     self.index.insert(hash);
                 }
-                self.store_bytes(key, &bytes).await
+                let outcome = self.store_bytes(key, &bytes).await?;
+                hold.stored(bytes.len() as u64 + checked.file_size);
+                Ok(outcome)
             }
             Kind::Realisation | Kind::DebugInfo => {
                 let (bytes, _memory) = self.collect(key, memory, body).await?;
@@ -181,6 +194,7 @@ impl Cache {
     {
         let expected = key.nar_file_hash().unwrap_or_default();
         let compression = nar_compression(key)?;
+        let _hold = self.retention.hold_nar(key.as_str())?;
         let limit = self.upload_limit(key.kind());
         let _decoder_memory = self.decoder_memory(compression).await?;
         let mut upload = Some(self.storage.begin_upload(key.as_str()).await?);
@@ -384,15 +398,19 @@ impl Cache {
         Ok((buf, memory))
     }
 
-    /// The narinfo rules that need the storage: its NAR is present with the declared
-    /// size, and so are the narinfos of its references.
-    async fn check_narinfo(&self, key: &ObjectKey, body: &[u8]) -> Result<(), CacheError> {
+    /// The narinfo rules that need no storage.
+    fn parse_narinfo(&self, key: &ObjectKey, body: &[u8]) -> Result<CheckedNarInfo, CacheError> {
         let policy = NarInfoPolicy {
             store_dir: &self.settings.store_dir,
             trusted_keys: &self.settings.trusted_keys,
         };
         let key_hash = key.store_hash().unwrap_or_default();
-        let checked = narinfo::check(body, key_hash, &policy).map_err(CacheError::Rejected)?;
+        narinfo::check(body, key_hash, &policy).map_err(CacheError::Rejected)
+    }
+
+    /// The narinfo rules that need the storage: its NAR is present with the declared
+    /// size, and so are the narinfos of its references.
+    async fn check_narinfo(&self, checked: &CheckedNarInfo) -> Result<(), CacheError> {
         match self.storage.stat(checked.nar.as_str()).await? {
             None => {
                 return Err(CacheError::Rejected(format!(
@@ -408,7 +426,7 @@ impl Cache {
             }
             Some(_) => {}
         }
-        self.check_nar_contents(&checked).await?;
+        self.check_nar_contents(checked).await?;
         for reference in &checked.references {
             if self
                 .storage
@@ -452,6 +470,7 @@ impl Cache {
     fn outcome(&self, created: bool, size: u64) -> PutOutcome {
         if created {
             self.stored.created(size);
+            self.retention.created(size);
             PutOutcome::Created
         } else {
             PutOutcome::Replaced

@@ -9,6 +9,7 @@ pub mod key;
 pub mod nar;
 pub mod nar_verify;
 pub mod narinfo;
+pub mod retention;
 #[cfg(test)]
 mod rules_tests;
 pub mod verified;
@@ -51,6 +52,11 @@ pub struct CacheSettings {
     pub max_upload_size: u64,
     /// Keys a narinfo must be signed by; empty means no signature is required.
     pub trusted_keys: Vec<TrustedPublicKey>,
+    /// Quota, age limit and pins.
+    pub retention: retention::settings::RetentionSettings,
+    /// How long another server sharing the storage may still answer a narinfo from
+    /// memory after it is removed (the S3 narinfo memo's TTL; zero otherwise).
+    pub narinfo_linger: std::time::Duration,
 }
 
 /// Errors of the cache layer. `http::error` maps each to a status code.
@@ -89,6 +95,10 @@ pub enum CacheError {
         /// Seconds after which a retry is worth it.
         retry_after: u64,
     },
+    /// Retention refused the upload (it references what a pass removes, or it
+    /// cannot fit in the quota).
+    #[error(transparent)]
+    Retention(#[from] retention::RetentionError),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -121,6 +131,7 @@ pub struct Cache {
     narinfo_locks: Box<[tokio::sync::Mutex<()>]>,
     budget: Arc<Budget>,
     verified: verified::VerifiedNars,
+    retention: Arc<retention::Retention>,
 }
 
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
@@ -161,7 +172,13 @@ impl Cache {
             settings.store_dir.as_str(),
             settings.priority
         );
+        let retention = Arc::new(retention::Retention::new(
+            storage.clone(),
+            settings.retention.clone(),
+            settings.narinfo_linger,
+        ));
         Cache {
+            retention,
             storage,
             settings,
             cache_info,
@@ -230,6 +247,19 @@ impl Cache {
         tokio::spawn(index::maintain(self.index.clone(), self.storage.clone()));
     }
 
+    /// Starts the retention passes in the background, when a quota or an age limit
+    /// is set.
+    pub fn start_retention(&self) {
+        if self.retention.enabled() {
+            tokio::spawn(self.retention.clone().run());
+        }
+    }
+
+    /// Retention, for its passes, status and metrics.
+    pub fn retention(&self) -> &Arc<retention::Retention> {
+        &self.retention
+    }
+
     /// The narinfo index, for status reports.
     pub fn index(&self) -> &index::NarinfoIndex {
         &self.index
@@ -258,7 +288,11 @@ impl Cache {
         if !self.may_exist(key) {
             return Ok(None);
         }
-        Ok(self.storage.stat(key.as_str()).await?)
+        let meta = self.storage.stat(key.as_str()).await?;
+        if meta.is_some() {
+            self.retention.record_use(key.as_str());
+        }
+        Ok(meta)
     }
 
     /// Opens an object from `offset`, `None` when absent.
@@ -270,7 +304,11 @@ impl Cache {
         if !self.may_exist(key) {
             return Ok(None);
         }
-        Ok(self.storage.open(key.as_str(), offset).await?)
+        let reader = self.storage.open(key.as_str(), offset).await?;
+        if reader.is_some() {
+            self.retention.record_use(key.as_str());
+        }
+        Ok(reader)
     }
 
     /// Where a client can download `key` directly: a presigned URL, for NARs only and
@@ -313,7 +351,10 @@ impl Cache {
             Some(size) if size > limit => return Err(CacheError::TooLarge { size, limit }),
             // Never stored, so it needs no room.
             _ if key.kind() == Kind::CacheInfo => {}
-            Some(size) => self.storage.ensure_room(size)?,
+            Some(size) => {
+                self.retention.check_room(size)?;
+                self.storage.ensure_room(size)?
+            }
             None => {}
         }
         let memory = match key.kind() {

@@ -28,6 +28,8 @@ fn cache_with(storage: Arc<MemoryStorage>, settings: impl FnOnce(&mut CacheSetti
         priority: 30,
         max_upload_size: 1 << 30,
         trusted_keys: Vec::new(),
+        retention: Default::default(),
+        narinfo_linger: std::time::Duration::ZERO,
     };
     settings(&mut s);
     Cache::new(storage, s, Budget::new(crate::budget::DEFAULT_BUDGET))

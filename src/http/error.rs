@@ -11,6 +11,7 @@ use super::auth::AuthError;
 use super::body::Body;
 use super::metrics::RejectReason;
 use super::Response;
+use crate::cache::retention::RetentionError;
 use crate::cache::CacheError;
 use crate::storage::StorageError;
 
@@ -89,7 +90,14 @@ impl HttpError {
                 CacheError::BadKey(_) | CacheError::Rejected(_) | CacheError::BodyBroken(_) => {
                     StatusCode::BAD_REQUEST
                 }
-                CacheError::Conflict(_) => StatusCode::CONFLICT,
+                CacheError::Conflict(_) | CacheError::Retention(RetentionError::Removing(_)) => {
+                    StatusCode::CONFLICT
+                }
+                // The quota is this cache's room: the upload cannot fit, as on a
+                // full disk.
+                CacheError::Retention(RetentionError::OverQuota { .. }) => {
+                    StatusCode::INSUFFICIENT_STORAGE
+                }
                 CacheError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
                 CacheError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
                 // Temporary, and said so with Retry-After; the one 5xx an upload can
@@ -122,7 +130,12 @@ impl HttpError {
             HttpError::Auth(AuthError::Forbidden(_)) => RejectReason::Forbidden,
             HttpError::UnsupportedEncoding => RejectReason::ContentEncoding,
             HttpError::Cache(CacheError::Rejected(_)) => RejectReason::Verification,
-            HttpError::Cache(CacheError::Conflict(_)) => RejectReason::Conflict,
+            HttpError::Cache(
+                CacheError::Conflict(_) | CacheError::Retention(RetentionError::Removing(_)),
+            ) => RejectReason::Conflict,
+            HttpError::Cache(CacheError::Retention(RetentionError::OverQuota { .. })) => {
+                RejectReason::StorageFull
+            }
             HttpError::Cache(CacheError::TooLarge { .. }) => RejectReason::TooLarge,
             HttpError::Cache(CacheError::BodyTimeout) => RejectReason::BodyTimeout,
             HttpError::Cache(CacheError::BodyBroken(_)) => RejectReason::BodyBroken,
@@ -232,6 +245,7 @@ impl HttpError {
                 CacheError::BodyTimeout
                 | CacheError::BodyBroken(_)
                 | CacheError::TooLarge { .. }
+                | CacheError::Retention(RetentionError::OverQuota { .. })
                 | CacheError::Storage(StorageError::Full | StorageError::Refused(_)),
             ) => {
                 h.insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -23,7 +23,9 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     let cache = &app.cache;
     let narinfos = cache.index().is_complete().then(|| cache.index().len());
     let memory = (cache.budget().limit(), cache.budget().in_use());
-    let text = app.metrics.render(cache.stored().get(), narinfos, memory);
+    let stored = cache.retention().stored().or(cache.stored().get());
+    let mut text = app.metrics.render(stored, narinfos, memory);
+    cache.retention().render_metrics(&mut text);
     let mut resp = answer(
         req.method(),
         StatusCode::OK,

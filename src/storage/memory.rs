@@ -7,12 +7,13 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, Upload};
+use super::{Listed, ObjectBody, ObjectMeta, ObjectReader, Result, Storage, Upload};
 
 /// Objects in a map, replaced whole on commit like the real backends do.
 #[derive(Default)]
 pub struct MemoryStorage {
     objects: Arc<Mutex<BTreeMap<String, Bytes>>>,
+    times: Mutex<BTreeMap<String, u64>>,
 }
 
 impl MemoryStorage {
@@ -25,6 +26,24 @@ impl MemoryStorage {
     pub fn insert(&self, key: &str, bytes: &[u8]) {
         self.lock()
             .insert(key.to_owned(), Bytes::copy_from_slice(bytes));
+    }
+
+    /// Sets the modification time `key` is listed with (seconds since the epoch);
+    /// objects are otherwise listed as modified now.
+    pub fn set_modified(&self, key: &str, secs: u64) {
+        self.times
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key.to_owned(), secs);
+    }
+
+    fn modified(&self, key: &str) -> u64 {
+        let times = self.times.lock().unwrap_or_else(|e| e.into_inner());
+        times.get(key).copied().unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs())
+        })
     }
 
     /// Every key, sorted.
@@ -66,6 +85,33 @@ impl Storage for MemoryStorage {
             key: key.to_owned(),
             buf: Vec::new(),
         }))
+    }
+
+    async fn list_objects(
+        &self,
+        folder: &str,
+        sink: tokio::sync::mpsc::Sender<Vec<Listed>>,
+    ) -> Result<()> {
+        let listed = self
+            .lock()
+            .iter()
+            .filter(|(key, _)| key.rsplit_once('/').map_or("", |(dir, _)| dir) == folder)
+            .map(|(key, bytes)| Listed {
+                key: key.clone(),
+                size: bytes.len() as u64,
+                modified: self.modified(key),
+            })
+            .collect();
+        let _ = sink.send(listed).await;
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        let mut objects = self.lock();
+        for key in keys {
+            objects.remove(key);
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {

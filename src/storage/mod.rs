@@ -139,6 +139,17 @@ pub struct Usage {
     pub bytes: u64,
 }
 
+/// One stored object, as a listing of the whole storage reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key, e.g. `nar/<filehash>.nar.xz`.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Last modification (the upload's commit), in seconds since the Unix epoch.
+    pub modified: u64,
+}
+
 /// A place to keep cache objects.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {
@@ -164,6 +175,18 @@ pub trait Storage: Send + Sync + 'static {
         let _ = sink;
         Ok(false)
     }
+    /// Sends every object stored directly in `folder` (`""` for the top level,
+    /// `"nar"`, `"log"`, …; not what lies in its subfolders) to `sink` in batches,
+    /// until all were sent or `sink` is closed. A full listing: run by retention
+    /// passes, never per request.
+    async fn list_objects(
+        &self,
+        folder: &str,
+        sink: tokio::sync::mpsc::Sender<Vec<Listed>>,
+    ) -> Result<()>;
+    /// Removes the objects under `keys`, durably: once this returns, a power cut does
+    /// not bring them back. Keys already absent are skipped.
+    async fn delete(&self, keys: &[String]) -> Result<()>;
     /// Counts every stored object and its bytes: a full walk, slow on a large cache, so
     /// run once in the background. `Ok(None)` when this backend cannot count.
     async fn usage(&self) -> Result<Option<Usage>> {

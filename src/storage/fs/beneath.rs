@@ -389,10 +389,12 @@ fn kind_of(mode: libc::mode_t) -> Kind {
     }
 }
 
-/// The size of `name` in `dir` if it is a regular file (not following a symlink).
-pub fn file_size_at(dir: &File, name: &CStr) -> std::io::Result<Option<u64>> {
+/// The size and modification time (seconds since the epoch) of `name` in `dir` if
+/// it is a regular file (not following a symlink).
+pub fn file_meta_at(dir: &File, name: &CStr) -> std::io::Result<Option<(u64, u64)>> {
     let st = stat_at(dir, name)?;
-    Ok((kind_of(st.st_mode) == Kind::File).then_some(st.st_size as u64))
+    Ok((kind_of(st.st_mode) == Kind::File)
+        .then_some((st.st_size as u64, u64::try_from(st.st_mtime).unwrap_or(0))))
 }
 
 /// Empties the directory `dir`: files and symlinks are unlinked, subdirectories

@@ -27,14 +27,15 @@ use async_trait::async_trait;
 mod beneath;
 mod read;
 mod stream;
+mod walk;
 mod watch;
 
 use beneath::{cstring, is_symlink_refusal, warn_symlink, Kind, Root};
 use read::Opened;
 
 use super::{
-    ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent, Upload,
-    Usage,
+    Listed, ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, TopLevelEvent,
+    Upload, Usage,
 };
 use crate::budget::{Budget, Reservation};
 
@@ -283,7 +284,7 @@ impl Storage for FsStorage {
     async fn list_top_level(&self, sink: tokio::sync::mpsc::Sender<Vec<String>>) -> Result<()> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            let mut batch = Vec::with_capacity(LIST_BATCH);
+            let mut batch = Vec::with_capacity(walk::LIST_BATCH);
             let mut open = true;
             beneath::for_each_entry(root.fd(), |name, kind| {
                 // A symlink is no object (reading it answers 404); names that are
@@ -294,8 +295,8 @@ impl Storage for FsStorage {
                 if let Ok(name) = name.to_str() {
                     batch.push(name.to_owned());
                 }
-                if batch.len() == LIST_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                if batch.len() == walk::LIST_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(walk::LIST_BATCH));
                     open = sink.blocking_send(full).is_ok();
                 }
                 Ok(open)
@@ -328,21 +329,29 @@ impl Storage for FsStorage {
     }
 
     async fn usage(&self) -> Result<Option<Usage>> {
-        let root = self.root.clone();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        // Its own thread, not the blocking pool: the walk lowers its thread's priority.
-        std::thread::Builder::new()
-            .name("usage-walk".into())
-            .spawn(move || {
-                idle_priority();
-                let _ = tx.send(count_files(&root));
-            })
-            .map_err(StorageError::from_io)?;
-        let usage = rx
+        walk::usage(self.root.clone()).await.map(Some)
+    }
+
+    async fn list_objects(
+        &self,
+        folder: &str,
+        sink: tokio::sync::mpsc::Sender<Vec<Listed>>,
+    ) -> Result<()> {
+        if !folder.is_empty() {
+            Self::check_key(folder)?;
+        }
+        walk::list(self.root.clone(), folder.to_owned(), sink).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        for key in keys {
+            Self::check_key(key)?;
+        }
+        let (root, keys) = (self.root.clone(), keys.to_vec());
+        tokio::task::spawn_blocking(move || walk::remove(&root, &keys))
             .await
             .map_err(|e| std::io::Error::other(e.to_string()))?
-            .map_err(StorageError::from_io)?;
-        Ok(Some(usage))
+            .map_err(StorageError::from_io)
     }
 
     fn ensure_room(&self, size: u64) -> Result<()> {
@@ -375,61 +384,6 @@ impl Storage for FsStorage {
     }
 }
 
-/// The usage walk stats every file of the cache: at a million paths that is seconds of
-/// CPU, and at the default priority it halved the narinfo hit rate of the first seconds
-/// after start. `SCHED_IDLE` runs the calling thread only when the core has nothing
-/// else to do. Failing to set it only costs speed.
-fn idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: applies to the calling thread (pid 0) with a valid parameter.
-    let _ = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-}
-
-/// Counts the regular files below the root and their sizes, leaving out pending
-/// uploads. Symlinks are neither counted nor followed; each directory is opened
-/// beneath the root by its relative name, so no descriptors pile up.
-fn count_files(root: &Root) -> std::io::Result<Usage> {
-    let mut usage = Usage::default();
-    let mut dirs = vec![String::new()];
-    while let Some(rel) = dirs.pop() {
-        let dir = if rel.is_empty() {
-            root.fd().try_clone()?
-        } else {
-            match root.open(&rel, libc::O_RDONLY | libc::O_DIRECTORY) {
-                Ok(dir) => dir,
-                // Removed or replaced by a symlink since it was listed.
-                Err(e) if e.kind() == ErrorKind::NotFound || is_symlink_refusal(&e) => continue,
-                Err(e) => return Err(e),
-            }
-        };
-        beneath::for_each_entry(&dir, |name, kind| {
-            match kind {
-                Kind::Dir => {
-                    // Names that are not UTF-8 hold no cache objects.
-                    let Ok(name) = name.to_str() else {
-                        return Ok(true);
-                    };
-                    if !rel.is_empty() {
-                        dirs.push(format!("{rel}/{name}"));
-                    } else if name != TMP_DIR {
-                        dirs.push(name.to_owned());
-                    }
-                }
-                Kind::File => {
-                    // A file removed since it was listed is simply not counted.
-                    if let Ok(Some(size)) = beneath::file_size_at(&dir, name) {
-                        usage.objects += 1;
-                        usage.bytes += size;
-                    }
-                }
-                Kind::Other => {}
-            }
-            Ok(true)
-        })?;
-    }
-    Ok(usage)
-}
-
 /// Bytes an unprivileged writer can still use on the filesystem holding `dir`
 /// (root may have a few percent more on ext4; those are kept for emergencies), or
 /// `None` when the filesystem does not say.
@@ -452,10 +406,6 @@ fn available_bytes(dir: &File) -> std::io::Result<Option<u64>> {
 fn room_of(blocks: u64, available: u64, fragment_size: u64) -> Option<u64> {
     (blocks != 0).then(|| available.saturating_mul(fragment_size))
 }
-
-/// Names per batch when listing: a directory of a million narinfos is sent in steps
-/// that keep memory flat.
-const LIST_BATCH: usize = 4096;
 
 /// Request bodies arrive in chunks of a few KiB; writing each one through the
 /// blocking pool would cost a thread hop per chunk. Batch them into blocks this big.

@@ -32,8 +32,12 @@ use tokio::task::JoinSet;
 mod credentials;
 mod memo;
 
-use super::{ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
+use super::{Listed, ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
 use crate::budget::Budget;
+
+/// Concurrent `DELETE`s of a retention pass: enough to remove thousands of objects
+/// a second, few enough to leave the bucket to the requests being served.
+const DELETES_IN_FLIGHT: usize = 8;
 
 /// Size of a multipart upload's parts (S3 wants at least 5 MiB, the last one
 /// excepted). Bodies up to this size are sent in a single `PUT`. Parts grow after
@@ -256,6 +260,15 @@ impl S3Storage {
             .map_err(|e| format!("refusing storage key {key:?}: {e}"))
     }
 
+    fn path_str(&self, full: &str) -> Result<Path> {
+        Path::parse(full).map_err(|e| {
+            StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                e.to_string(),
+            ))
+        })
+    }
+
     fn object_path(&self, key: &str) -> Result<Path> {
         self.path(key)
             .map_err(|e| StorageError::Io(std::io::Error::new(std::io::ErrorKind::InvalidInput, e)))
@@ -368,6 +381,72 @@ impl Storage for S3Storage {
             superseded: false,
             finished: false,
         }))
+    }
+
+    async fn list_objects(
+        &self,
+        folder: &str,
+        sink: tokio::sync::mpsc::Sender<Vec<Listed>>,
+    ) -> Result<()> {
+        // S3 lists recursively: the top level is the whole prefix, less what lies in
+        // folders (a delimiter listing would collect every page in memory).
+        let under = match folder {
+            "" => self.key_prefix.trim_end_matches('/').to_owned(),
+            f => format!("{}{f}", self.key_prefix),
+        };
+        let prefix = match under.as_str() {
+            "" => None,
+            p => Some(self.path_str(p)?),
+        };
+        let mut listing = self.store.list(prefix.as_ref());
+        let mut batch = Vec::new();
+        while let Some(item) = listing.next().await {
+            let m = item.map_err(backend)?;
+            let Some(key) = m.location.as_ref().strip_prefix(self.key_prefix.as_str()) else {
+                continue;
+            };
+            if key.rsplit_once('/').map_or("", |(dir, _)| dir) != folder {
+                continue;
+            }
+            batch.push(Listed {
+                key: key.to_owned(),
+                size: m.size,
+                modified: u64::try_from(m.last_modified.timestamp()).unwrap_or(0),
+            });
+            // A listing page holds a thousand keys.
+            if batch.len() == 1000 && sink.send(std::mem::take(&mut batch)).await.is_err() {
+                return Ok(());
+            }
+        }
+        if !batch.is_empty() {
+            let _ = sink.send(batch).await;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        let mut paths = Vec::with_capacity(keys.len());
+        for key in keys {
+            paths.push(self.object_path(key)?);
+            self.memo.forget(key);
+        }
+        // S3 acknowledges a DELETE once it is durable; a missing key is no error.
+        let mut deletions = futures_util::stream::iter(paths)
+            .map(|path| {
+                let store = self.store.clone();
+                async move {
+                    match store.delete(&path).await {
+                        Ok(()) => Ok(()),
+                        Err(e) if is_not_found(&e) => Ok(()),
+                        Err(e) => Err(backend(e)),
+                    }
+                }
+            })
+            .buffer_unordered(DELETES_IN_FLIGHT);
+        while let Some(done) = deletions.next().await {
+            done?;
+        }
+        Ok(())
     }
 
     // No `watch_top_level` (and so no listing): S3 has no change feed that covers

@@ -1,0 +1,226 @@
+//! When objects were last used, beyond what storage records (an upload's time is its
+//! object's modification time; a download leaves no trace there).
+//!
+//! Uses are gathered in memory and written out in batches: one *journal* object per
+//! flush and server, under [`JOURNAL_FOLDER`], which no cache key can name (so the
+//! directory stays a valid `file://` cache and the bucket a valid `s3://` one). Every
+//! server sharing a bucket writes its own journals; a server that runs passes merges
+//! them all, writes what must be kept as one new journal and removes the ones merged.
+//! A journal is written atomically, so a crash loses at most the uses of one flush
+//! interval, which only makes those paths look older than they are.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures_util::StreamExt;
+
+use super::graph::{path_hash, FileHash, NarKey, PathHash};
+use crate::storage::{Listed, Storage, StorageError};
+
+/// Where journals live, relative to the cache root.
+pub const JOURNAL_FOLDER: &str = "nix-stored/used";
+
+/// Uses held in memory before a flush is due whatever the interval: about 100 bytes
+/// each, so a few MiB at most.
+pub const FLUSH_AT: usize = 50_000;
+
+/// What was used.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Used {
+    /// A store path: its narinfo or listing.
+    Path(PathHash),
+    /// A NAR file.
+    Nar(NarKey),
+    /// Anything else (logs, realisations, debuginfo), by key.
+    Other(Box<str>),
+}
+
+impl Used {
+    /// Classifies a storage key; `None` for keys whose use does not matter.
+    pub fn of_key(key: &str) -> Option<Used> {
+        if let Some(hash) = key
+            .strip_suffix(".narinfo")
+            .or_else(|| key.strip_suffix(".ls"))
+        {
+            return path_hash(hash).map(Used::Path);
+        }
+        if key.starts_with("nar/") {
+            return NarKey::parse(key).map(Used::Nar);
+        }
+        if ["log/", "realisations/", "debuginfo/"]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
+            return Some(Used::Other(key.into()));
+        }
+        None
+    }
+
+    /// The key written in a journal.
+    fn key(&self) -> String {
+        match self {
+            Used::Path(h) => format!("{}.narinfo", super::graph::path_hash_str(h)),
+            Used::Nar(n) => n.key(),
+            Used::Other(k) => k.to_string(),
+        }
+    }
+}
+
+/// Uses since the last flush.
+#[derive(Default)]
+pub struct Uses {
+    recent: Mutex<HashMap<Used, u32>>,
+}
+
+impl Uses {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Used, u32>> {
+        self.recent.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a use at `secs`; `true` when enough are held that a flush is due.
+    pub fn record(&self, used: Used, secs: u32) -> bool {
+        let mut recent = self.lock();
+        let at = recent.entry(used).or_insert(secs);
+        *at = (*at).max(secs);
+        recent.len() >= FLUSH_AT
+    }
+
+    /// Whether `used` was recorded since the last [`Uses::take`].
+    pub fn contains(&self, used: &Used) -> bool {
+        self.lock().contains_key(used)
+    }
+
+    /// Whether a NAR with this file hash was recorded since the last take.
+    pub fn contains_nar(&self, hash: &FileHash) -> bool {
+        self.lock()
+            .keys()
+            .any(|u| matches!(u, Used::Nar(n) if n.hash == *hash))
+    }
+
+    /// Takes every use recorded so far.
+    pub fn take(&self) -> HashMap<Used, u32> {
+        std::mem::take(&mut *self.lock())
+    }
+}
+
+/// Writes `uses` as a new journal (nothing when empty).
+pub async fn write_journal(
+    storage: &dyn Storage,
+    uses: &HashMap<Used, u32>,
+    now: u32,
+) -> Result<(), StorageError> {
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let mut text = String::with_capacity(uses.len() * 80);
+    for (used, secs) in uses {
+        text.push_str(&used.key());
+        text.push(' ');
+        text.push_str(&secs.to_string());
+        text.push('\n');
+    }
+    // RandomState's keys are random per process and per call: two servers (or two
+    // flushes) never pick the same name.
+    let unique = std::hash::BuildHasher::hash_one(
+        &std::collections::hash_map::RandomState::new(),
+        (now, std::process::id()),
+    );
+    let name = format!("{JOURNAL_FOLDER}/{now:010}-{unique:016x}");
+    let mut upload = storage.begin_upload(&name).await?;
+    upload.write(text.as_bytes()).await?;
+    upload.commit().await?;
+    Ok(())
+}
+
+/// Every journal in storage: their keys, and the uses they hold (the latest of each).
+/// A journal that cannot be read is skipped (and kept): a use lost only makes a path
+/// look older.
+pub async fn read_journals(
+    storage: &dyn Storage,
+) -> Result<(Vec<String>, HashMap<Used, u32>), StorageError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
+    let listing = storage.list_objects(JOURNAL_FOLDER, tx);
+    let mut names = Vec::new();
+    let collect = async {
+        while let Some(batch) = rx.recv().await {
+            names.extend(batch.into_iter().map(|l| l.key));
+        }
+    };
+    let (listed, ()) = tokio::join!(listing, collect);
+    listed?;
+    let mut uses: HashMap<Used, u32> = HashMap::new();
+    let mut read = Vec::with_capacity(names.len());
+    for name in names {
+        let Some(reader) = storage.open(&name, 0).await? else {
+            continue;
+        };
+        let mut body = reader.body.into_stream();
+        let mut bytes = Vec::new();
+        let mut broken = false;
+        while let Some(chunk) = body.next().await {
+            match chunk {
+                Ok(c) => bytes.extend_from_slice(&c),
+                Err(e) => {
+                    tracing::warn!("recency journal {name} cannot be read: {e}");
+                    broken = true;
+                    break;
+                }
+            }
+        }
+        if broken {
+            continue;
+        }
+        for line in String::from_utf8_lossy(&bytes).lines() {
+            let Some((key, secs)) = line.split_once(' ') else {
+                continue;
+            };
+            let (Some(used), Ok(secs)) = (Used::of_key(key), secs.parse::<u32>()) else {
+                continue;
+            };
+            let at = uses.entry(used).or_insert(secs);
+            *at = (*at).max(secs);
+        }
+        read.push(name);
+    }
+    Ok((read, uses))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStorage;
+
+    const PATH: &str = "0b4h5q6nbxjkgq7kmzrjxwpqv1yhzfa1";
+
+    #[tokio::test]
+    async fn journals_round_trip_and_keep_the_latest_use() {
+        let storage = MemoryStorage::default();
+        let first: HashMap<Used, u32> = [
+            (Used::of_key(&format!("{PATH}.narinfo")).unwrap(), 100),
+            (Used::of_key("log/abc-foo.drv").unwrap(), 7),
+        ]
+        .into();
+        write_journal(&storage, &first, 1).await.unwrap();
+        let second: HashMap<Used, u32> =
+            [(Used::of_key(&format!("{PATH}.ls")).unwrap(), 50)].into();
+        write_journal(&storage, &second, 2).await.unwrap();
+        let (names, uses) = read_journals(&storage).await.unwrap();
+        assert_eq!(names.len(), 2);
+        assert_eq!(uses.len(), 2);
+        assert_eq!(uses[&Used::Path(path_hash(PATH).unwrap())], 100);
+        assert_eq!(uses[&Used::Other("log/abc-foo.drv".into())], 7);
+    }
+
+    #[test]
+    fn only_cache_objects_count_as_uses() {
+        assert!(Used::of_key("nix-cache-info").is_none());
+        assert!(Used::of_key("nix-stored/used/1-2").is_none());
+        assert!(Used::of_key("nar/zzz.nar").is_none());
+        let nar = format!(
+            "nar/{}.nar.xz",
+            nix_derivation::nixbase32::encode(&[7u8; 32])
+        );
+        assert!(matches!(Used::of_key(&nar), Some(Used::Nar(_))));
+        assert_eq!(Used::of_key(&nar).unwrap().key(), nar);
+    }
+}
