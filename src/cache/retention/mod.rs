@@ -19,7 +19,9 @@ pub mod graph;
 mod metrics;
 mod pass;
 pub mod pins;
+mod removal;
 pub mod settings;
+mod survey;
 #[cfg(test)]
 mod tests;
 pub mod uses;

@@ -1,0 +1,312 @@
+//! The survey at the start of a pass: list the storage, load narinfos the graph does
+//! not know, forget those gone, merge the recency journals, find orphans and the
+//! objects without references.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
+
+use futures_util::StreamExt;
+
+use super::graph::{path_hash, NarKey, PathHash};
+use super::removal::read_intents;
+use super::uses::{self, Used};
+use super::{now_secs, Retention, ORPHAN_GRACE_SECS};
+use crate::storage::{Listed, StorageError};
+
+/// What the listings found that is not in the graph.
+#[derive(Default)]
+pub(super) struct Survey {
+    /// When the survey started.
+    pub started: u32,
+    /// Bytes listed.
+    pub total: u64,
+    /// Objects listed.
+    pub objects: u64,
+    /// Orphans: NARs no narinfo uses and listings without their narinfo, past the
+    /// grace period, and what an interrupted pass left: (key, bytes).
+    pub orphans: Vec<(String, u64)>,
+    /// Removal intents of interrupted passes, to remove with the orphans.
+    pub intents: Vec<String>,
+    /// Logs, realisations, debuginfo: (key, recency, bytes), oldest first.
+    pub loose: Vec<(String, u32, u64)>,
+}
+
+/// Narinfos read concurrently when loading them.
+const READS_IN_FLIGHT: usize = 16;
+
+/// Lists the storage: loads narinfos the graph does not know, forgets those gone,
+/// merges the recency journals, and finds orphans and loose objects.
+pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, StorageError> {
+    let started = now_secs();
+    let mut survey = Survey {
+        started,
+        ..Survey::default()
+    };
+    // Journals first written, so that this server's own uses are merged with the rest.
+    let own = if dry_run {
+        Default::default()
+    } else {
+        r.uses.take()
+    };
+    uses::write_journal(r.storage.as_ref(), &own, started).await?;
+
+    // The top level: narinfos and listings.
+    let mut seen: Vec<PathHash> = Vec::new();
+    let mut unknown: Vec<Listed> = Vec::new();
+    let mut listings: Vec<(PathHash, Listed)> = Vec::new();
+    for_each_listed(r, "", |l| {
+        survey.total += l.size;
+        survey.objects += 1;
+        if let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) {
+            seen.push(hash);
+            if !r.graph().is_stored(&hash) {
+                unknown.push(l);
+            }
+        } else if let Some(hash) = l.key.strip_suffix(".ls").and_then(path_hash) {
+            listings.push((hash, l));
+        }
+    })
+    .await?;
+    load_narinfos(r, unknown).await?;
+    forget_vanished(r, &mut seen, started);
+    r.loaded.store(true, Ordering::Release);
+    let intents = read_intents(r).await?;
+    let interrupted: HashSet<String> = intents
+        .iter()
+        .flat_map(|(_, keys)| keys.iter().cloned())
+        .collect();
+    survey.intents = intents.into_iter().map(|(key, _)| key).collect();
+    let orphaned = |l: &Listed| {
+        interrupted.contains(&l.key)
+            || (l.modified as u32).saturating_add(ORPHAN_GRACE_SECS) < started
+    };
+
+    let (journals, merged) = uses::read_journals(r.storage.as_ref()).await?;
+    let users = r.graph().nar_users();
+    {
+        let mut graph = r.graph();
+        let mut loose_uses = r.loose_uses.lock().unwrap_or_else(|e| e.into_inner());
+        for (used, secs) in &merged {
+            match used {
+                Used::Path(h) => graph.touch(h, *secs),
+                Used::Nar(n) => {
+                    let from = users.partition_point(|(h, _)| *h < n.hash);
+                    for (_, id) in users[from..].iter().take_while(|(h, _)| *h == n.hash) {
+                        graph.touch_id(*id, *secs);
+                    }
+                }
+                Used::Other(k) => {
+                    let at = loose_uses.entry(k.clone()).or_insert(*secs);
+                    *at = (*at).max(*secs);
+                }
+            }
+        }
+        for (hash, l) in &listings {
+            if graph.is_stored(hash) {
+                graph.set_listing(hash, l.size, l.modified as u32);
+            } else if orphaned(l) {
+                survey.orphans.push((l.key.clone(), l.size));
+            }
+        }
+    }
+    if !dry_run {
+        compact_journals(r, journals, started).await?;
+    }
+
+    // NARs no narinfo uses, past the grace period.
+    let mut nar_orphans = Vec::new();
+    for_each_listed(r, "nar", |l| {
+        survey.total += l.size;
+        survey.objects += 1;
+        let Some(nar) = NarKey::parse(&l.key) else {
+            return;
+        };
+        let from = users.partition_point(|(h, _)| *h < nar.hash);
+        let used = users.get(from).is_some_and(|(h, _)| *h == nar.hash);
+        if !used && orphaned(&l) {
+            nar_orphans.push((l.key, l.size));
+        }
+    })
+    .await?;
+    survey.orphans.extend(nar_orphans);
+
+    // Objects without references age by their own use.
+    let loose_uses = r
+        .loose_uses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let mut loose = Vec::new();
+    for folder in ["log", "realisations", "debuginfo"] {
+        for_each_listed(r, folder, |l| {
+            survey.total += l.size;
+            survey.objects += 1;
+            let used = loose_uses.get(l.key.as_str()).copied().unwrap_or(0);
+            loose.push((l.key, used.max(l.modified as u32), l.size));
+        })
+        .await?;
+    }
+    for folder in [uses::JOURNAL_FOLDER, super::removal::INTENT_FOLDER] {
+        for_each_listed(r, folder, |l| {
+            survey.total += l.size;
+            survey.objects += 1;
+        })
+        .await?;
+    }
+    loose.sort_by_key(|l| l.1);
+    // Uses of objects no longer stored need not be remembered.
+    let kept: HashMap<Box<str>, u32> = loose
+        .iter()
+        .filter_map(|(k, _, _)| loose_uses.get(k.as_str()).map(|u| (k.as_str().into(), *u)))
+        .collect();
+    *r.loose_uses.lock().unwrap_or_else(|e| e.into_inner()) = kept;
+    survey.loose = loose;
+    if !dry_run {
+        r.bytes.store(survey.total, Ordering::Relaxed);
+        r.objects.store(survey.objects, Ordering::Relaxed);
+    }
+    Ok(survey)
+}
+
+/// Streams the listing of `folder` through `f`.
+pub(super) async fn for_each_listed(
+    r: &Retention,
+    folder: &str,
+    mut f: impl FnMut(Listed),
+) -> Result<(), StorageError> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
+    let listing = r.storage.list_objects(folder, tx);
+    let consume = async {
+        while let Some(batch) = rx.recv().await {
+            batch.into_iter().for_each(&mut f);
+        }
+    };
+    let (listed, ()) = tokio::join!(listing, consume);
+    listed
+}
+
+/// Reads and records narinfos the graph does not know (all of them at the first
+/// pass; afterwards those another writer stored).
+async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<(), StorageError> {
+    let storage = r.storage.clone();
+    let mut reads = futures_util::stream::iter(unknown)
+        .map(|l| {
+            let storage = storage.clone();
+            async move {
+                let Some(reader) = storage.open(&l.key, 0).await? else {
+                    return Ok::<_, StorageError>(None);
+                };
+                let mut body = reader.body.into_stream();
+                let mut bytes = Vec::with_capacity(reader.meta.size as usize);
+                while let Some(chunk) = body.next().await {
+                    bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+                    if bytes.len() > crate::cache::narinfo::MAX_NARINFO_SIZE {
+                        return Ok(None);
+                    }
+                }
+                Ok(Some((l, bytes)))
+            }
+        })
+        .buffer_unordered(READS_IN_FLIGHT);
+    while let Some(read) = reads.next().await {
+        let Some((l, bytes)) = read? else { continue };
+        let hash = l.key.strip_suffix(".narinfo").and_then(path_hash);
+        match (hash, parse_narinfo(&bytes)) {
+            (Some(hash), Some((nar, file_size, refs))) => {
+                let refs: Vec<PathHash> = refs.into_iter().filter(|h| *h != hash).collect();
+                r.graph()
+                    .insert(&hash, nar, &refs, l.modified as u32, l.size + file_size);
+            }
+            _ => tracing::warn!(
+                "retention: {} cannot be read as a narinfo; it is never removed",
+                l.key
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// The fields retention needs from a stored narinfo: its NAR, the NAR's size and
+/// its references. Stored narinfos were checked on upload (or come from another
+/// writer of the cache): only these lines are read.
+fn parse_narinfo(bytes: &[u8]) -> Option<(NarKey, u64, Vec<PathHash>)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (mut nar, mut size, mut refs) = (None, 0, Vec::new());
+    for line in text.lines() {
+        let Some((name, value)) = line.split_once(": ") else {
+            continue;
+        };
+        match name {
+            "URL" => nar = NarKey::parse(value.trim()),
+            "FileSize" => size = value.trim().parse().ok()?,
+            "References" => {
+                for r in value.split_whitespace() {
+                    refs.push(r.get(..32).and_then(path_hash)?);
+                }
+            }
+            _ => {}
+        }
+    }
+    Some((nar?, size, refs))
+}
+
+/// Narinfos the graph knows that were not listed, and not stored since the listing
+/// started, were removed by someone else.
+fn forget_vanished(r: &Retention, seen: &mut [PathHash], started: u32) {
+    seen.sort_unstable();
+    let mut graph = r.graph();
+    let gone: Vec<PathHash> = graph
+        .stored_hashes_before(started)
+        .filter(|h| seen.binary_search(h).is_err())
+        .collect();
+    for h in &gone {
+        graph.remove(h);
+    }
+    if !gone.is_empty() {
+        tracing::info!(
+            "retention: {} narinfos were removed from storage by another writer",
+            gone.len()
+        );
+    }
+}
+
+/// Keeps what the journals hold that storage does not know, as one journal, and
+/// removes the journals merged into it.
+async fn compact_journals(
+    r: &Retention,
+    journals: Vec<String>,
+    now: u32,
+) -> Result<(), StorageError> {
+    if journals.len() <= 1 {
+        return Ok(());
+    }
+    let mut keep: HashMap<Used, u32> = r
+        .graph()
+        .uses_beyond_storage()
+        .map(|(h, secs)| (Used::Path(*h), secs))
+        .collect();
+    for (k, secs) in r
+        .loose_uses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+    {
+        keep.insert(Used::Other(k.clone()), *secs);
+    }
+    uses::write_journal(r.storage.as_ref(), &keep, now).await?;
+    r.storage.delete(&journals).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn narinfo_fields() {
+        let text = format!(
+            "StorePath: /nix/store/{h}-p\nURL: nar/{n}.nar.xz\nCompression: xz\nFileSize: 12\nReferences: {h}-p {h}-q\n",
+            h = super::super::graph::path_hash_str(&[1; 20]),
+            n = nix_derivation::nixbase32::encode(&[2; 32])
+        );
+        let (nar, size, refs) = super::parse_narinfo(text.as_bytes()).unwrap();
+        assert_eq!((nar.hash, size, refs.len()), ([2; 32], 12, 2));
+    }
+}
