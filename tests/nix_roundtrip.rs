@@ -847,7 +847,57 @@ with_both_clients!(
     substitution_through_presigned_redirects,
     two_gib_nar_streams_through_in_constant_memory,
     https_upload_and_substitution_over_http2,
+    a_quota_keeps_what_clients_substitute_and_every_closure_whole,
 );
+
+/// Issue 11's promise with a real client: closures uploaded past the quota push the
+/// oldest out, a closure another client keeps fetching stays, every narinfo left has
+/// its NAR and references, and the kept closure substitutes with require-sigs.
+fn a_quota_keeps_what_clients_substitute_and_every_closure_whole(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let (sk, pk) = nix.keys();
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_MAX_SIZE", "64K")
+        .env("NIX_STORED_GC_INTERVAL", "1")
+        .start();
+    let url = s.url();
+    let to = format!("{url}?compression=none&secret-key={sk}");
+    let kept = nix.build();
+    nix.copy_to(&to, &kept.app);
+    let mut pushed = Vec::new();
+    for _ in 0..9 {
+        let c = nix.build();
+        nix.copy_to(&to, &c.app);
+        pushed.push(c);
+        // Another machine substitutes the kept closure: its narinfos, whole.
+        nix.ok("nix", &["path-info", "-r", "--store", &url, &kept.app]);
+        // Recency counts in seconds.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+    }
+    let passes = metric(&s, "nix_stored_retention_passes_total");
+    wait_passes(&s, passes, 2);
+    assert_closed(&s.store);
+    let narinfo = |p: &str| format!("/{}.narinfo", &p["/nix/store/".len()..][..32]);
+    for p in &kept.paths {
+        assert_eq!(
+            get(&s, &narinfo(p)).status,
+            200,
+            "{p} of the kept closure is gone"
+        );
+    }
+    let oldest = &pushed[0];
+    for p in &oldest.paths {
+        assert_eq!(
+            get(&s, &narinfo(p)).status,
+            404,
+            "{p} of the oldest closure stays"
+        );
+    }
+    assert!(metric(&s, "nix_stored_stored_bytes") <= 64 * 1024);
+    nix.delete(&kept);
+    nix.ok("nix-store", &realise_args(&kept.app, &url, &pk));
+    assert!(nix.valid(&kept.app));
+}
 
 /// With NIX_STORED_S3_REDIRECT, NAR downloads are redirects to presigned URLs, which
 /// Nix follows: the NAR bytes come from the bucket, not through the server.

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
@@ -1092,4 +1092,55 @@ pub fn socket_activated(listener: &std::net::TcpListener) -> Command {
         });
     }
     cmd
+}
+
+// ---------------------------------------------------------------------------------
+// Retention.
+
+/// Every narinfo in `store` has its NAR and the narinfos of its references.
+pub fn assert_closed(store: &Store) {
+    let files = store.files();
+    for f in files.iter().filter(|f| f.ends_with(".narinfo")) {
+        let Some(bytes) = store.read(f) else { continue };
+        let text = String::from_utf8_lossy(&bytes);
+        for line in text.lines() {
+            if let Some(url) = line.strip_prefix("URL: ") {
+                assert!(
+                    files.contains(&url.to_owned()),
+                    "{f}: its NAR {url} is gone"
+                );
+            }
+            if let Some(refs) = line.strip_prefix("References: ") {
+                for r in refs.split_whitespace() {
+                    let key = format!("{}.narinfo", &r[..32]);
+                    assert!(files.contains(&key), "{f}: its reference {key} is gone");
+                }
+            }
+        }
+    }
+}
+
+pub fn metric(s: &Server, name: &str) -> u64 {
+    let text = get(s, "/metrics").text();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// Waits (at most 60 s) until `n` more passes than `after` finished.
+pub fn wait_passes(s: &Server, after: u64, n: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let passes = metric(s, "nix_stored_retention_passes_total");
+        if passes >= after + n {
+            return passes;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no retention pass; log:\n{}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
