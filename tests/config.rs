@@ -589,7 +589,11 @@ fn every_switch_takes_the_same_words() {
         .env("NIX_STORED_ANONYMOUS_WRITES", "NO")
         .start();
     assert_eq!(get(&off, "/metrics").status, 404);
-    assert!(off.log().contains("anonymous_writes=false"), "{}", off.log());
+    assert!(
+        off.log().contains("anonymous_writes=false"),
+        "{}",
+        off.log()
+    );
     drop(off);
     for (var, value) in [
         ("NIX_STORED_METRICS", "enabled"),

@@ -109,7 +109,7 @@ type Io = WriteStallGuard<TcpStream>;
 async fn serve_accepted(
     transport: Transport,
     io: Io,
-    #[allow(unused_mut)] mut conn: Connection,
+    conn: Connection,
     // Held for the connection's life: its places under the connection limits.
     _held: Held,
 ) {
@@ -117,6 +117,7 @@ async fn serve_accepted(
         Transport::Plain => connection::serve(io, Protocol::Http1, conn).await,
         #[cfg(feature = "tls")]
         Transport::Tls(tls) => {
+            let mut conn = conn;
             if let Some((stream, protocol)) =
                 handshake::accept(tls.acceptor(), io, &mut conn.stop).await
             {
