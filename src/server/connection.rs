@@ -20,6 +20,7 @@ use crate::http::{AppState, Response};
 /// How long a connection over its address's limit gets to send a request and take
 /// its 503, TLS handshake included.
 pub(super) const REFUSAL_TIME: Duration = Duration::from_secs(2);
+
 /// The protocol a connection speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Protocol {
