@@ -1,16 +1,24 @@
 //! Configuration: every setting is an environment variable (names compatible with the
-//! original Go nix-stored) and a command-line flag.
+//! original Go nix-stored) and a command-line flag, parsed into typed values by clap
+//! ([`values`]); each backend's settings are declared beside it and flattened in.
+
+mod credentials;
+mod storage;
+pub mod values;
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::Parser;
 use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
 use crate::cache::retention::settings::{RetentionArgs, RetentionSettings};
-#[cfg(feature = "s3")]
-use crate::storage::s3::S3Settings;
+pub use crate::logging::LogFormat;
+pub use credentials::Credentials;
+pub use storage::{StorageArgs, StorageConfig, StorageKind};
+pub use values::{LogLevel, TrustedKeys};
 
 /// Command line and environment of the server.
 #[derive(Debug, Parser)]
@@ -29,9 +37,10 @@ pub struct Args {
     #[arg(
         long,
         env = "NIX_STORED_LISTEN_INTERFACE",
-        default_value = "127.0.0.1:8100"
+        default_value = "127.0.0.1:8100",
+        value_parser = values::listen_address
     )]
-    pub listen_interface: String,
+    pub listen_interface: SocketAddr,
 
     /// User name allowed to read. Unset: reads are public.
     #[arg(long, env = "NIX_STORED_USER_READ")]
@@ -59,48 +68,60 @@ pub struct Args {
     /// Let clients without credentials upload (only without a write user). Anyone who
     /// can reach the server, a reverse proxy in front of it or a web page a local
     /// browser opens can then write to the cache: meant for a single-user machine.
-    #[arg(long, env = "NIX_STORED_ANONYMOUS_WRITES", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    #[arg(long, env = "NIX_STORED_ANONYMOUS_WRITES", default_value = "false", value_parser = values::Switch, action = clap::ArgAction::Set)]
     pub anonymous_writes: bool,
 
     /// Log level: debug, info, warning or error.
-    #[arg(long, env = "NIX_STORED_LOG_LEVEL", default_value = "info")]
-    pub log_level: String,
+    #[arg(
+        long,
+        env = "NIX_STORED_LOG_LEVEL",
+        default_value = "info",
+        ignore_case = true,
+        hide_possible_values = true
+    )]
+    pub log_level: LogLevel,
 
     /// Log line format: text (for people) or json (one object per line, for collectors).
-    #[arg(long, env = "NIX_STORED_LOG_FORMAT", default_value = "text")]
-    pub log_format: String,
+    #[arg(
+        long,
+        env = "NIX_STORED_LOG_FORMAT",
+        default_value = "text",
+        ignore_case = true,
+        hide_possible_values = true
+    )]
+    pub log_format: LogFormat,
 
     /// Serve Prometheus metrics at /metrics (readable by whoever may read the cache).
-    #[arg(long, env = "NIX_STORED_METRICS", default_value = "true")]
-    pub metrics: String,
+    #[arg(long, env = "NIX_STORED_METRICS", default_value = "true", value_parser = values::Switch, action = clap::ArgAction::Set)]
+    pub metrics: bool,
 
     /// Priority advertised in nix-cache-info (lower is preferred; cache.nixos.org uses 40).
-    #[arg(long, env = "NIX_STORED_PRIORITY", default_value = "30")]
-    pub priority: String,
+    #[arg(long, env = "NIX_STORED_PRIORITY", default_value = "30", value_parser = values::priority)]
+    pub priority: i64,
 
     /// Largest accepted upload, in bytes or with a K, M, G or T suffix (powers of 1024).
-    #[arg(long, env = "NIX_STORED_MAX_UPLOAD_SIZE", default_value = "32G")]
-    pub max_upload_size: String,
+    #[arg(long, env = "NIX_STORED_MAX_UPLOAD_SIZE", default_value = "32G", value_parser = values::size)]
+    pub max_upload_size: u64,
 
     /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
     /// being validated, the decoders verifying NAR uploads, the S3 narinfo memo), in
     /// bytes or with a K, M, G or T suffix. An upload that would go beyond it waits or
     /// is refused with 503 and Retry-After. The default is budget::DEFAULT_BUDGET.
-    #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M")]
-    pub memory_budget: String,
+    #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M", value_parser = values::nonzero_size)]
+    pub memory_budget: u64,
 
     /// Space-separated public keys (`name:base64`, as in nix.conf's trusted-public-keys).
     /// When set, a narinfo upload must carry a valid signature by one of them.
-    #[arg(long, env = "NIX_STORED_TRUSTED_PUBLIC_KEYS", default_value = "")]
-    pub trusted_public_keys: String,
+    #[arg(long, env = "NIX_STORED_TRUSTED_PUBLIC_KEYS", default_value = "", value_parser = values::trusted_keys)]
+    pub trusted_public_keys: TrustedKeys,
 
     /// Nix store directory of the paths in this cache.
-    #[arg(long, env = "NIX_STORED_STORE_DIR", default_value = "/nix/store")]
-    pub store_dir: String,
+    #[arg(long, env = "NIX_STORED_STORE_DIR", default_value = "/nix/store", value_parser = values::store_dir)]
+    pub store_dir: StoreDir,
 
     /// Seconds an upload body may stay idle, or a download may wait for the client
     /// to take more bytes, before the transfer is aborted.
-    #[arg(long, env = "NIX_STORED_BODY_TIMEOUT", default_value = "60")]
+    #[arg(long, env = "NIX_STORED_BODY_TIMEOUT", default_value = "60", value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout: u64,
 
     /// Print the OpenAPI document of the HTTP interface and exit.
@@ -109,19 +130,19 @@ pub struct Args {
 
     /// Seconds a client gets to send a request's headers (from the connection's start,
     /// or from the end of its previous request); idle connections close after it.
-    #[arg(long, env = "NIX_STORED_HEADER_TIMEOUT", default_value = "30")]
+    #[arg(long, env = "NIX_STORED_HEADER_TIMEOUT", default_value = "30", value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout: u64,
 
     /// Most connections served at once; more wait in the listen backlog. Default:
     /// 10000, or fewer when the file descriptor limit (raised to its hard limit at
     /// start) cannot hold two descriptors per connection.
-    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS")]
+    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS", value_parser = values::at_least_one)]
     pub max_connections: Option<usize>,
 
     /// Most connections one client address may have open; more are answered 503 and
     /// closed. Default: a quarter of the connection limit, at least 32 and at most 256.
     /// IPv4-mapped IPv6 addresses count as the IPv4 address.
-    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS")]
+    #[arg(long, env = "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS", value_parser = values::at_least_one)]
     pub max_connections_per_address: Option<usize>,
 
     /// Wrong credentials a client address (an IPv6 /64) may send in a row; after that it
@@ -134,51 +155,9 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_SHUTDOWN_TIMEOUT", default_value = "30")]
     pub shutdown_timeout: u64,
 
-    /// Where objects live: `fs` (the NIX_STORED_PATH directory) or `s3` (a bucket).
-    /// Unset: `s3` when NIX_STORED_S3_BUCKET is set, else `fs`.
-    #[arg(long, env = "NIX_STORED_STORAGE")]
-    pub storage: Option<String>,
-
-    /// S3 bucket holding the cache.
-    #[arg(long, env = "NIX_STORED_S3_BUCKET")]
-    pub s3_bucket: Option<String>,
-
-    /// Key prefix inside the bucket (e.g. `cache` puts narinfos at `cache/<hash>.narinfo`).
-    #[arg(long, env = "NIX_STORED_S3_PREFIX", default_value = "")]
-    pub s3_prefix: String,
-
-    /// S3 endpoint URL, for stores other than AWS (e.g. `http://127.0.0.1:3900`).
-    /// Unset: AWS_ENDPOINT_URL, else AWS itself.
-    #[arg(long, env = "NIX_STORED_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-
-    /// S3 region. Unset: AWS_REGION, else AWS_DEFAULT_REGION, else us-east-1.
-    #[arg(long, env = "NIX_STORED_S3_REGION")]
-    pub s3_region: Option<String>,
-
-    /// Path-style addressing (`endpoint/bucket/key`); false for virtual-hosted
-    /// (`bucket.endpoint/key`).
-    #[arg(long, env = "NIX_STORED_S3_PATH_STYLE", default_value = "true", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub s3_path_style: bool,
-
-    /// AWS shared credentials file holding the S3 key (profile AWS_PROFILE, else
-    /// `default`); takes precedence over AWS_ACCESS_KEY_ID and ~/.aws/credentials.
-    #[arg(long, env = "NIX_STORED_S3_CREDENTIALS_FILE")]
-    pub s3_credentials_file: Option<PathBuf>,
-
-    /// Answer NAR downloads with a redirect to a presigned S3 URL instead of streaming
-    /// them through the server.
-    #[arg(long, env = "NIX_STORED_S3_REDIRECT", default_value = "false", value_parser = clap::builder::BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub s3_redirect: bool,
-
-    /// Seconds a presigned redirect URL stays valid (at most 604800, S3's limit).
-    #[arg(long, env = "NIX_STORED_S3_REDIRECT_EXPIRY", default_value = "300")]
-    pub s3_redirect_expiry: u64,
-
-    /// Milliseconds a narinfo read from S3 may be answered from memory (0: never).
-    /// Bounds how long a narinfo replaced or deleted by another server can be served.
-    #[arg(long, env = "NIX_STORED_S3_NARINFO_TTL", default_value = "5000")]
-    pub s3_narinfo_ttl: u64,
+    /// Storage backend and its settings.
+    #[command(flatten)]
+    pub storage: StorageArgs,
 
     /// PEM file with the TLS certificate chain (the server's certificate first). With
     /// NIX_STORED_TLS_KEY, the server speaks HTTPS (HTTP/2 and HTTP/1.1) instead of HTTP.
@@ -209,6 +188,38 @@ pub enum Command {
     },
 }
 
+/// A command line or environment that clap refused, as one line that names the
+/// variable too: clap names the flag, and most deployments set the variable.
+pub fn parse_error_line(e: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let text = e.to_string();
+    let line = text.lines().next().unwrap_or("invalid arguments");
+    let line = line.strip_prefix("error: ").unwrap_or(line);
+    // clap lists the valid values on a line of their own.
+    let line = match e.get(ContextKind::ValidValue) {
+        Some(ContextValue::Strings(valid)) => format!("{line}: not one of {}", valid.join(", ")),
+        _ => line.to_owned(),
+    };
+    let Some(ContextValue::String(flag)) = e.get(ContextKind::InvalidArg) else {
+        return line;
+    };
+    let long = flag
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .trim_start_matches('-');
+    let command = <Args as clap::CommandFactory>::command();
+    let env = command
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .and_then(|a| a.get_env())
+        .and_then(|v| v.to_str());
+    match env {
+        Some(var) => format!("{var}: {line}"),
+        None => line,
+    }
+}
+
 /// The certificate chain and private key files of HTTPS.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -218,49 +229,9 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
-/// A user name and its password.
-#[derive(Clone)]
-pub struct Credentials {
-    /// User name.
-    pub user: String,
-    /// Password.
-    pub password: String,
-}
-
-impl std::fmt::Debug for Credentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} (password redacted)", self.user)
-    }
-}
-
-/// Log verbosity.
-#[derive(Debug, Clone, Copy)]
-pub enum LogLevel {
-    /// Everything, including per-request details.
-    Debug,
-    /// One line per request and the lifecycle.
-    Info,
-    /// Problems only.
-    Warning,
-    /// Failures only.
-    Error,
-}
-
-/// Where the cache's objects live.
-#[derive(Debug, Clone)]
-pub enum StorageConfig {
-    /// A local directory (NIX_STORED_PATH).
-    Fs(PathBuf),
-    /// An S3 bucket.
-    #[cfg(feature = "s3")]
-    S3(S3Settings),
-}
-
 /// The validated configuration the server runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// Cache directory, used when `storage` is [`StorageConfig::Fs`].
-    pub path: PathBuf,
     /// Storage backend.
     pub storage: StorageConfig,
     /// Listen address.
@@ -274,7 +245,7 @@ pub struct Config {
     /// Log level.
     pub log_level: LogLevel,
     /// Log line format.
-    pub log_format: crate::logging::LogFormat,
+    pub log_format: LogFormat,
     /// Whether `/metrics` is served.
     pub metrics: bool,
     /// nix-cache-info priority.
@@ -288,9 +259,9 @@ pub struct Config {
     /// Nix store directory.
     pub store_dir: StoreDir,
     /// Idle body timeout (uploads and downloads).
-    pub body_timeout: std::time::Duration,
+    pub body_timeout: Duration,
     /// Time a client gets to send request headers.
-    pub header_timeout: std::time::Duration,
+    pub header_timeout: Duration,
     /// Connection limit set explicitly; `None` derives it from the descriptor limit.
     pub max_connections: Option<usize>,
     /// Per-address connection limit set explicitly; `None` derives it from the
@@ -299,7 +270,7 @@ pub struct Config {
     /// Wrong credentials in a row per client network before throttling (0: never).
     pub max_auth_failures: u32,
     /// Grace period on shutdown.
-    pub shutdown_timeout: std::time::Duration,
+    pub shutdown_timeout: Duration,
     /// HTTPS certificate and key; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
     /// Quota, age limit, pins.
@@ -316,143 +287,43 @@ fn err(msg: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
-    /// Validates parsed arguments.
+    /// Checks what parsing alone cannot (settings that go together, files that must be
+    /// readable) and builds the configuration.
     pub fn from_args(args: Args) -> Result<Self, ConfigError> {
-        let storage = storage(&args)?;
-        let listen: SocketAddr = args.listen_interface.parse().map_err(|_| {
-            err(format!(
-                "NIX_STORED_LISTEN_INTERFACE {:?} is not an address like 127.0.0.1:8100 or [::1]:8100",
-                args.listen_interface
-            ))
-        })?;
-        let read_user = credentials(
+        let storage = args.storage.select(&args.path)?;
+        let read_user = credentials::credentials(
             "READ",
             args.user_read,
             args.user_read_pass,
             args.user_read_passfile.as_deref(),
         )?;
-        let write_user = credentials(
+        let write_user = credentials::credentials(
             "WRITE",
             args.user_write,
             args.user_write_pass,
             args.user_write_passfile.as_deref(),
         )?;
-        let log_level = match args.log_level.to_ascii_lowercase().as_str() {
-            "debug" | "trace" => LogLevel::Debug,
-            "info" => LogLevel::Info,
-            "warning" | "warn" => LogLevel::Warning,
-            "error" => LogLevel::Error,
-            other => {
-                return Err(err(format!(
-                    "NIX_STORED_LOG_LEVEL {other:?} is not one of debug, info, warning, error"
-                )))
-            }
-        };
-        let log_format = match args.log_format.to_ascii_lowercase().as_str() {
-            "text" => crate::logging::LogFormat::Text,
-            "json" => crate::logging::LogFormat::Json,
-            other => {
-                return Err(err(format!(
-                    "NIX_STORED_LOG_FORMAT {other:?} is not one of text, json"
-                )))
-            }
-        };
-        let metrics = parse_bool(&args.metrics).ok_or_else(|| {
-            err(format!(
-                "NIX_STORED_METRICS {:?} is not true or false",
-                args.metrics
-            ))
-        })?;
-        let priority: i64 = args.priority.trim().parse().map_err(|_| {
-            err(format!(
-                "NIX_STORED_PRIORITY {:?} is not an integer (Nix clients abort on a non-numeric priority)",
-                args.priority
-            ))
-        })?;
-        let max_upload_size = parse_size(&args.max_upload_size).ok_or_else(|| {
-            err(format!(
-                "NIX_STORED_MAX_UPLOAD_SIZE {:?} is not a size like 1073741824, 512M or 32G",
-                args.max_upload_size
-            ))
-        })?;
-        let memory_budget = parse_size(&args.memory_budget)
-            .filter(|&n| n > 0)
-            .ok_or_else(|| {
-                err(format!(
-                    "NIX_STORED_MEMORY_BUDGET {:?} is not a size like 268435456, 256M or 1G",
-                    args.memory_budget
-                ))
-            })?;
-        let trusted_keys = args
-            .trusted_public_keys
-            .split_whitespace()
-            .map(|k| {
-                TrustedPublicKey::parse(k).map_err(|e| {
-                    err(format!(
-                        "NIX_STORED_TRUSTED_PUBLIC_KEYS: {k:?} is not a public key ({e})"
-                    ))
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let store_dir = StoreDir::new(args.store_dir.clone()).map_err(|e| {
-            err(format!(
-                "NIX_STORED_STORE_DIR {:?} is not a store directory ({e})",
-                args.store_dir
-            ))
-        })?;
-        if args.body_timeout == 0 {
-            return Err(err("NIX_STORED_BODY_TIMEOUT must be at least 1 second"));
-        }
-        // An empty variable counts as unset, as a blanked-out line in an env file means.
-        let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
-        let tls =
-            match (nonempty(args.tls_cert), nonempty(args.tls_key)) {
-                (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
-                (None, None) => None,
-                (Some(_), None) => return Err(err(
-                    "NIX_STORED_TLS_CERT is set but NIX_STORED_TLS_KEY is not: HTTPS needs both",
-                )),
-                (None, Some(_)) => return Err(err(
-                    "NIX_STORED_TLS_KEY is set but NIX_STORED_TLS_CERT is not: HTTPS needs both",
-                )),
-            };
-        if cfg!(not(feature = "tls")) && tls.is_some() {
-            return Err(err(
-                "HTTPS is configured (NIX_STORED_TLS_CERT and NIX_STORED_TLS_KEY) but this binary was built without the tls feature",
-            ));
-        }
-        if args.header_timeout == 0 {
-            return Err(err("NIX_STORED_HEADER_TIMEOUT must be at least 1 second"));
-        }
-        if args.max_connections == Some(0) {
-            return Err(err("NIX_STORED_MAX_CONNECTIONS must be at least 1"));
-        }
-        if args.max_connections_per_address == Some(0) {
-            return Err(err(
-                "NIX_STORED_MAX_CONNECTIONS_PER_ADDRESS must be at least 1",
-            ));
-        }
+        let tls = tls_files(args.tls_cert, args.tls_key)?;
         Ok(Config {
             storage,
-            path: args.path,
-            listen,
+            listen: args.listen_interface,
             read_user,
             write_user,
             anonymous_writes_setting: args.anonymous_writes,
-            log_level,
-            log_format,
-            metrics,
-            priority,
-            max_upload_size,
-            memory_budget,
-            trusted_keys,
-            store_dir,
-            body_timeout: std::time::Duration::from_secs(args.body_timeout),
-            header_timeout: std::time::Duration::from_secs(args.header_timeout),
+            log_level: args.log_level,
+            log_format: args.log_format,
+            metrics: args.metrics,
+            priority: args.priority,
+            max_upload_size: args.max_upload_size,
+            memory_budget: args.memory_budget,
+            trusted_keys: args.trusted_public_keys.0,
+            store_dir: args.store_dir,
+            body_timeout: Duration::from_secs(args.body_timeout),
+            header_timeout: Duration::from_secs(args.header_timeout),
             max_connections: args.max_connections,
             max_connections_per_address: args.max_connections_per_address,
             max_auth_failures: args.max_auth_failures,
-            shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
+            shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             tls,
             retention: args.retention.into(),
         })
@@ -476,13 +347,10 @@ impl Config {
         let tls = self.tls.as_ref().map_or("off".to_owned(), |t| {
             format!("cert:{},key:{}", t.cert.display(), t.key.display())
         });
+        let auto = |n: Option<usize>| n.map_or("auto".to_owned(), |n| n.to_string());
         format!(
             "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
-            match &self.storage {
-                StorageConfig::Fs(p) => format!("fs:{}", p.display()),
-                #[cfg(feature = "s3")]
-                StorageConfig::S3(s) => format!("s3://{}/{}", s.bucket, s.prefix),
-            },
+            self.storage,
             self.listen,
             user(&self.read_user),
             user(&self.write_user),
@@ -495,10 +363,8 @@ impl Config {
             self.store_dir.as_str(),
             self.body_timeout.as_secs(),
             self.header_timeout.as_secs(),
-            self.max_connections
-                .map_or("auto".to_owned(), |n| n.to_string()),
-            self.max_connections_per_address
-                .map_or("auto".to_owned(), |n| n.to_string()),
+            auto(self.max_connections),
+            auto(self.max_connections_per_address),
             self.max_auth_failures,
             self.shutdown_timeout.as_secs(),
             tls,
@@ -507,193 +373,30 @@ impl Config {
     }
 }
 
-/// The storage settings: S3 when asked for (or when a bucket is named), checked
-/// here as far as that needs no network; the bucket itself is checked at start.
-fn storage(args: &Args) -> Result<StorageConfig, ConfigError> {
-    let s3 = match args
-        .storage
-        .as_deref()
-        .map(str::to_ascii_lowercase)
-        .as_deref()
-    {
-        Some("fs") => {
-            if args.s3_bucket.is_some() {
-                return Err(err(
-                    "NIX_STORED_S3_BUCKET is set but NIX_STORED_STORAGE is fs; unset one of them",
-                ));
-            }
-            false
-        }
-        Some("s3") => true,
-        None => args.s3_bucket.is_some(),
-        Some(other) => {
-            return Err(err(format!(
-                "NIX_STORED_STORAGE {other:?} is not one of fs, s3"
-            )))
-        }
-    };
-    if !s3 {
-        return Ok(StorageConfig::Fs(args.path.clone()));
-    }
-    s3_storage(args)
-}
-
-/// Without the `s3` feature, S3 settings are an error rather than silently unused.
-#[cfg(not(feature = "s3"))]
-fn s3_storage(_: &Args) -> Result<StorageConfig, ConfigError> {
-    Err(err(
-        "S3 storage is configured (NIX_STORED_S3_BUCKET or NIX_STORED_STORAGE=s3) but this binary was built without the s3 feature",
-    ))
-}
-
-/// The S3 settings, checked as far as that needs no network.
-#[cfg(feature = "s3")]
-fn s3_storage(args: &Args) -> Result<StorageConfig, ConfigError> {
-    let bucket = args.s3_bucket.clone().unwrap_or_default();
-    // S3's rules, loosely: what no store accepts is refused before any request.
-    let valid_bucket = (3..=63).contains(&bucket.len())
-        && bucket
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | '_'))
-        && !bucket.starts_with(['-', '.'])
-        && !bucket.ends_with(['-', '.']);
-    if bucket.is_empty() {
-        return Err(err(
-            "NIX_STORED_STORAGE is s3 but NIX_STORED_S3_BUCKET is not set",
-        ));
-    }
-    if !valid_bucket {
-        return Err(err(format!(
-            "NIX_STORED_S3_BUCKET {bucket:?} is not a bucket name (3 to 63 lowercase letters, digits, '-' and '.')"
-        )));
-    }
-    let prefix = args.s3_prefix.trim_matches('/').to_owned();
-    if prefix
-        .split('/')
-        .any(|seg| prefix.contains("//") || seg == "." || seg == "..")
-    {
-        return Err(err(format!(
-            "NIX_STORED_S3_PREFIX {:?} must be a plain path like cache or team/cache",
-            args.s3_prefix
-        )));
-    }
-    let endpoint = match args.s3_endpoint.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(e) => {
-            let lower = e.to_ascii_lowercase();
-            let host = lower
-                .strip_prefix("http://")
-                .or_else(|| lower.strip_prefix("https://"))
-                .unwrap_or("");
-            if host.is_empty() || host.starts_with('/') {
-                return Err(err(format!(
-                    "NIX_STORED_S3_ENDPOINT {e:?} is not a URL like https://s3.example.com or http://127.0.0.1:3900"
-                )));
-            }
-            Some(e.trim_end_matches('/').to_owned())
-        }
-    };
-    let region = match args.s3_region.as_deref().map(str::trim) {
-        None | Some("") => None,
-        Some(r) => Some(r.to_owned()),
-    };
-    if let Some(file) = &args.s3_credentials_file {
-        std::fs::metadata(file).map_err(|e| {
-            err(format!(
-                "NIX_STORED_S3_CREDENTIALS_FILE {}: cannot read it: {e}",
-                file.display()
-            ))
-        })?;
-    }
-    if args.s3_redirect_expiry == 0 || args.s3_redirect_expiry > 604_800 {
-        return Err(err(
-            "NIX_STORED_S3_REDIRECT_EXPIRY must be between 1 and 604800 seconds (7 days, S3's limit)",
-        ));
-    }
-    Ok(StorageConfig::S3(S3Settings {
-        bucket,
-        prefix,
-        endpoint,
-        region,
-        path_style: args.s3_path_style,
-        credentials_file: args.s3_credentials_file.clone(),
-        redirect: args
-            .s3_redirect
-            .then(|| std::time::Duration::from_secs(args.s3_redirect_expiry)),
-        narinfo_ttl: std::time::Duration::from_millis(args.s3_narinfo_ttl),
-    }))
-}
-
-fn credentials(
-    role: &str,
-    user: Option<String>,
-    pass: Option<String>,
-    passfile: Option<&Path>,
-) -> Result<Option<Credentials>, ConfigError> {
-    let var = format!("NIX_STORED_USER_{role}");
-    let password = match (pass, passfile) {
-        (Some(_), Some(_)) => {
-            return Err(err(format!(
-                "{var}_PASS and {var}_PASSFILE are both set; use one"
-            )))
-        }
-        (Some(p), None) => Some(p),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                err(format!(
-                    "{var}_PASSFILE {}: cannot read it: {e}",
-                    file.display()
-                ))
-            })?;
-            Some(text.strip_suffix('\n').unwrap_or(&text).to_owned())
-        }
+/// The HTTPS files: both or neither. An empty variable counts as unset, as a
+/// blanked-out line in an env file means.
+fn tls_files(cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<Option<TlsFiles>, ConfigError> {
+    let nonempty = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
+    let tls = match (nonempty(cert), nonempty(key)) {
+        (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
         (None, None) => None,
-    };
-    match (user, password) {
-        (None, None) => Ok(None),
-        (Some(user), Some(password)) => {
-            if user.is_empty() || user.contains(':') {
-                return Err(err(format!("{var} must be a non-empty name without ':'")));
-            }
-            if password.is_empty() {
-                return Err(err(format!("{var}: the password is empty")));
-            }
-            Ok(Some(Credentials { user, password }))
+        (Some(_), None) => {
+            return Err(err(
+                "NIX_STORED_TLS_CERT is set but NIX_STORED_TLS_KEY is not: HTTPS needs both",
+            ))
         }
-        (Some(_), None) => Err(err(format!(
-            "{var} is set but has no password: set {var}_PASS or {var}_PASSFILE"
-        ))),
-        (None, Some(_)) => Err(err(format!(
-            "a password is set but {var} (the user name) is not"
-        ))),
-    }
-}
-
-/// `true`/`false` and their usual spellings in environment files.
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-/// Parses `1234`, `512K`, `64M`, `32G`, `1T` (powers of 1024; a trailing `B`/`iB` is accepted).
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let s = s
-        .strip_suffix("iB")
-        .or_else(|| s.strip_suffix('B'))
-        .unwrap_or(s);
-    let (digits, shift) = match s.chars().last()? {
-        'K' | 'k' => (&s[..s.len() - 1], 10),
-        'M' | 'm' => (&s[..s.len() - 1], 20),
-        'G' | 'g' => (&s[..s.len() - 1], 30),
-        'T' | 't' => (&s[..s.len() - 1], 40),
-        _ => (s, 0),
+        (None, Some(_)) => {
+            return Err(err(
+                "NIX_STORED_TLS_KEY is set but NIX_STORED_TLS_CERT is not: HTTPS needs both",
+            ))
+        }
     };
-    let n: u64 = digits.trim().parse().ok()?;
-    n.checked_mul(1u64 << shift)
+    if cfg!(not(feature = "tls")) && tls.is_some() {
+        return Err(err(
+            "HTTPS is configured (NIX_STORED_TLS_CERT and NIX_STORED_TLS_KEY) but this binary was built without the tls feature",
+        ));
+    }
+    Ok(tls)
 }
 
 #[cfg(test)]
@@ -712,20 +415,10 @@ mod tests {
     ) -> Result<Config, ConfigError> {
         let mut all = vec!["nix-stored"];
         all.extend_from_slice(args);
-        let mut parsed = Args::try_parse_from(all).unwrap();
+        let mut parsed = Args::try_parse_from(all).map_err(|e| err(e.to_string()))?;
         parsed.user_read_pass = read_pass.map(str::to_owned);
         parsed.user_write_pass = write_pass.map(str::to_owned);
         Config::from_args(parsed)
-    }
-
-    #[test]
-    fn sizes() {
-        assert_eq!(parse_size("1024"), Some(1024));
-        assert_eq!(parse_size("32G"), Some(32 << 30));
-        assert_eq!(parse_size("512MiB"), Some(512 << 20));
-        assert_eq!(parse_size("x"), None);
-        assert_eq!(parse_size(""), None);
-        assert_eq!(parse_size("99999999999T"), None);
     }
 
     #[test]
@@ -792,6 +485,59 @@ mod tests {
     }
 
     #[test]
+    fn parse_errors_name_the_variable() {
+        let e = Args::try_parse_from(["nix-stored", "--metrics", "maybe"]).unwrap_err();
+        let line = parse_error_line(&e);
+        assert!(line.starts_with("NIX_STORED_METRICS: "), "{line}");
+        assert!(line.contains("not true or false"), "{line}");
+        let e = Args::try_parse_from(["nix-stored", "--s3-redirect-expiry", "x"]).unwrap_err();
+        assert!(parse_error_line(&e).starts_with("NIX_STORED_S3_REDIRECT_EXPIRY: "));
+    }
+
+    #[test]
+    fn every_switch_takes_the_same_words() {
+        for flag in [
+            "--anonymous-writes",
+            "--metrics",
+            "--s3-path-style",
+            "--s3-redirect",
+        ] {
+            for (word, on) in [("yes", true), ("OFF", false), (" 1 ", true), ("f", false)] {
+                let args = Args::try_parse_from(["nix-stored", flag, word])
+                    .unwrap_or_else(|e| panic!("{flag} {word:?}: {e}"));
+                let value = match flag {
+                    "--anonymous-writes" => args.anonymous_writes,
+                    "--metrics" => args.metrics,
+                    "--s3-path-style" => args.storage.s3.s3_path_style,
+                    _ => args.storage.s3.s3_redirect,
+                };
+                assert_eq!(value, on, "{flag} {word:?}");
+            }
+            assert!(Args::try_parse_from(["nix-stored", flag, "maybe"]).is_err());
+        }
+    }
+
+    #[test]
+    fn names_are_case_blind() {
+        let c = parse(&[
+            "--log-level",
+            "WARN",
+            "--log-format",
+            "Json",
+            "--storage",
+            "FS",
+        ])
+        .unwrap();
+        assert_eq!(c.log_level, LogLevel::Warning);
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert!(matches!(c.storage, StorageConfig::Fs(_)));
+        assert_eq!(
+            parse(&["--log-level", "trace"]).unwrap().log_level,
+            LogLevel::Debug
+        );
+    }
+
+    #[test]
     fn there_are_no_password_flags() {
         for flag in ["--user-read-pass", "--user-write-pass"] {
             assert!(
@@ -824,8 +570,8 @@ mod tests {
         );
         let both = parse(&["--tls-cert", "/c.pem", "--tls-key", "/k.pem"]).unwrap();
         let files = both.tls.as_ref().unwrap();
-        assert_eq!(files.cert, Path::new("/c.pem"));
-        assert_eq!(files.key, Path::new("/k.pem"));
+        assert_eq!(files.cert, std::path::Path::new("/c.pem"));
+        assert_eq!(files.key, std::path::Path::new("/k.pem"));
         assert!(both.summary().contains("tls=cert:/c.pem,key:/k.pem"));
     }
 

@@ -121,12 +121,13 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         grace: config.shutdown_timeout,
     };
     #[cfg(feature = "tls")]
-    let served = match tls {
-        Some(tls) => server::serve_tls(listener, app, options, tls).await,
-        None => server::serve(listener, app, options).await,
+    let transport = match tls {
+        Some(tls) => server::Transport::Tls(tls),
+        None => server::Transport::Plain,
     };
     #[cfg(not(feature = "tls"))]
-    let served = server::serve(listener, app, options).await;
+    let transport = server::Transport::Plain;
+    let served = server::serve(listener, app, options, transport).await;
     // Uses since the last flush would otherwise make their paths look older after
     // a restart.
     if let Err(e) = retention.flush().await {

@@ -28,8 +28,8 @@ static ACCESS_LINES: AtomicBool = AtomicBool::new(false);
 /// Whether lines are JSON objects rather than text.
 static JSON: AtomicBool = AtomicBool::new(false);
 
-/// How log lines are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How log lines are written (NIX_STORED_LOG_FORMAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
     /// Human-readable text, one event per line.
     Text,

@@ -1,5 +1,5 @@
 use clap::Parser;
-use nix_stored::config::{Args, Command, Config, LogLevel};
+use nix_stored::config::{Args, Command, Config};
 use nix_stored::logging;
 
 fn main() {
@@ -8,11 +8,7 @@ fn main() {
         Ok(a) => a,
         // --help and --version print and exit 0 as clap does.
         Err(e) if !e.use_stderr() => e.exit(),
-        Err(e) => {
-            let text = e.to_string();
-            let line = text.lines().next().unwrap_or("invalid arguments");
-            fail(line.strip_prefix("error: ").unwrap_or(line))
-        }
+        Err(e) => fail(&nix_stored::config::parse_error_line(&e)),
     };
     if args.print_openapi {
         println!("{}", nix_stored::http::openapi::document());
@@ -23,13 +19,7 @@ fn main() {
         Ok(c) => c,
         Err(e) => fail(&e.to_string()),
     };
-    let level = match config.log_level {
-        LogLevel::Debug => tracing::Level::DEBUG,
-        LogLevel::Info => tracing::Level::INFO,
-        LogLevel::Warning => tracing::Level::WARN,
-        LogLevel::Error => tracing::Level::ERROR,
-    };
-    logging::init(level, config.log_format);
+    logging::init(config.log_level.tracing(), config.log_format);
     tracing::info!(
         "nix-stored {} starting: {}",
         env!("CARGO_PKG_VERSION"),

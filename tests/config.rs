@@ -570,3 +570,40 @@ fn tls_settings_are_refused_without_the_tls_feature() {
     );
     assert!(stderr.contains("built without the tls feature"), "{stderr}");
 }
+
+#[test]
+fn every_switch_takes_the_same_words() {
+    // One syntax for all four switches: blanks around the word, any case, and the
+    // short forms clap's boolean parser knows (`y`, `f`) as well as `on`/`off`.
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_METRICS", "Y")
+        .env("NIX_STORED_ANONYMOUS_WRITES", " true ")
+        .env("NIX_STORED_S3_PATH_STYLE", "Off")
+        .env("NIX_STORED_S3_REDIRECT", "0")
+        .start();
+    assert_eq!(get(&s, "/metrics").status, 200);
+    assert!(s.log().contains("anonymous_writes=true"), "{}", s.log());
+    drop(s);
+    let off = ServerBuilder::new()
+        .env("NIX_STORED_METRICS", "f")
+        .env("NIX_STORED_ANONYMOUS_WRITES", "NO")
+        .start();
+    assert_eq!(get(&off, "/metrics").status, 404);
+    assert!(
+        off.log().contains("anonymous_writes=false"),
+        "{}",
+        off.log()
+    );
+    drop(off);
+    for (var, value) in [
+        ("NIX_STORED_METRICS", "enabled"),
+        ("NIX_STORED_ANONYMOUS_WRITES", "2"),
+        ("NIX_STORED_S3_REDIRECT", ""),
+    ] {
+        let stderr = refuses(
+            &format!("{var}={value:?}"),
+            ServerBuilder::new().env(var, value),
+        );
+        assert!(stderr.contains(var), "{var}: not named in\n{stderr}");
+    }
+}

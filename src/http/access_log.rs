@@ -5,10 +5,11 @@ use std::time::Instant;
 
 use hyper::body::{Body as _, Incoming};
 use hyper::header::{self, HeaderValue};
-use hyper::{Method, Request};
+use hyper::Request;
 
 use super::body::Body;
 use super::error::ErrorDetail;
+use super::head;
 use super::metrics::Observation;
 use super::objects::principal_of;
 use super::router::Target;
@@ -17,7 +18,8 @@ use crate::logging;
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Handles the request, tags the answer with an id, counts it, and logs method,
+/// Handles the request, tags the answer with an id, drops its body if it answers a
+/// HEAD (see [`head`]), counts it, and logs method,
 /// path, HTTP version, status, bytes in and out, duration (to the response headers),
 /// user and id.
 pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
@@ -45,16 +47,17 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
             d.public
         ));
     }
+    // Last, once the body is final: the error text above is part of what HEAD drops.
+    if head::is_head(&method) {
+        head::strip_body(&mut resp);
+    }
     let elapsed = started.elapsed();
     // Streamed bodies carry an explicit Content-Length; generated ones know their size.
-    let bytes_out = if method == Method::HEAD {
-        0
-    } else {
-        resp.body()
-            .size_hint()
-            .exact()
-            .unwrap_or_else(|| content_length(resp.headers()))
-    };
+    let bytes_out = resp
+        .body()
+        .size_hint()
+        .exact()
+        .unwrap_or_else(|| content_length(resp.headers()));
     let status = resp.status().as_u16();
     app.metrics.observe(&Observation {
         route,

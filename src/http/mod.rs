@@ -5,6 +5,7 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod head;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;

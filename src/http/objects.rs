@@ -80,7 +80,10 @@ async fn dispatch(
     };
     match *method {
         Method::PUT => put(app, &key, headers, body).await,
-        Method::HEAD => head(app, &key).await,
+        // What HEAD's answer needs, without opening the object: an S3 GET or a
+        // file's first bytes would be fetched only for `head` to drop them, and a
+        // presigned redirect is signed for GET alone.
+        Method::HEAD => headers_only(app, &key).await,
         _ => get(app, &key, headers).await,
     }
 }
@@ -135,14 +138,10 @@ fn not_found(key: &ObjectKey) -> HttpError {
     HttpError::NotFound(format!("{} is not in this cache", key.as_str()))
 }
 
-fn cache_info(app: &AppState, with_body: bool) -> Response {
+fn cache_info(app: &AppState) -> Response {
     let text = app.cache.cache_info().to_owned();
     let len = text.len();
-    let mut resp = if with_body {
-        Response::new(Body::from(text))
-    } else {
-        Response::new(Body::Empty)
-    };
+    let mut resp = Response::new(Body::from(text));
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -153,9 +152,11 @@ fn cache_info(app: &AppState, with_body: bool) -> Response {
     resp
 }
 
-async fn head(app: &AppState, key: &ObjectKey) -> Result<Response, HttpError> {
+/// A GET's answer without its body (which [`super::head`] would drop anyway): the
+/// object looked up, not opened.
+async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpError> {
     if key.kind() == Kind::CacheInfo {
-        return Ok(cache_info(app, false));
+        return Ok(cache_info(app));
     }
     let meta = app.cache.stat(key).await?.ok_or_else(|| not_found(key))?;
     let mut resp = Response::new(Body::Empty);
@@ -167,7 +168,7 @@ async fn head(app: &AppState, key: &ObjectKey) -> Result<Response, HttpError> {
 
 async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Response, HttpError> {
     if key.kind() == Kind::CacheInfo {
-        return Ok(cache_info(app, true));
+        return Ok(cache_info(app));
     }
     if let Some(location) = app
         .cache

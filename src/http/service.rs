@@ -27,7 +27,6 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     let mut text = app.metrics.render(stored, narinfos, memory);
     cache.retention().render_metrics(&mut text);
     let mut resp = answer(
-        req.method(),
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",
         text.into_bytes(),
@@ -43,7 +42,6 @@ pub fn healthz(req: &Request<Incoming>) -> Response {
         return e.into_response();
     }
     answer(
-        req.method(),
         StatusCode::OK,
         "text/plain; charset=utf-8",
         b"ok\n".to_vec(),
@@ -92,14 +90,12 @@ pub async fn readyz(app: &AppState, req: &Request<Incoming>) -> Response {
     }
     match app.readiness.check(&app.cache).await {
         Ok(()) => answer(
-            req.method(),
             StatusCode::OK,
             "text/plain; charset=utf-8",
             b"ready\n".to_vec(),
         ),
         Err(reason) => {
             let mut resp = answer(
-                req.method(),
                 StatusCode::SERVICE_UNAVAILABLE,
                 "text/plain; charset=utf-8",
                 b"not ready\n".to_vec(),
@@ -122,7 +118,6 @@ pub fn openapi(req: &Request<Incoming>) -> Response {
         return e.into_response();
     }
     answer(
-        req.method(),
         StatusCode::OK,
         "application/json",
         openapi::document().as_bytes().to_vec(),
@@ -136,18 +131,10 @@ fn read_only(method: &Method) -> Result<(), HttpError> {
     }
 }
 
-fn answer(
-    method: &Method,
-    status: StatusCode,
-    content_type: &'static str,
-    body: Vec<u8>,
-) -> Response {
+/// A generated answer; its body is dropped for HEAD by [`super::head`].
+fn answer(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
     let len = body.len();
-    let mut resp = if *method == Method::HEAD {
-        Response::new(Body::Empty)
-    } else {
-        Response::new(Body::from(body))
-    };
+    let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));

@@ -10,6 +10,12 @@ pub mod fs;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+/// Without the `s3` feature, only the S3 settings: their flags are still parsed, so
+/// that a configuration naming S3 is refused by name instead of ignored.
+#[cfg(not(feature = "s3"))]
+pub mod s3 {
+    pub mod settings;
+}
 
 use std::pin::Pin;
 

@@ -87,14 +87,10 @@ impl RetentionSettings {
 }
 
 fn parse_quota(s: &str) -> Result<u64, String> {
-    match crate::config::parse_size(s) {
-        Some(0) => {
-            Err("NIX_STORED_MAX_SIZE 0 would remove everything; unset it for no quota".into())
-        }
+    match crate::config::values::parse_size(s) {
+        Some(0) => Err("a quota of 0 would remove everything; unset it for no quota".into()),
         Some(n) => Ok(n),
-        None => Err(format!(
-            "NIX_STORED_MAX_SIZE {s:?} is not a size like 1073741824, 500G or 2T"
-        )),
+        None => Err(format!("{s:?} is not a size like 1073741824, 500G or 2T")),
     }
 }
 
@@ -119,16 +115,14 @@ pub fn parse_age(s: &str) -> Result<Duration, String> {
     };
     let n: u64 = digits.trim().parse().map_err(|_| not_a_duration(s))?;
     match n.checked_mul(mult) {
-        Some(0) => {
-            Err("NIX_STORED_RETENTION 0 would remove everything; unset it for no limit".into())
-        }
+        Some(0) => Err("a retention of 0 would remove everything; unset it for no limit".into()),
         Some(secs) => Ok(Duration::from_secs(secs)),
-        None => Err(format!("NIX_STORED_RETENTION {s:?} is too long")),
+        None => Err(format!("{s:?} is too long")),
     }
 }
 
 fn not_a_duration(s: &str) -> String {
-    format!("NIX_STORED_RETENTION {s:?} is not a duration like 30d, 12h, 90m or 3600s")
+    format!("{s:?} is not a duration like 30d, 12h, 90m or 3600s")
 }
 
 #[cfg(test)]

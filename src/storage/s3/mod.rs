@@ -31,6 +31,7 @@ use tokio::task::JoinSet;
 
 mod credentials;
 mod memo;
+pub mod settings;
 
 use super::{Listed, ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
 use crate::budget::Budget;
