@@ -108,6 +108,10 @@ impl Cache {
                     checked.nar.as_str(),
                     &checked.references,
                 )?;
+                // The same for passes on other servers sharing the storage.
+                let mut doom_keys = vec![key.as_str().to_owned(), checked.nar.as_str().to_owned()];
+                doom_keys.extend(checked.references.iter().map(|r| format!("{r}.narinfo")));
+                let since = self.retention.check_undoomed(&doom_keys).await?;
                 self.check_narinfo(&checked).await?;
                 let _merging = self.narinfo_lock(key).lock().await;
                 let bytes = match self.read_stored_narinfo(key).await? {
@@ -136,6 +140,9 @@ impl Cache {
                     self.index.insert(hash);
                 }
                 let outcome = self.store_bytes(key, &bytes).await?;
+                self.retention
+                    .confirm_undoomed(since, &doom_keys, key.as_str())
+                    .await?;
                 hold.stored(bytes.len() as u64 + checked.file_size);
                 Ok(outcome)
             }

@@ -104,6 +104,15 @@ pub enum CacheError {
     Storage(#[from] StorageError),
 }
 
+impl From<retention::doom::DoomCheck> for CacheError {
+    fn from(e: retention::doom::DoomCheck) -> Self {
+        match e {
+            retention::doom::DoomCheck::Refused(e) => CacheError::Retention(e),
+            retention::doom::DoomCheck::Storage(e) => CacheError::Storage(e),
+        }
+    }
+}
+
 /// Upper bound on a `.ls` listing (validated as it streams, in constant memory):
 /// the listing of a store path with a hundred thousand files is about 10 MiB.
 pub const MAX_LISTING_SIZE: u64 = 64 << 20;
@@ -247,12 +256,10 @@ impl Cache {
         tokio::spawn(index::maintain(self.index.clone(), self.storage.clone()));
     }
 
-    /// Starts the retention passes in the background, when a quota or an age limit
-    /// is set.
+    /// Starts retention in the background: passes, when a quota or an age limit is
+    /// set; on shared storage without them, the uses other servers' passes need.
     pub fn start_retention(&self) {
-        if self.retention.enabled() {
-            tokio::spawn(self.retention.clone().run());
-        }
+        tokio::spawn(self.retention.clone().run());
     }
 
     /// Retention, for its passes, status and metrics.

@@ -213,6 +213,12 @@ pub trait Storage: Send + Sync + 'static {
         let _ = key;
         Ok(None)
     }
+    /// Whether other servers may write to this storage at the same time (a bucket
+    /// shared by several instances), so that what one server holds in memory is no
+    /// lock on the others.
+    fn shared(&self) -> bool {
+        false
+    }
     /// A short human description for the startup log.
     fn describe(&self) -> String;
 }

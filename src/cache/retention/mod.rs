@@ -15,6 +15,7 @@
 //! Which paths go is decided by *effective recency*: the latest use of a path or of any
 //! path whose closure holds it, so a client that fetches a closure keeps all of it.
 
+pub mod doom;
 pub mod graph;
 mod metrics;
 mod pass;
@@ -42,6 +43,10 @@ use crate::storage::{Storage, StorageError};
 /// A NAR uploaded less than this long ago is not an orphan yet: Nix uploads a NAR
 /// before its narinfo, and a client may upload a closure for many minutes.
 pub const ORPHAN_GRACE_SECS: u32 = 3600;
+
+/// Left in shared storage by a server that runs passes, so that the others record
+/// uses too.
+pub const PASSES_MARKER: &str = "nix-stored/passes";
 
 /// How often uses are written out when nothing else forces it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(300);
@@ -118,6 +123,14 @@ pub struct Retention {
     /// Time between removing narinfos and their NARs: how long another server may
     /// still answer a removed narinfo from memory (S3's narinfo memo).
     narinfo_linger: Duration,
+    /// Time between a pass's intent and its first removal: long enough for other
+    /// servers sharing the storage to see the intent (zero when none can).
+    settle: Duration,
+    /// The intents of passes, as uploads on shared storage check them.
+    doom: doom::Board,
+    /// Whether uses are recorded and written out: on a server that runs passes, and
+    /// on one that shares its storage with a server that does.
+    journaling: AtomicBool,
     /// Pass counters.
     pub stats: PassStats,
 }
@@ -139,6 +152,8 @@ impl Retention {
         settings: RetentionSettings,
         narinfo_linger: Duration,
     ) -> Self {
+        let storage_shared = storage.shared();
+        let enabled = settings.enabled();
         Retention {
             storage,
             pins: Mutex::new(Pins::new(settings.pins.clone())),
@@ -152,6 +167,13 @@ impl Retention {
             loaded: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
             narinfo_linger,
+            settle: if storage_shared {
+                doom::SETTLE
+            } else {
+                Duration::ZERO
+            },
+            doom: doom::Board::default(),
+            journaling: AtomicBool::new(enabled),
             stats: PassStats::default(),
         }
     }
@@ -187,7 +209,7 @@ impl Retention {
 
     /// Records a download or upload of `key`.
     pub fn record_use(&self, key: &str) {
-        if !self.enabled() {
+        if !self.journaling.load(Ordering::Relaxed) {
             return;
         }
         if let Some(used) = Used::of_key(key) {
@@ -344,7 +366,15 @@ impl Retention {
     /// are written out between passes.
     pub async fn run(self: Arc<Self>) {
         if !self.enabled() {
+            if self.storage.shared() {
+                self.journal_for_others().await;
+            }
             return;
+        }
+        if self.storage.shared() {
+            if let Err(e) = self.write_marker().await {
+                tracing::warn!("cannot mark the storage as one retention passes run on: {e}");
+            }
         }
         let mut next_pass = tokio::time::Instant::now();
         loop {
@@ -370,9 +400,43 @@ impl Retention {
         }
     }
 
+    /// On shared storage without passes of its own: records and writes out uses
+    /// while another server runs passes on the storage (it leaves a marker).
+    async fn journal_for_others(&self) {
+        loop {
+            match self.storage.stat(PASSES_MARKER).await {
+                Ok(found) => {
+                    let on = found.is_some();
+                    if on != self.journaling.swap(on, Ordering::Relaxed) && on {
+                        tracing::info!(
+                            "another server runs retention passes on this storage: uses are written to {}",
+                            uses::JOURNAL_FOLDER
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!("cannot look for {PASSES_MARKER}: {e}"),
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!("cannot write the recency journal: {e}");
+            }
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+        }
+    }
+
+    async fn write_marker(&self) -> Result<(), StorageError> {
+        let mut upload = self.storage.begin_upload(PASSES_MARKER).await?;
+        upload
+            .write(
+                b"retention passes run on this storage: every server sharing it writes its uses\n",
+            )
+            .await?;
+        upload.commit().await?;
+        Ok(())
+    }
+
     /// Writes out the uses recorded so far (also at shutdown).
     pub async fn flush(&self) -> Result<(), StorageError> {
-        if !self.enabled() {
+        if !self.journaling.load(Ordering::Relaxed) {
             return Ok(());
         }
         let uses = self.uses.take();

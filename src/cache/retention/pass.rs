@@ -4,9 +4,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use super::graph::{path_hash_str, PathHash};
-use super::removal::{prune_activity, remove_orphans, remove_paths};
-use super::survey::survey;
-use super::Retention;
+use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
+use super::survey::{survey, top_level};
+use super::{now_secs, Retention};
 use crate::storage::StorageError;
 
 /// Why an object goes.
@@ -115,7 +115,7 @@ impl PassReport {
     }
 }
 
-/// Paths removed per step: their narinfos go in one durable batch, then their NARs.
+/// Narinfos removed per step, in one durable batch.
 pub(super) const CHUNK: usize = 256;
 
 pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, StorageError> {
@@ -191,7 +191,23 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             });
         }
     } else {
-        remove_orphans(r, &survey, &mut report).await?;
+        let mut doomed: Vec<String> = survey.orphans.iter().map(|o| o.0.clone()).collect();
+        for d in &plan.paths {
+            let hash = path_hash_str(&d.hash);
+            doomed.push(format!("{hash}.narinfo"));
+            doomed.push(format!("{hash}.ls"));
+            doomed.push(d.nar.key());
+        }
+        let intent = write_intent(r, &doomed, now).await?;
+        if !r.settle.is_zero() {
+            // Other servers sharing the storage see the intent within their upload
+            // window; what they stored before that is listed now and keeps what it
+            // references.
+            tokio::time::sleep(r.settle).await;
+            top_level(r, now_secs()).await?;
+        }
+        let users = r.graph().nar_users();
+        remove_orphans(r, &survey, &users, &mut report).await?;
         let keys: Vec<String> = loose_chosen.iter().map(|l| l.0.clone()).collect();
         r.storage.delete(&keys).await?;
         for (key, recency, bytes) in loose_chosen {
@@ -202,11 +218,31 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
                 recency: *recency,
             });
         }
-        let users = r.graph().nar_users();
+        let mut going = Vec::new();
+        let mut failed = None;
         for chunk in plan.paths.chunks(CHUNK) {
-            remove_paths(r, chunk, &users, now, &why, &mut report).await?;
+            match remove_narinfos(r, chunk, &mut report).await {
+                Ok(g) => going.extend(g),
+                Err(e) => {
+                    // What went already is finished below all the same.
+                    failed = Some(e);
+                    break;
+                }
+            }
         }
+        if !going.is_empty() && !r.narinfo_linger.is_zero() {
+            // Other servers may answer a removed narinfo from memory this long: its
+            // NAR stays until they cannot.
+            tokio::time::sleep(r.narinfo_linger).await;
+        }
+        let users = r.graph().nar_users();
+        let removed = remove_rest(r, &going, &users, now, &why, &mut report).await;
         prune_activity(r, now);
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        removed?;
+        r.storage.delete(&[intent]).await?;
     }
     let freed: u64 = report.removed.iter().map(|x| x.bytes).sum();
     report.bytes_after = survey.total.saturating_sub(freed);

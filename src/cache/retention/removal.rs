@@ -1,7 +1,9 @@
-//! Removal: orphans first, then chosen paths chunk by chunk, each narinfo before its
-//! NAR. Before a chunk's narinfos go, an *intent* object lists the NARs and listings
-//! that follow them: a pass killed in between leaves objects no narinfo uses, and the
-//! next pass removes them at once instead of waiting out the orphans' grace period.
+//! Removal: orphans first, then the chosen paths' narinfos chunk by chunk, then their
+//! listings and NARs. Before anything goes, an *intent* object lists all of it:
+//! - a pass killed in between leaves objects no narinfo uses, which the next pass
+//!   removes at once instead of waiting out the orphans' grace period;
+//! - other servers sharing the storage refuse uploads that reference what it lists
+//!   (see `doom`).
 
 use std::sync::atomic::Ordering;
 
@@ -17,15 +19,21 @@ use crate::storage::StorageError;
 /// Where removal intents live: no cache key can name it.
 pub const INTENT_FOLDER: &str = "nix-stored/removing";
 
+/// Removes the orphans the survey found, but NARs a narinfo uses now (`users`) or
+/// an upload holds.
 pub(super) async fn remove_orphans(
     r: &Retention,
     survey: &Survey,
+    users: &[([u8; 32], u32)],
     report: &mut PassReport,
 ) -> Result<(), StorageError> {
     let mut keys = Vec::new();
     let mut claimed = Vec::new();
     for (key, bytes) in &survey.orphans {
         if let Some(nar) = NarKey::parse(key) {
+            if r.graph().nar_in_use(users, &nar.hash, &[]) {
+                continue;
+            }
             // A narinfo upload holds its NAR (and marks it used) from before it
             // checks the NAR until it is stored: one since the listing shows here.
             if !r.claim_nar(&nar.hash, survey.started) {
@@ -54,17 +62,14 @@ pub(super) async fn remove_orphans(
     r.storage.delete(&survey.intents).await
 }
 
-/// Removes a chunk of chosen paths: their narinfos first, durably; then, once no
-/// other server can still serve those narinfos from memory, their listings and the
-/// NARs no remaining narinfo uses.
-pub(super) async fn remove_paths(
+/// Starts removing a chunk of chosen paths: those still removable are marked and
+/// their narinfos removed, durably. Returns them; their NARs and listings go in
+/// [`remove_rest`].
+pub(super) async fn remove_narinfos<'a>(
     r: &Retention,
-    chunk: &[Doomed],
-    users: &[([u8; 32], u32)],
-    started: u32,
-    why: &impl Fn(u32) -> Why,
+    chunk: &'a [Doomed],
     report: &mut PassReport,
-) -> Result<(), StorageError> {
+) -> Result<Vec<&'a Doomed>, StorageError> {
     let going: Vec<&Doomed> = {
         let mut graph = r.graph();
         chunk
@@ -76,65 +81,53 @@ pub(super) async fn remove_paths(
             .collect()
     };
     report.kept += chunk.len() - going.len();
-    if going.is_empty() {
-        return Ok(());
+    let narinfos: Vec<String> = going
+        .iter()
+        .map(|d| format!("{}.narinfo", path_hash_str(&d.hash)))
+        .collect();
+    if let Err(e) = r.storage.delete(&narinfos).await {
+        let mut graph = r.graph();
+        for d in &going {
+            graph.abort_removal(d);
+        }
+        return Err(e);
     }
-    // What follows the narinfos, decided before they go: an intent lists it, so
-    // that a pass killed in between leaves nothing behind for long.
+    Ok(going)
+}
+
+/// Ends the removal of paths whose narinfos are gone: their listings, and the NARs
+/// no remaining narinfo uses (after `users`, built since the narinfos went; one
+/// stored later held its NAR meanwhile, which `claim_nar` sees).
+pub(super) async fn remove_rest(
+    r: &Retention,
+    going: &[&Doomed],
+    users: &[([u8; 32], u32)],
+    started: u32,
+    why: &impl Fn(u32) -> Why,
+    report: &mut PassReport,
+) -> Result<(), StorageError> {
     let ids: Vec<u32> = going.iter().map(|d| d.id).collect();
     let mut rest: Vec<String> = Vec::new();
     let mut claimed = Vec::new();
-    for d in &going {
+    for d in going {
         rest.push(format!("{}.ls", path_hash_str(&d.hash)));
-        // Narinfos stored after `users` was built held their NAR meanwhile, which
-        // `claim_nar` sees.
         let shared = r.graph().nar_in_use(users, &d.nar.hash, &ids);
         if !shared && !claimed.contains(&d.nar.hash) && r.claim_nar(&d.nar.hash, started) {
             claimed.push(d.nar.hash);
             rest.push(d.nar.key());
         }
     }
-    let narinfos: Vec<String> = going
-        .iter()
-        .map(|d| format!("{}.narinfo", path_hash_str(&d.hash)))
-        .collect();
-    let removed = async {
-        let intent = write_intent(r, &rest, started).await?;
-        r.storage.delete(&narinfos).await?;
-        Ok::<_, StorageError>(intent)
-    }
-    .await;
-    let intent = match removed {
-        Ok(intent) => intent,
-        Err(e) => {
-            let mut graph = r.graph();
-            for d in &going {
-                graph.abort_removal(d);
-            }
-            drop(graph);
-            for hash in &claimed {
-                r.nar_removed(hash);
-            }
-            return Err(e);
-        }
-    };
-    if !r.narinfo_linger.is_zero() {
-        tokio::time::sleep(r.narinfo_linger).await;
-    }
-    let mut result = r.storage.delete(&rest).await;
+    let result = r.storage.delete(&rest).await;
     for hash in &claimed {
         r.nar_removed(hash);
     }
-    if result.is_ok() {
-        result = r.storage.delete(&[intent]).await;
-    }
     {
         let mut graph = r.graph();
-        for d in &going {
+        for d in going {
             graph.finish_removal(d);
         }
     }
-    for d in &going {
+    for d in going {
         r.stats.paths_removed.fetch_add(1, Ordering::Relaxed);
         report.removed.push(Removal {
             what: path_hash_str(&d.hash),
@@ -153,8 +146,13 @@ pub(super) fn prune_activity(r: &Retention, now: u32) {
     });
 }
 
-/// Writes the keys a chunk removes after its narinfos; returns the intent's key.
-async fn write_intent(r: &Retention, keys: &[String], now: u32) -> Result<String, StorageError> {
+/// Writes what a pass is about to remove (narinfos, listings, NARs); returns the
+/// intent's key.
+pub(super) async fn write_intent(
+    r: &Retention,
+    keys: &[String],
+    now: u32,
+) -> Result<String, StorageError> {
     let unique = std::hash::BuildHasher::hash_one(
         &std::collections::hash_map::RandomState::new(),
         (now, std::process::id(), keys.len()),
@@ -174,20 +172,30 @@ pub(super) async fn read_intents(
     for_each_listed(r, INTENT_FOLDER, |l| names.push(l.key)).await?;
     let mut intents = Vec::new();
     for name in names {
-        let Some(reader) = r.storage.open(&name, 0).await? else {
-            continue;
-        };
-        let mut body = reader.body.into_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+        if let Some(keys) = read_intent(r, &name).await? {
+            intents.push((name, keys));
         }
-        let keys = String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter(|k| k.ends_with(".ls") || k.starts_with("nar/"))
-            .map(str::to_owned)
-            .collect();
-        intents.push((name, keys));
     }
     Ok(intents)
+}
+
+/// The keys an intent lists; `None` once it is gone.
+pub(super) async fn read_intent(
+    r: &Retention,
+    name: &str,
+) -> Result<Option<Vec<String>>, StorageError> {
+    let Some(reader) = r.storage.open(name, 0).await? else {
+        return Ok(None);
+    };
+    let mut body = reader.body.into_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+    }
+    Ok(Some(
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    ))
 }

@@ -50,25 +50,10 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     };
     uses::write_journal(r.storage.as_ref(), &own, started).await?;
 
-    // The top level: narinfos and listings.
-    let mut seen: Vec<PathHash> = Vec::new();
-    let mut unknown: Vec<Listed> = Vec::new();
-    let mut listings: Vec<(PathHash, Listed)> = Vec::new();
-    for_each_listed(r, "", |l| {
-        survey.total += l.size;
-        survey.objects += 1;
-        if let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) {
-            seen.push(hash);
-            if !r.graph().is_stored(&hash) {
-                unknown.push(l);
-            }
-        } else if let Some(hash) = l.key.strip_suffix(".ls").and_then(path_hash) {
-            listings.push((hash, l));
-        }
-    })
-    .await?;
-    load_narinfos(r, unknown).await?;
-    forget_vanished(r, &mut seen, started);
+    let top = top_level(r, started).await?;
+    survey.total += top.bytes;
+    survey.objects += top.objects;
+    let listings = top.listings;
     r.loaded.store(true, Ordering::Release);
     let intents = read_intents(r).await?;
     let interrupted: HashSet<String> = intents
@@ -166,6 +151,44 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         r.objects.store(survey.objects, Ordering::Relaxed);
     }
     Ok(survey)
+}
+
+/// What the top level holds besides narinfos.
+pub(super) struct TopLevel {
+    /// Bytes listed.
+    pub bytes: u64,
+    /// Objects listed.
+    pub objects: u64,
+    /// Listings (`.ls`), by their path.
+    pub listings: Vec<(PathHash, Listed)>,
+}
+
+/// Lists the top level: loads the narinfos the graph does not know, and forgets
+/// those no longer stored that were stored before `started`.
+pub(super) async fn top_level(r: &Retention, started: u32) -> Result<TopLevel, StorageError> {
+    let mut top = TopLevel {
+        bytes: 0,
+        objects: 0,
+        listings: Vec::new(),
+    };
+    let mut seen: Vec<PathHash> = Vec::new();
+    let mut unknown: Vec<Listed> = Vec::new();
+    for_each_listed(r, "", |l| {
+        top.bytes += l.size;
+        top.objects += 1;
+        if let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) {
+            seen.push(hash);
+            if !r.graph().is_stored(&hash) {
+                unknown.push(l);
+            }
+        } else if let Some(hash) = l.key.strip_suffix(".ls").and_then(path_hash) {
+            top.listings.push((hash, l));
+        }
+    })
+    .await?;
+    load_narinfos(r, unknown).await?;
+    forget_vanished(r, &mut seen, started);
+    Ok(top)
 }
 
 /// Streams the listing of `folder` through `f`.

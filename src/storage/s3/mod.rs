@@ -467,6 +467,10 @@ impl Storage for S3Storage {
         Ok(Some(url.to_string()))
     }
 
+    fn shared(&self) -> bool {
+        true
+    }
+
     fn describe(&self) -> String {
         let s = &self.settings;
         let mut d = format!("S3 bucket {}", s.bucket);
