@@ -188,6 +188,10 @@ pub struct Args {
     /// PEM file with the certificate's private key (PKCS#8, PKCS#1 or SEC1, unencrypted).
     #[arg(long, env = "NIX_STORED_TLS_KEY")]
     pub tls_key: Option<PathBuf>,
+
+    /// Reverse-proxy settings (see `crate::http::proxy`).
+    #[command(flatten)]
+    pub proxy: crate::http::proxy::ProxyArgs,
 }
 
 /// The certificate chain and private key files of HTTPS.
@@ -283,6 +287,8 @@ pub struct Config {
     pub shutdown_timeout: std::time::Duration,
     /// HTTPS certificate and key; `None` serves plain HTTP.
     pub tls: Option<TlsFiles>,
+    /// Trusted reverse proxies and the outside URL.
+    pub proxy: crate::http::proxy::ProxySettings,
 }
 
 /// A configuration problem, reported as one line before exiting.
@@ -433,6 +439,7 @@ impl Config {
             max_auth_failures: args.max_auth_failures,
             shutdown_timeout: std::time::Duration::from_secs(args.shutdown_timeout),
             tls,
+            proxy: crate::http::proxy::ProxySettings::from_args(&args.proxy).map_err(err)?,
         })
     }
 
