@@ -103,9 +103,10 @@ impl Stream for Chunks {
 /// The most an early answer makes the server read and throw away of an HTTP/2 upload.
 const DISCARD_LIMIT: u64 = 64 << 20;
 /// The most an early answer makes the server read and throw away of an HTTP/1.1
-/// upload before closing the connection, and the longest it spends on that.
-const H1_DISCARD_LIMIT: u64 = 16 << 20;
-const H1_DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
+/// upload before closing the connection, and the longest it spends on that. A
+/// proxy or client stops sending as soon as it reads the answer, long before either.
+const H1_DISCARD_LIMIT: u64 = 256 << 20;
+const H1_DISCARD_TIME: Duration = Duration::from_secs(5);
 
 /// Reads and throws away, in the background, a request body that an answer given
 /// before reading it (401, 403, 413, a bad key) left unread, so that the client can
@@ -122,8 +123,10 @@ const H1_DISCARD_TIME: std::time::Duration = std::time::Duration::from_secs(5);
 /// the peer's receive buffer. A streaming reverse proxy (nginx with
 /// `proxy_request_buffering off`, Caddy) still sending the body then reports 502
 /// instead of the 401. Reading on for a while ([`H1_DISCARD_LIMIT`] bytes or
-/// [`H1_DISCARD_TIME`]) gives the peer time to read the answer and stop sending. A
-/// client that sent `Expect: 100-continue` has not sent its body and is not asked to.
+/// [`H1_DISCARD_TIME`]) gives the peer time to read the answer and stop sending.
+/// Reading no longer asks a client that sent `Expect: 100-continue` for its body
+/// (hyper sends no `100 Continue` once the answer is out), but Go's proxies (Caddy)
+/// send it anyway.
 pub fn discard_unread(body: Incoming, parts: &hyper::http::request::Parts, idle: Duration) {
     if hyper::body::Body::is_end_stream(&body) {
         return;
@@ -139,13 +142,6 @@ pub fn discard_unread(body: Incoming, parts: &hyper::http::request::Parts, idle:
         }
         (DISCARD_LIMIT, None)
     } else {
-        let expects = parts
-            .headers
-            .get(hyper::header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects {
-            return;
-        }
         (H1_DISCARD_LIMIT, Some(H1_DISCARD_TIME))
     };
     tokio::spawn(async move {
