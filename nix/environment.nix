@@ -9,6 +9,7 @@
 #                   credentials directory
 #   credentials     LoadCredential= entries, `name:/absolute/path`
 #   listen          `addr:port` (`[v6]:port`), for the server and for ListenStream=
+#   upstream        `addr:port` a reverse proxy on this host connects to
 #   stateDirectory  StateDirectory= (dataDir relative to /var/lib)
 #   timeoutStopSec  the server's shutdown grace period plus 15 s for systemd
 #   bindsPrivilegedPort  the process itself binds a port below 1024
@@ -27,6 +28,8 @@
   readUser,
   writeUser,
   anonymousWrites ? false,
+  trustedProxies ? [ ],
+  publicUrl ? null,
   settings,
   credentialFiles,
   socketActivation,
@@ -74,6 +77,8 @@ let
     NIX_STORED_USER_WRITE = "writeUser.name";
     NIX_STORED_USER_WRITE_PASSFILE = "writeUser.passwordFile";
     NIX_STORED_ANONYMOUS_WRITES = "anonymousWrites";
+    NIX_STORED_TRUSTED_PROXIES = "trustedProxies";
+    NIX_STORED_PUBLIC_URL = "publicUrl";
   };
 
   # Variables that would carry a secret in the unit file, hence in the world-readable
@@ -94,6 +99,14 @@ let
   isIp =
     matches "([0-9]{1,3})\\.([0-9]{1,3})\\.([0-9]{1,3})\\.([0-9]{1,3})" bare
     || matches "[0-9a-fA-F:]*:[0-9a-fA-F:]*(:[0-9]{1,3}(\\.[0-9]{1,3}){3})?" bare;
+  # Listening on every address: a proxy on this host connects over loopback.
+  upstream =
+    if bare == "0.0.0.0" then
+      "127.0.0.1:${toString port}"
+    else if bare == "::" || bare == "0:0:0:0:0:0:0:0" then
+      "[::1]:${toString port}"
+    else
+      listen;
   # As Rust's IpAddr::is_loopback: 127.0.0.0/8 and ::1.
   isLoopback = matches "127\\.[0-9.]+" bare || bare == "::1" || bare == "0:0:0:0:0:0:0:1";
 
@@ -190,6 +203,8 @@ let
     ++ map (k: "services.nix-stored.trustedPublicKeys: ${k} is not a key like name:BASE64") (
       filter (k: !(matches "[^: ]+:[A-Za-z0-9+/]+={0,2}" k)) trustedPublicKeys
     )
+    ++ optional (publicUrl != null && !(matches "[Hh][Tt][Tt][Pp][Ss]?://[^/?#@ ]+(/[^?# ]*)?" publicUrl))
+      "services.nix-stored.publicUrl: ${toString publicUrl} is not an http:// or https:// URL without query or credentials"
     ++ optional (!shutdownValid)
       "services.nix-stored.settings.NIX_STORED_SHUTDOWN_TIMEOUT: ${shutdownString} is not a number of seconds"
     ++ read.problems
@@ -224,6 +239,12 @@ let
     // optionalAttrs (trustedPublicKeys != [ ]) {
       NIX_STORED_TRUSTED_PUBLIC_KEYS = concatStringsSep " " trustedPublicKeys;
     }
+    // optionalAttrs (trustedProxies != [ ]) {
+      NIX_STORED_TRUSTED_PROXIES = concatStringsSep " " trustedProxies;
+    }
+    // optionalAttrs (publicUrl != null) {
+      NIX_STORED_PUBLIC_URL = publicUrl;
+    }
     // read.environment
     // write.environment
     // listToAttrs (
@@ -237,6 +258,7 @@ in
   inherit
     environment
     listen
+    upstream
     stateDirectory
     problems
     warnings

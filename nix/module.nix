@@ -203,6 +203,49 @@ in
       '';
     };
 
+    trustedProxies = mkOption {
+      type = types.listOf types.str;
+      default = lib.optionals cfg.nginx.enable [
+        "127.0.0.1"
+        "::1"
+      ];
+      defaultText = literalExpression ''lib.optionals config.services.nix-stored.nginx.enable [ "127.0.0.1" "::1" ]'';
+      example = [ "10.0.0.0/8" ];
+      description = ''
+        Reverse proxies (addresses or CIDR blocks) whose `X-Forwarded-For` /
+        `Forwarded` headers name the client, for the access log and the
+        wrong-password throttle; never for authorisation
+        (`NIX_STORED_TRUSTED_PROXIES`).
+      '';
+    };
+
+    publicUrl = mkOption {
+      type = types.nullOr types.str;
+      default = if cfg.nginx.enable then "https://${cfg.nginx.virtualHost}" else null;
+      defaultText = literalExpression ''if config.services.nix-stored.nginx.enable then "https://''${config.services.nix-stored.nginx.virtualHost}" else null'';
+      example = "https://cache.example.org";
+      description = "The URL clients reach the cache at from outside, behind a reverse proxy (`NIX_STORED_PUBLIC_URL`).";
+    };
+
+    nginx = {
+      enable = mkEnableOption ''
+        an nginx virtual host in front of the server, with the settings of the
+        README's "Behind a reverse proxy" (deploy/nginx.conf): TLS, HTTP/2,
+        uploads streamed unbuffered and without a size limit of nginx's own,
+        timeouts for multi-GiB NARs, and a cache of NARs (narinfos and misses are
+        never stored)'';
+      virtualHost = mkOption {
+        type = types.str;
+        example = "cache.example.org";
+        description = "The virtual host's name (the cache's public host name).";
+      };
+      enableACME = mkOption {
+        type = types.bool;
+        default = true;
+        description = "Get the certificate from Let's Encrypt (`security.acme` must be configured).";
+      };
+    };
+
     socketActivation = mkOption {
       type = types.bool;
       default = false;
@@ -221,6 +264,51 @@ in
       inherit message;
     }) computed.problems;
     inherit (computed) warnings;
+
+    # The same settings as deploy/nginx.conf (tests/proxy.rs checks the lines).
+    services.nginx = mkIf cfg.nginx.enable {
+      enable = true;
+      appendHttpConfig = ''
+        proxy_cache_path /var/cache/nginx/nix-stored levels=1:2 keys_zone=nix_stored:10m max_size=50g inactive=30d use_temp_path=off;
+      '';
+      upstreams.nix_stored = {
+        servers.${computed.upstream} = { };
+        extraConfig = ''
+          keepalive 16;
+        '';
+      };
+      virtualHosts.${cfg.nginx.virtualHost} = {
+        forceSSL = true;
+        inherit (cfg.nginx) enableACME;
+        http2 = true;
+        extraConfig = ''
+          client_max_body_size 0;
+          client_body_timeout 300s;
+          send_timeout 300s;
+        '';
+        locations."/" = {
+          proxyPass = "http://nix_stored";
+          recommendedProxySettings = false;
+          extraConfig = ''
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+            proxy_set_header X-Forwarded-Proto $scheme;
+            proxy_request_buffering off;
+            proxy_connect_timeout 10s;
+            proxy_send_timeout 300s;
+            proxy_read_timeout 300s;
+
+            proxy_cache nix_stored;
+            proxy_cache_revalidate on;
+            proxy_cache_lock on;
+            proxy_cache_lock_timeout 300s;
+            add_header X-Cache-Status $upstream_cache_status always;
+          '';
+        };
+      };
+    };
 
     networking.firewall.allowedTCPPorts = optional cfg.openFirewall cfg.port;
 

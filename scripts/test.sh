@@ -20,13 +20,15 @@ for arg in "$@"; do
 done
 
 if ! command -v nix >/dev/null || [ ! -x /bin/busybox ] || ! command -v curl >/dev/null ||
-  ! command -v openssl >/dev/null; then
+  ! command -v openssl >/dev/null || ! command -v nginx >/dev/null || ! command -v caddy >/dev/null; then
   apt-get update
   # --no-install-recommends: the recommended nix-setup-systemd brings a daemon and
   # build users the tests do not want; as root, Nix uses /nix/store directly.
   # curl and openssl: the HTTPS tests make certificates and speak HTTP/2 with them.
+  # nginx-light and caddy: tests/proxy.rs runs deploy/nginx.conf and deploy/Caddyfile
+  # in front of the server (each test starts its own; the packages' services are not used).
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin busybox-static \
-    curl openssl
+    curl openssl nginx-light caddy
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
@@ -47,10 +49,10 @@ cargo deny check bans licenses sources
 # Both builds: the default (S3 and HTTPS) and the lean directory-only HTTP server.
 cargo clippy --all-targets -- -D warnings
 cargo clippy --all-targets --no-default-features -- -D warnings
-# The Nix tests fail instead of skipping when nix (or the chroot) is missing, and the large
-# (2 GiB) round trip is part of the suite. The robustness tests
+# The Nix tests fail instead of skipping when nix (or the chroot) is missing, the proxy
+# tests when nginx or caddy is, and the large (2 GiB) round trips are part of the suite. The robustness tests
 # (tests/robustness/) print their figures, "robustness: <test>: …", on stderr.
-NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 cargo test
+NIX_STORED_REQUIRE_NIX=1 NIX_STORED_REQUIRE_PROXIES=1 NIX_STORED_LARGE_TESTS=1 cargo test
 
 # The same black-box tests against the S3 backend, on one Garage for the whole run
 # (scripts/garage.sh installs Garage when missing); every server gets a fresh prefix

@@ -172,6 +172,10 @@ pub struct Args {
     #[command(flatten)]
     pub retention: RetentionArgs,
 
+    /// Reverse-proxy settings (see `crate::http::proxy`).
+    #[command(flatten)]
+    pub proxy: crate::http::proxy::ProxyArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -275,6 +279,8 @@ pub struct Config {
     pub tls: Option<TlsFiles>,
     /// Quota, age limit, pins.
     pub retention: RetentionSettings,
+    /// Trusted reverse proxies and the outside URL.
+    pub proxy: crate::http::proxy::ProxySettings,
 }
 
 /// A configuration problem, reported as one line before exiting.
@@ -326,6 +332,7 @@ impl Config {
             shutdown_timeout: Duration::from_secs(args.shutdown_timeout),
             tls,
             retention: args.retention.into(),
+            proxy: crate::http::proxy::ProxySettings::from_args(&args.proxy).map_err(err)?,
         })
     }
 

@@ -99,6 +99,9 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     // address says nothing about who can connect. Before the "listening" line, which
     // tells supervisors (and the tests) that start-up is over.
     warn_about_uploads(&config, addr);
+    if let Some(url) = &config.proxy.public_url {
+        tracing::info!("public URL (behind a reverse proxy): {url}");
+    }
     tracing::info!("listening on {scheme}://{addr}{origin}");
     systemd::notify("READY=1");
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
@@ -112,6 +115,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics: http::metrics::Metrics::default(),
         metrics_enabled: config.metrics,
         readiness: http::service::Readiness::default(),
+        trusted_proxies: config.proxy.trusted.clone(),
     });
     let options = server::ServeOptions {
         header_timeout: config.header_timeout,

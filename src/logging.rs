@@ -74,6 +74,20 @@ pub struct AccessLine<'a> {
     pub user: &'a str,
     /// The request id sent in `X-Request-Id`.
     pub id: &'a str,
+    /// The client: the TCP peer, or whom a trusted reverse proxy names.
+    pub client: Option<std::net::IpAddr>,
+}
+
+/// A client address as the text line writes it (`-` when unknown).
+struct Client(Option<std::net::IpAddr>);
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(ip) => ip.fmt(f),
+            None => f.write_str("-"),
+        }
+    }
 }
 
 /// Whether [`access`] writes anything: callers skip gathering the line's fields otherwise.
@@ -107,13 +121,28 @@ pub fn access(l: &AccessLine<'_>) {
             l.version, l.status, l.bytes_in, l.bytes_out, l.micros
         );
         json_string(&mut buf, l.user);
-        let _ = writeln!(buf, ",\"request_id\":\"{}\"}}", l.id);
+        let _ = write!(buf, ",\"request_id\":\"{}\"", l.id);
+        match l.client {
+            Some(ip) => {
+                let _ = writeln!(buf, ",\"client\":\"{ip}\"}}");
+            }
+            None => buf.extend_from_slice(b"}\n"),
+        }
     } else {
         write_timestamp(&mut buf, SystemTime::now());
         let _ = writeln!(
             buf,
-            "  INFO {} {} {} {} in={} out={} {}us user={} id={}",
-            l.method, l.path, l.version, l.status, l.bytes_in, l.bytes_out, l.micros, l.user, l.id
+            "  INFO {} {} {} {} in={} out={} {}us user={} id={} client={}",
+            l.method,
+            l.path,
+            l.version,
+            l.status,
+            l.bytes_in,
+            l.bytes_out,
+            l.micros,
+            l.user,
+            l.id,
+            Client(l.client)
         );
     }
     if buf.len() >= FLUSH_SIZE {

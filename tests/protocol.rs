@@ -11,7 +11,7 @@ use common::*;
 const STORE: &str = "/nix/store";
 const CACHE_INFO: &str = "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n";
 const IMMUTABLE: &str = "public, max-age=31536000, immutable";
-const MUTABLE: &str = "public, max-age=60";
+const MUTABLE: &str = "public, no-cache";
 const DEBUG_ID: &str = "02623eda209c26a59b1a8638ff7752f6b945c26b";
 
 /// The NAR extensions Nix writes, with the compression name of each.

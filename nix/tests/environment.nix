@@ -41,6 +41,7 @@ let
         };
         credentials = [ ];
         listen = "127.0.0.1:8100";
+        upstream = "127.0.0.1:8100";
         stateDirectory = "nix-stored";
         problems = [ ];
         warnings = [
@@ -50,6 +51,35 @@ let
         bindsPrivilegedPort = false;
         owners = (with' { }).owners;
       };
+    };
+
+    behind-a-proxy = {
+      actual =
+        let
+          r = with' {
+            listenAddress = "::";
+            trustedProxies = [
+              "127.0.0.1"
+              "::1"
+            ];
+            publicUrl = "https://cache.example.org";
+          };
+        in
+        {
+          inherit (r) upstream problems;
+          proxies = r.environment.NIX_STORED_TRUSTED_PROXIES;
+          url = r.environment.NIX_STORED_PUBLIC_URL;
+        };
+      expected = {
+        upstream = "[::1]:8100";
+        problems = [ ];
+        proxies = "127.0.0.1 ::1";
+        url = "https://cache.example.org";
+      };
+    };
+    bad-public-url = {
+      actual = oneMatching "publicUrl" (with' { publicUrl = "cache.example.org"; }).problems;
+      expected = true;
     };
 
     ipv6-any = {

@@ -13,6 +13,13 @@
   readUser = null;
   writeUser = null;
   anonymousWrites = false;
+  trustedProxies = [ ];
+  publicUrl = null;
+  nginx = {
+    enable = false;
+    virtualHost = "cache.example.org";
+    enableACME = true;
+  };
   settings = { };
   credentialFiles = { };
   socketActivation = false;

@@ -8,6 +8,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::Request;
 
 use super::body::Body;
+use super::client::ClientAddr;
 use super::error::ErrorDetail;
 use super::head;
 use super::metrics::Observation;
@@ -22,8 +23,15 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// HEAD (see [`head`]), counts it, and logs method,
 /// path, HTTP version, status, bytes in and out, duration (to the response headers),
 /// user and id.
-pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
+pub async fn logged(app: &AppState, mut req: Request<Incoming>) -> Response {
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    // Behind a trusted proxy, the client it names is the client, for the throttle
+    // (which reads it from the extensions) as for this log.
+    let client = req.extensions().get::<ClientAddr>().copied().map(|peer| {
+        let client = app.trusted_proxies.client(peer, req.headers());
+        req.extensions_mut().insert(client);
+        client
+    });
     let started = Instant::now();
     let method = req.method().clone();
     // The path only: query strings are not part of any key and are not logged.
@@ -78,6 +86,7 @@ pub async fn logged(app: &AppState, req: Request<Incoming>) -> Response {
             micros: elapsed.as_micros(),
             user: principal_of(&resp),
             id: id_text,
+            client: client.map(|c| c.ip()),
         });
     }
     resp

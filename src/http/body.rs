@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::Stream;
@@ -101,36 +102,64 @@ impl Stream for Chunks {
 
 /// The most an early answer makes the server read and throw away of an HTTP/2 upload.
 const DISCARD_LIMIT: u64 = 64 << 20;
+/// The most an early answer makes the server read and throw away of an HTTP/1.1
+/// upload before closing the connection, and the longest it spends on that. A
+/// proxy or client stops sending as soon as it reads the answer, long before either.
+const H1_DISCARD_LIMIT: u64 = 256 << 20;
+const H1_DISCARD_TIME: Duration = Duration::from_secs(5);
 
 /// Reads and throws away, in the background, a request body that an answer given
 /// before reading it (401, 403, 413, a bad key) left unread, so that the client can
 /// read that answer.
 ///
-/// Only for HTTP/2: dropping the body there resets the stream (`RST_STREAM` with
-/// `NO_ERROR`, as RFC 9113 §8.1 allows), and libcurl (so Nix) then reports "Stream
-/// error in the HTTP/2 framing layer" and retries instead of showing the status. Over
-/// HTTP/1.1 the connection is closed instead, which curl handles. Bodies declared
-/// larger than [`DISCARD_LIMIT`] are not worth the bandwidth and are reset at once;
-/// the drain also stops at that limit and when the client goes idle for `idle`.
-pub fn discard_unread(body: Incoming, headers: &hyper::HeaderMap, idle: std::time::Duration) {
+/// HTTP/2: dropping the body resets the stream (`RST_STREAM` with `NO_ERROR`, as RFC
+/// 9113 §8.1 allows), and libcurl (so Nix) then reports "Stream error in the HTTP/2
+/// framing layer" and retries instead of showing the status. Bodies declared larger
+/// than [`DISCARD_LIMIT`] are not worth the bandwidth and are reset at once; the drain
+/// also stops at that limit and when the client goes idle for `idle`.
+///
+/// HTTP/1.1: the answer says `Connection: close`, and closing a socket with unread
+/// bytes in it makes the kernel send a reset, which throws away the answer still in
+/// the peer's receive buffer. A streaming reverse proxy (nginx with
+/// `proxy_request_buffering off`, Caddy) still sending the body then reports 502
+/// instead of the 401. Reading on for a while ([`H1_DISCARD_LIMIT`] bytes or
+/// [`H1_DISCARD_TIME`]) gives the peer time to read the answer and stop sending.
+/// Reading no longer asks a client that sent `Expect: 100-continue` for its body
+/// (hyper sends no `100 Continue` once the answer is out), but Go's proxies (Caddy)
+/// send it anyway.
+pub fn discard_unread(body: Incoming, parts: &hyper::http::request::Parts, idle: Duration) {
     if hyper::body::Body::is_end_stream(&body) {
         return;
     }
-    let declared = headers
-        .get(hyper::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > DISCARD_LIMIT) {
-        return;
-    }
+    let (limit, deadline) = if parts.version == hyper::Version::HTTP_2 {
+        let declared = parts
+            .headers
+            .get(hyper::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > DISCARD_LIMIT) {
+            return;
+        }
+        (DISCARD_LIMIT, None)
+    } else {
+        (H1_DISCARD_LIMIT, Some(H1_DISCARD_TIME))
+    };
     tokio::spawn(async move {
-        let mut chunks = Chunks(body);
-        let mut read = 0u64;
-        while read <= DISCARD_LIMIT {
-            match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut chunks)).await {
-                Ok(Some(Ok(data))) => read += data.len() as u64,
-                _ => break,
+        let drain = async {
+            let mut chunks = Chunks(body);
+            let mut read = 0u64;
+            while read <= limit {
+                match tokio::time::timeout(idle, futures_util::StreamExt::next(&mut chunks)).await {
+                    Ok(Some(Ok(data))) => read += data.len() as u64,
+                    _ => break,
+                }
             }
+        };
+        match deadline {
+            Some(d) => {
+                let _ = tokio::time::timeout(d, drain).await;
+            }
+            None => drain.await,
         }
     });
 }

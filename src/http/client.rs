@@ -16,6 +16,11 @@ impl ClientAddr {
         ClientAddr(peer.ip().to_canonical())
     }
 
+    /// The client address of an address a trusted proxy forwarded.
+    pub fn from_ip(ip: IpAddr) -> Self {
+        ClientAddr(ip.to_canonical())
+    }
+
     /// The address itself.
     pub fn ip(self) -> IpAddr {
         self.0

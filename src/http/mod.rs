@@ -5,10 +5,12 @@ pub mod auth;
 pub mod body;
 pub mod client;
 pub mod error;
+pub mod forwarded;
 pub mod head;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
+pub mod proxy;
 pub mod range;
 pub mod router;
 pub mod service;
@@ -47,6 +49,8 @@ pub struct AppState {
     pub metrics_enabled: bool,
     /// The last readiness check, reused for a second.
     pub readiness: service::Readiness,
+    /// Reverse proxies whose forwarding headers name the client.
+    pub trusted_proxies: forwarded::TrustedProxies,
 }
 
 /// Answers one request, logged and counted; [`router`] says what its path names.

@@ -14,9 +14,6 @@ use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{KeyError, Kind, ObjectKey};
 use crate::storage::{ObjectBody, ObjectMeta};
 
-/// How long CDNs and proxies may keep objects that can change (narinfos are re-PUT
-/// with new signatures; a path uploaded later must show up soon).
-const MUTABLE_MAX_AGE: u32 = 60;
 /// NARs are named by their content hash and never change.
 const IMMUTABLE_MAX_AGE: u32 = 365 * 24 * 3600;
 
@@ -31,9 +28,7 @@ pub async fn handle(
     let mut body = Some(body);
     let resp = authorised(app, key, &parts, &mut body).await;
     if let Some(unread) = body {
-        if parts.version == hyper::Version::HTTP_2 {
-            body::discard_unread(unread, &parts.headers, app.body_timeout);
-        }
+        body::discard_unread(unread, &parts, app.body_timeout);
     }
     resp
 }
@@ -78,6 +73,11 @@ async fn dispatch(
         }
         Err(e) => return Err(HttpError::Cache(e.into())),
     };
+    if *method != Method::PUT {
+        if let Some(resp) = not_modified(app, &key, headers).await? {
+            return Ok(resp);
+        }
+    }
     match *method {
         Method::PUT => put(app, &key, headers, body).await,
         // What HEAD's answer needs, without opening the object: an S3 GET or a
@@ -102,7 +102,11 @@ impl CachePolicy {
             |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("no-cache"));
         CachePolicy {
             immutable: value(format!("{scope}, max-age={IMMUTABLE_MAX_AGE}, immutable")),
-            mutable: value(format!("{scope}, max-age={MUTABLE_MAX_AGE}")),
+            // Narinfos are rewritten (`nix store sign --store` adds a signature) and
+            // removed (retention): a cache must ask each time, which costs a 304
+            // when nothing changed (see [`not_modified`]). nginx does not store such
+            // answers at all, so a removed path is gone from it at once.
+            mutable: value(format!("{scope}, no-cache")),
         }
     }
 }
@@ -115,6 +119,16 @@ fn cache_control(app: &AppState, kind: Kind) -> HeaderValue {
     }
 }
 
+/// The entity tag of a stored object. A NAR's name is its content hash: the best
+/// validator there is, and the same on every server and backend. Other objects use
+/// the backend's version.
+fn entity_tag(key: &ObjectKey, meta: &ObjectMeta) -> String {
+    match key.nar_file_hash() {
+        Some(fh) => format!("\"{fh}\""),
+        None => format!("\"{}\"", meta.version),
+    }
+}
+
 /// Headers shared by GET and HEAD of a stored object.
 fn object_headers(app: &AppState, key: &ObjectKey, meta: &ObjectMeta, h: &mut HeaderMap) {
     h.insert(
@@ -123,15 +137,44 @@ fn object_headers(app: &AppState, key: &ObjectKey, meta: &ObjectMeta, h: &mut He
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CACHE_CONTROL, cache_control(app, key.kind()));
-    // A NAR's name is its content hash: the best validator there is, and the same on
-    // every server and backend. Other objects use the backend's version.
-    let tag = match key.nar_file_hash() {
-        Some(fh) => format!("\"{fh}\""),
-        None => format!("\"{}\"", meta.version),
-    };
-    if let Ok(v) = HeaderValue::from_str(&tag) {
+    if let Ok(v) = HeaderValue::from_str(&entity_tag(key, meta)) {
         h.insert(header::ETAG, v);
     }
+}
+
+/// Whether `If-None-Match` names the object's current tag (or `*`), compared weakly
+/// as RFC 9110 §13.1.2 asks.
+fn matches_if_none_match(headers: &HeaderMap, tag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|t| t == "*" || t.strip_prefix("W/").unwrap_or(t) == tag)
+}
+
+/// A `304 Not Modified` for a conditional request whose copy is current: what a
+/// cache revalidating a narinfo gets when nothing changed, instead of the object.
+async fn not_modified(
+    app: &AppState,
+    key: &ObjectKey,
+    headers: &HeaderMap,
+) -> Result<Option<Response>, HttpError> {
+    if !headers.contains_key(header::IF_NONE_MATCH) || key.kind() == Kind::CacheInfo {
+        return Ok(None);
+    }
+    let Some(meta) = app.cache.stat(key).await? else {
+        return Ok(None);
+    };
+    if !matches_if_none_match(headers, &entity_tag(key, &meta)) {
+        return Ok(None);
+    }
+    let mut resp = Response::new(Body::Empty);
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    object_headers(app, key, &meta, resp.headers_mut());
+    resp.headers_mut().remove(header::CONTENT_TYPE);
+    Ok(Some(resp))
 }
 
 fn not_found(key: &ObjectKey) -> HttpError {
@@ -298,4 +341,24 @@ pub fn principal_of(resp: &Response) -> &str {
     resp.extensions()
         .get::<Principal>()
         .map_or("-", Principal::log_name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn if_none_match_lists_and_weak_tags() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"a\", W/\"b\""),
+        );
+        assert!(matches_if_none_match(&h, "\"a\""));
+        assert!(matches_if_none_match(&h, "\"b\""));
+        assert!(!matches_if_none_match(&h, "\"c\""));
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("*"));
+        assert!(matches_if_none_match(&h, "\"c\""));
+        assert!(!matches_if_none_match(&HeaderMap::new(), "\"a\""));
+    }
 }

@@ -164,6 +164,10 @@ pub(super) fn object_path(route: &ObjectRoute) -> Value {
             text("The range starts beyond the end of the object"),
         );
         get.insert(
+            "304".into(),
+            empty("`If-None-Match` names the object's current `ETag`: the copy the client or cache has is current"),
+        );
+        get.insert(
             "404".into(),
             text("The cache does not have this object (or the path is not a valid key)"),
         );
@@ -182,6 +186,10 @@ pub(super) fn object_path(route: &ObjectRoute) -> Value {
     );
     if route.kind != Kind::CacheInfo {
         head.insert("404".into(), empty("The cache does not have this object"));
+        head.insert(
+            "304".into(),
+            empty("`If-None-Match` names the object's current `ETag`"),
+        );
     }
     head.insert("401".into(), empty("Credentials are needed or were wrong"));
     head.insert("403".into(), empty("The user may not read"));
