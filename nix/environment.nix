@@ -30,6 +30,9 @@
   anonymousWrites ? false,
   trustedProxies ? [ ],
   publicUrl ? null,
+  maxSize ? null,
+  retention ? null,
+  pinsFile ? null,
   settings,
   credentialFiles,
   socketActivation,
@@ -79,6 +82,9 @@ let
     NIX_STORED_ANONYMOUS_WRITES = "anonymousWrites";
     NIX_STORED_TRUSTED_PROXIES = "trustedProxies";
     NIX_STORED_PUBLIC_URL = "publicUrl";
+    NIX_STORED_MAX_SIZE = "maxSize";
+    NIX_STORED_RETENTION = "retention";
+    NIX_STORED_PINS = "pinsFile";
   };
 
   # Variables that would carry a secret in the unit file, hence in the world-readable
@@ -205,6 +211,12 @@ let
     )
     ++ optional (publicUrl != null && !(matches "[Hh][Tt][Tt][Pp][Ss]?://[^/?#@ ]+(/[^?# ]*)?" publicUrl))
       "services.nix-stored.publicUrl: ${toString publicUrl} is not an http:// or https:// URL without query or credentials"
+    ++ optional (maxSize != null && !(matches "0*[1-9][0-9]* ?([KkMmGgTt](iB|B)?|B)?" maxSize))
+      "services.nix-stored.maxSize: ${toString maxSize} is not a size like 1073741824, 500G or 2T"
+    ++ optional (retention != null && !(matches "0*[1-9][0-9]*[smhdw]?" retention))
+      "services.nix-stored.retention: ${toString retention} is not a duration like 30d, 12h, 90m or 3600s"
+    ++ optional (pinsFile != null && !(hasPrefix "/" (toString pinsFile)))
+      "services.nix-stored.pinsFile: ${toString pinsFile} is not an absolute path"
     ++ optional (!shutdownValid)
       "services.nix-stored.settings.NIX_STORED_SHUTDOWN_TIMEOUT: ${shutdownString} is not a number of seconds"
     ++ read.problems
@@ -244,6 +256,15 @@ let
     }
     // optionalAttrs (publicUrl != null) {
       NIX_STORED_PUBLIC_URL = publicUrl;
+    }
+    // optionalAttrs (maxSize != null) {
+      NIX_STORED_MAX_SIZE = maxSize;
+    }
+    // optionalAttrs (retention != null) {
+      NIX_STORED_RETENTION = retention;
+    }
+    // optionalAttrs (pinsFile != null) {
+      NIX_STORED_PINS = toString pinsFile;
     }
     // read.environment
     // write.environment

@@ -203,6 +203,39 @@ in
       '';
     };
 
+    maxSize = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "500G";
+      description = ''
+        Quota on the bytes the cache holds, in bytes or with a K, M, G or T suffix
+        (`NIX_STORED_MAX_SIZE`). Retention passes remove the least recently used
+        paths, never breaking a closure, until the cache is 10 % under it. Null: no
+        quota.
+      '';
+    };
+
+    retention = mkOption {
+      type = types.nullOr types.str;
+      default = null;
+      example = "30d";
+      description = ''
+        Remove paths not used for longer than this (`30d`, `12h`, `90m`;
+        `NIX_STORED_RETENTION`). Null: no age limit.
+      '';
+    };
+
+    pinsFile = mkOption {
+      type = types.nullOr types.path;
+      default = null;
+      example = "/etc/nix-stored/pins";
+      description = ''
+        File of store paths or hash parts, one per line, whose closures retention
+        never removes (`NIX_STORED_PINS`); re-read when it changes. Must be readable
+        by the service, e.g. under /etc.
+      '';
+    };
+
     trustedProxies = mkOption {
       type = types.listOf types.str;
       default = lib.optionals cfg.nginx.enable [

@@ -185,6 +185,18 @@ fn write_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     );
 }
 
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ`, for reports people read.
+pub fn utc_seconds(secs: u64) -> String {
+    let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+    let rem = secs % 86_400;
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

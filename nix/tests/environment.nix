@@ -77,6 +77,40 @@ let
         url = "https://cache.example.org";
       };
     };
+    retention = {
+      actual =
+        let
+          r = with' {
+            maxSize = "500G";
+            retention = "30d";
+            pinsFile = "/etc/nix-stored/pins";
+          };
+        in
+        {
+          inherit (r) problems;
+          size = r.environment.NIX_STORED_MAX_SIZE;
+          age = r.environment.NIX_STORED_RETENTION;
+          pins = r.environment.NIX_STORED_PINS;
+        };
+      expected = {
+        problems = [ ];
+        size = "500G";
+        age = "30d";
+        pins = "/etc/nix-stored/pins";
+      };
+    };
+    bad-retention-settings = {
+      actual = [
+        (oneMatching "maxSize" (with' { maxSize = "0"; }).problems)
+        (oneMatching "retention" (with' { retention = "forever"; }).problems)
+        (oneMatching "pinsFile" (with' { pinsFile = "pins"; }).problems)
+      ];
+      expected = [
+        true
+        true
+        true
+      ];
+    };
     bad-public-url = {
       actual = oneMatching "publicUrl" (with' { publicUrl = "cache.example.org"; }).problems;
       expected = true;

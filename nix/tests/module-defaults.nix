@@ -15,6 +15,9 @@
   anonymousWrites = false;
   trustedProxies = [ ];
   publicUrl = null;
+  maxSize = null;
+  retention = null;
+  pinsFile = null;
   nginx = {
     enable = false;
     virtualHost = "cache.example.org";

@@ -95,11 +95,14 @@ impl PassReport {
             } else {
                 r.what.clone()
             };
+            let used = match r.recency {
+                0 => "-".to_owned(),
+                t => crate::logging::utc_seconds(u64::from(t)),
+            };
             out.push_str(&format!(
-                "{:<10} {:>14} bytes  last used {}  {what}\n",
+                "{:<10} {:>14} bytes  last used {used:<20}  {what}\n",
                 r.why.as_str(),
                 r.bytes,
-                r.recency
             ));
         }
         out.push_str(&format!(
