@@ -17,10 +17,12 @@
 
 pub mod doom;
 pub mod graph;
+mod holds;
 mod metrics;
 mod pass;
 pub mod pins;
 mod removal;
+mod schedule;
 pub mod settings;
 mod survey;
 #[cfg(test)]
@@ -32,7 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use graph::{path_hash, FileHash, Graph, NarKey, PathHash};
+use graph::{FileHash, Graph};
+pub use holds::Hold;
+use holds::NarActivity;
 pub use pass::{PassReport, Why};
 use pins::Pins;
 use settings::RetentionSettings;
@@ -56,15 +60,6 @@ pub fn now_secs() -> u32 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
-}
-
-/// In-flight work on a NAR file, so that a pass never removes one that an upload is
-/// about to reference, and uploads never reference one a pass is removing.
-#[derive(Debug, Default, Clone, Copy)]
-struct NarActivity {
-    holds: u32,
-    last: u32,
-    removing: bool,
 }
 
 /// Counters of the passes, for `/metrics`.
@@ -133,15 +128,6 @@ pub struct Retention {
     journaling: AtomicBool,
     /// Pass counters.
     pub stats: PassStats,
-}
-
-/// An upload in flight that references paths and a NAR: until it is dropped, none of
-/// them can be removed. [`Hold::stored`] records the narinfo once it is committed.
-pub struct Hold<'a> {
-    retention: &'a Retention,
-    refs: Vec<PathHash>,
-    nar: Option<NarKey>,
-    path: Option<PathHash>,
 }
 
 impl Retention {
@@ -249,105 +235,6 @@ impl Retention {
         Ok(())
     }
 
-    /// Holds what a narinfo upload of `path` references (its NAR `nar`, its
-    /// `refs`) until the returned hold is dropped; refused when a pass is removing
-    /// any of them, or the path itself.
-    pub fn hold_narinfo(
-        &self,
-        path: &str,
-        nar: &str,
-        refs: &[String],
-    ) -> Result<Hold<'_>, RetentionError> {
-        let mut hold = Hold {
-            retention: self,
-            refs: Vec::with_capacity(refs.len()),
-            nar: None,
-            path: path_hash(path),
-        };
-        if !self.enabled() {
-            return Ok(hold);
-        }
-        let refused = |what: &str| {
-            RetentionError::Removing(format!(
-                "{what} is being removed by a retention pass; upload it again"
-            ))
-        };
-        let mut graph = self.graph();
-        if hold.path.is_some_and(|h| graph.is_removing(&h)) {
-            return Err(refused(&format!("path {path}")));
-        }
-        for r in refs {
-            let Some(h) = path_hash(r) else { continue };
-            if !graph.hold(&h) {
-                drop(graph);
-                return Err(refused(&format!("reference {r}")));
-            }
-            hold.refs.push(h);
-        }
-        drop(graph);
-        if let Some(key) = NarKey::parse(nar) {
-            self.hold_nar_key(&key)
-                .map_err(|()| refused(&format!("NAR {nar}")))?;
-            hold.nar = Some(key);
-        }
-        Ok(hold)
-    }
-
-    /// Holds a NAR while it is uploaded; refused while a pass removes it.
-    pub fn hold_nar(&self, nar: &str) -> Result<Hold<'_>, RetentionError> {
-        let mut hold = Hold {
-            retention: self,
-            refs: Vec::new(),
-            nar: None,
-            path: None,
-        };
-        if !self.enabled() {
-            return Ok(hold);
-        }
-        if let Some(key) = NarKey::parse(nar) {
-            self.hold_nar_key(&key).map_err(|()| {
-                RetentionError::Removing(format!(
-                    "{nar} is being removed by a retention pass; upload it again"
-                ))
-            })?;
-            hold.nar = Some(key);
-        }
-        Ok(hold)
-    }
-
-    fn hold_nar_key(&self, key: &NarKey) -> Result<(), ()> {
-        let mut nars = self.nars();
-        let a = nars.entry(key.hash).or_default();
-        if a.removing {
-            return Err(());
-        }
-        a.holds += 1;
-        a.last = now_secs();
-        Ok(())
-    }
-
-    /// Whether the NAR may be removed now (no upload holds it, none touched it since
-    /// `since`); if so it is marked, and uploads of or referencing it are refused
-    /// until [`Retention::nar_removed`].
-    fn claim_nar(&self, hash: &FileHash, since: u32) -> bool {
-        let mut nars = self.nars();
-        let a = nars.entry(*hash).or_default();
-        if a.holds > 0 || a.last >= since || a.removing {
-            return false;
-        }
-        a.removing = true;
-        true
-    }
-
-    fn nar_removed(&self, hash: &FileHash) {
-        let mut nars = self.nars();
-        if nars.get(hash).is_some_and(|a| a.holds == 0) {
-            nars.remove(hash);
-        } else if let Some(a) = nars.get_mut(hash) {
-            a.removing = false;
-        }
-    }
-
     /// Wakes the pass loop (an upload went over the quota, or SIGHUP).
     pub fn wake(&self) {
         self.wake.notify_one();
@@ -361,127 +248,8 @@ impl Retention {
             .refresh(true);
     }
 
-    /// Runs passes for as long as the runtime runs: the first at once (it loads the
-    /// graph), then every interval, and whenever an upload goes over the quota. Uses
-    /// are written out between passes.
-    pub async fn run(self: Arc<Self>) {
-        if !self.enabled() {
-            if self.storage.shared() {
-                self.journal_for_others().await;
-            }
-            return;
-        }
-        if self.storage.shared() {
-            if let Err(e) = self.write_marker().await {
-                tracing::warn!("cannot mark the storage as one retention passes run on: {e}");
-            }
-        }
-        let mut next_pass = tokio::time::Instant::now();
-        loop {
-            let flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
-            let woken = tokio::select! {
-                () = tokio::time::sleep_until(next_pass.min(flush_at)) => false,
-                () = self.wake.notified() => true,
-            };
-            let now = tokio::time::Instant::now();
-            let over = self
-                .settings
-                .max_size
-                .is_some_and(|q| self.bytes.load(Ordering::Relaxed) > q);
-            if now >= next_pass || (woken && over) {
-                match self.pass(false).await {
-                    Ok(report) => report.log(),
-                    Err(e) => tracing::warn!("retention pass failed: {e}"),
-                }
-                next_pass = tokio::time::Instant::now() + self.settings.interval;
-            } else if let Err(e) = self.flush().await {
-                tracing::warn!("cannot write the recency journal: {e}");
-            }
-        }
-    }
-
-    /// On shared storage without passes of its own: records and writes out uses
-    /// while another server runs passes on the storage (it leaves a marker).
-    async fn journal_for_others(&self) {
-        loop {
-            match self.storage.stat(PASSES_MARKER).await {
-                Ok(found) => {
-                    let on = found.is_some();
-                    if on != self.journaling.swap(on, Ordering::Relaxed) && on {
-                        tracing::info!(
-                            "another server runs retention passes on this storage: uses are written to {}",
-                            uses::JOURNAL_FOLDER
-                        );
-                    }
-                }
-                Err(e) => tracing::debug!("cannot look for {PASSES_MARKER}: {e}"),
-            }
-            if let Err(e) = self.flush().await {
-                tracing::warn!("cannot write the recency journal: {e}");
-            }
-            tokio::time::sleep(FLUSH_INTERVAL).await;
-        }
-    }
-
-    async fn write_marker(&self) -> Result<(), StorageError> {
-        let mut upload = self.storage.begin_upload(PASSES_MARKER).await?;
-        upload
-            .write(
-                b"retention passes run on this storage: every server sharing it writes its uses\n",
-            )
-            .await?;
-        upload.commit().await?;
-        Ok(())
-    }
-
-    /// Writes out the uses recorded so far (also at shutdown).
-    pub async fn flush(&self) -> Result<(), StorageError> {
-        if !self.journaling.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let uses = self.uses.take();
-        uses::write_journal(self.storage.as_ref(), &uses, now_secs()).await
-    }
-
     /// One pass: what it removes (or, with `dry_run`, would remove).
     pub async fn pass(&self, dry_run: bool) -> Result<PassReport, StorageError> {
         pass::run(self, dry_run).await
-    }
-}
-
-impl Hold<'_> {
-    /// The narinfo was committed: the graph learns it (as used now), with `bytes` for
-    /// the narinfo and its NAR.
-    pub fn stored(&self, bytes: u64) {
-        let (Some(path), Some(nar)) = (self.path, self.nar) else {
-            return;
-        };
-        if !self.retention.enabled() {
-            return;
-        }
-        self.retention
-            .graph()
-            .insert(&path, nar, &self.refs, now_secs(), bytes);
-    }
-}
-
-impl Drop for Hold<'_> {
-    fn drop(&mut self) {
-        if !self.retention.enabled() {
-            return;
-        }
-        if !self.refs.is_empty() {
-            let mut graph = self.retention.graph();
-            for r in &self.refs {
-                graph.release_hold(r);
-            }
-        }
-        if let Some(nar) = self.nar {
-            let mut nars = self.retention.nars();
-            if let Some(a) = nars.get_mut(&nar.hash) {
-                a.holds = a.holds.saturating_sub(1);
-                a.last = now_secs();
-            }
-        }
     }
 }

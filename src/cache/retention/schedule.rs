@@ -1,0 +1,91 @@
+//! When passes run, and when uses are written out.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{now_secs, uses, Retention, FLUSH_INTERVAL, PASSES_MARKER};
+use crate::storage::StorageError;
+
+impl Retention {
+    /// Runs passes for as long as the runtime runs: the first at once (it loads the
+    /// graph), then every interval, and whenever an upload goes over the quota. Uses
+    /// are written out between passes.
+    pub async fn run(self: Arc<Self>) {
+        if !self.enabled() {
+            if self.storage.shared() {
+                self.journal_for_others().await;
+            }
+            return;
+        }
+        if self.storage.shared() {
+            if let Err(e) = self.write_marker().await {
+                tracing::warn!("cannot mark the storage as one retention passes run on: {e}");
+            }
+        }
+        let mut next_pass = tokio::time::Instant::now();
+        loop {
+            let flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
+            let woken = tokio::select! {
+                () = tokio::time::sleep_until(next_pass.min(flush_at)) => false,
+                () = self.wake.notified() => true,
+            };
+            let now = tokio::time::Instant::now();
+            let over = self
+                .settings
+                .max_size
+                .is_some_and(|q| self.bytes.load(Ordering::Relaxed) > q);
+            if now >= next_pass || (woken && over) {
+                match self.pass(false).await {
+                    Ok(report) => report.log(),
+                    Err(e) => tracing::warn!("retention pass failed: {e}"),
+                }
+                next_pass = tokio::time::Instant::now() + self.settings.interval;
+            } else if let Err(e) = self.flush().await {
+                tracing::warn!("cannot write the recency journal: {e}");
+            }
+        }
+    }
+
+    /// On shared storage without passes of its own: records and writes out uses
+    /// while another server runs passes on the storage (it leaves a marker).
+    async fn journal_for_others(&self) {
+        loop {
+            match self.storage.stat(PASSES_MARKER).await {
+                Ok(found) => {
+                    let on = found.is_some();
+                    if on != self.journaling.swap(on, Ordering::Relaxed) && on {
+                        tracing::info!(
+                            "another server runs retention passes on this storage: uses are written to {}",
+                            uses::JOURNAL_FOLDER
+                        );
+                    }
+                }
+                Err(e) => tracing::debug!("cannot look for {PASSES_MARKER}: {e}"),
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!("cannot write the recency journal: {e}");
+            }
+            tokio::time::sleep(FLUSH_INTERVAL).await;
+        }
+    }
+
+    async fn write_marker(&self) -> Result<(), StorageError> {
+        let mut upload = self.storage.begin_upload(PASSES_MARKER).await?;
+        upload
+            .write(
+                b"retention passes run on this storage: every server sharing it writes its uses\n",
+            )
+            .await?;
+        upload.commit().await?;
+        Ok(())
+    }
+
+    /// Writes out the uses recorded so far (also at shutdown).
+    pub async fn flush(&self) -> Result<(), StorageError> {
+        if !self.journaling.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+        let uses = self.uses.take();
+        uses::write_journal(self.storage.as_ref(), &uses, now_secs()).await
+    }
+}
