@@ -25,17 +25,6 @@ use common::*;
 static HOST_STORE: Mutex<()> = Mutex::new(());
 static CHROOT_STORE: Mutex<()> = Mutex::new(());
 
-const NIX_CONF: &str = "build-users-group =
-experimental-features = nix-command
-substituters =
-require-sigs = true
-sandbox = false
-connect-timeout = 5
-stalled-download-timeout = 60
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-";
-
 /// A closure of three paths (app -> lib -> data) built with a static busybox.
 const CLOSURE_NIX: &str = r#"{ tag }:
 let
@@ -161,7 +150,7 @@ impl Nix {
         nix.work = nix.temp_dir("nix");
         let work = nix.host(&nix.work);
         std::fs::create_dir_all(work.join("conf")).unwrap();
-        std::fs::write(work.join("conf/nix.conf"), NIX_CONF).unwrap();
+        std::fs::write(work.join("conf/nix.conf"), nix_conf(60)).unwrap();
         let bin = work.join("bb/bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed");

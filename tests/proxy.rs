@@ -534,17 +534,6 @@ fn narinfos_revalidate_with_their_etag() {
 // ---------------------------------------------------------------------------------
 // The real Nix client through the proxies.
 
-const NIX_CONF: &str = "build-users-group =
-experimental-features = nix-command
-substituters =
-require-sigs = true
-sandbox = false
-connect-timeout = 5
-stalled-download-timeout = 300
-narinfo-cache-negative-ttl = 0
-narinfo-cache-positive-ttl = 0
-";
-
 /// The host's Nix with its own configuration, trusting the proxy's certificate.
 struct Nix {
     work: PathBuf,
@@ -566,7 +555,7 @@ impl Nix {
         let turn = NIX_STORE.lock().unwrap_or_else(|e| e.into_inner());
         let work = temp_dir("nix");
         std::fs::create_dir_all(work.join("conf")).unwrap();
-        std::fs::write(work.join("conf/nix.conf"), NIX_CONF).unwrap();
+        std::fs::write(work.join("conf/nix.conf"), nix_conf(300)).unwrap();
         Some(Nix {
             work,
             ca: p.cert.cert.clone(),

@@ -286,34 +286,43 @@ fn served_bytes(store: &Store) -> u64 {
     bytes
 }
 
+/// Narinfo uploads by answer: stored, refused as their reference is gone ("upload it
+/// first"), refused as it is being removed.
+type Tally = std::sync::Mutex<(u32, u32, u32)>;
+
+/// Uploads bottoms, and tops that reference the bottom `lag` uploads back (the very
+/// paths a pass is about to remove), while `more(i)`; counts the tops' answers.
+fn race(s: &Server, tag: &str, lag: usize, more: impl Fn(usize) -> bool, counts: &Tally) {
+    let mut bottoms: Vec<Path> = Vec::new();
+    let mut i = 0usize;
+    while more(i) {
+        let (b, _) = upload(s, &format!("{tag}b{i}"), &[], 3000);
+        bottoms.push(b);
+        let old = &bottoms[i.saturating_sub(lag)];
+        let (_, status) = upload(s, &format!("{tag}t{i}"), &[old], 1000);
+        let mut c = counts.lock().unwrap();
+        match status {
+            201 | 204 => c.0 += 1,
+            400 => c.1 += 1,
+            409 => c.2 += 1,
+            other => panic!("narinfo upload answered {other}"),
+        }
+        drop(c);
+        i += 1;
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn uploads_racing_passes_never_leave_a_dangling_narinfo() {
     let store = Store::fresh("gc-race");
     let s = gc_server(&store).env("NIX_STORED_MAX_SIZE", "96K").start();
-    let counts = std::sync::Mutex::new((0u32, 0u32, 0u32));
+    let counts = Tally::default();
     std::thread::scope(|scope| {
         for t in 0..4 {
             let s = &s;
             let counts = &counts;
-            scope.spawn(move || {
-                let mut bottoms: Vec<Path> = Vec::new();
-                for i in 0..40usize {
-                    let b = stored(s, &format!("r{t}b{i}"), &[], 3000);
-                    bottoms.push(b);
-                    // A top referencing one of the oldest bottoms: the very paths a
-                    // pass is about to remove.
-                    let old = &bottoms[i.saturating_sub(8)];
-                    let (_, status) = upload(s, &format!("r{t}t{i}"), &[old], 1000);
-                    let mut c = counts.lock().unwrap();
-                    match status {
-                        201 | 204 => c.0 += 1,
-                        // The reference is gone ("upload it first") or going.
-                        400 => c.1 += 1,
-                        409 => c.2 += 1,
-                        other => panic!("narinfo upload answered {other}"),
-                    }
-                }
-            });
+            scope.spawn(move || race(s, &format!("r{t}"), 8, |i| i < 40, counts));
         }
         scope.spawn(|| {
             for _ in 0..30 {
@@ -378,28 +387,18 @@ fn servers_sharing_a_bucket_keep_every_closure_while_a_third_removes() {
         })
         .collect();
     let done = std::sync::atomic::AtomicBool::new(false);
-    let counts = std::sync::Mutex::new((0u32, 0u32, 0u32));
+    let counts = Tally::default();
     std::thread::scope(|scope| {
         for (t, s) in uploaders.iter().enumerate() {
             let (done, counts) = (&done, &counts);
             scope.spawn(move || {
-                let mut bottoms: Vec<Path> = Vec::new();
-                let mut i = 0usize;
-                while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let (b, _) = upload(s, &format!("s{t}b{i}"), &[], 3000);
-                    bottoms.push(b);
-                    let old = &bottoms[i.saturating_sub(6)];
-                    let (_, status) = upload(s, &format!("s{t}t{i}"), &[old], 1000);
-                    let mut c = counts.lock().unwrap();
-                    match status {
-                        201 | 204 => c.0 += 1,
-                        400 => c.1 += 1,
-                        409 => c.2 += 1,
-                        other => panic!("narinfo upload answered {other}"),
-                    }
-                    i += 1;
-                    std::thread::sleep(Duration::from_millis(50));
-                }
+                race(
+                    s,
+                    &format!("s{t}"),
+                    6,
+                    |_| !done.load(std::sync::atomic::Ordering::Relaxed),
+                    counts,
+                )
             });
         }
         scope.spawn(|| {

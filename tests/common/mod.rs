@@ -1144,3 +1144,24 @@ pub fn wait_passes(s: &Server, after: u64, n: u64) -> u64 {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+// ---------------------------------------------------------------------------------
+// The real Nix client.
+
+/// A `nix.conf` for test clients: no substituters but the ones a test passes, every
+/// signature checked, no narinfo caching between requests, and a download stalled for
+/// `stalled_secs` seconds given up.
+pub fn nix_conf(stalled_secs: u32) -> String {
+    format!(
+        "build-users-group =
+experimental-features = nix-command
+substituters =
+require-sigs = true
+sandbox = false
+connect-timeout = 5
+stalled-download-timeout = {stalled_secs}
+narinfo-cache-negative-ttl = 0
+narinfo-cache-positive-ttl = 0
+"
+    )
+}

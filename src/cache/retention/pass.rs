@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::graph::{path_hash_str, PathHash};
+use super::graph::{path_hash_str, Doomed, PathHash};
 use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
 use super::survey::{survey, top_level};
 use super::{now_secs, Retention};
@@ -41,6 +41,28 @@ pub struct Removal {
     pub why: Why,
     /// Its effective recency (seconds since the epoch).
     pub recency: u32,
+}
+
+impl Removal {
+    /// A store path (its narinfo, listing and NAR).
+    pub fn path(d: &Doomed, why: Why) -> Removal {
+        Removal {
+            what: path_hash_str(&d.hash),
+            bytes: d.bytes,
+            why,
+            recency: d.recency,
+        }
+    }
+
+    /// An object on its own: an orphan (recency 0), a log, a realisation, …
+    pub fn object(key: &str, bytes: u64, why: Why, recency: u32) -> Removal {
+        Removal {
+            what: key.to_owned(),
+            bytes,
+            why,
+            recency,
+        }
+    }
 }
 
 /// What a pass did (or would do).
@@ -168,30 +190,18 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
         ..PassReport::default()
     };
     let loose_chosen = &survey.loose[..plan.loose];
+    let loose_removals = loose_chosen
+        .iter()
+        .map(|(key, recency, bytes)| Removal::object(key, *bytes, why(*recency), *recency));
     if dry_run {
         for (key, bytes) in &survey.orphans {
-            report.removed.push(Removal {
-                what: key.clone(),
-                bytes: *bytes,
-                why: Why::Orphan,
-                recency: 0,
-            });
+            report
+                .removed
+                .push(Removal::object(key, *bytes, Why::Orphan, 0));
         }
-        for (key, recency, bytes) in loose_chosen {
-            report.removed.push(Removal {
-                what: key.clone(),
-                bytes: *bytes,
-                why: why(*recency),
-                recency: *recency,
-            });
-        }
+        report.removed.extend(loose_removals);
         for d in &plan.paths {
-            report.removed.push(Removal {
-                what: path_hash_str(&d.hash),
-                bytes: d.bytes,
-                why: why(d.recency),
-                recency: d.recency,
-            });
+            report.removed.push(Removal::path(d, why(d.recency)));
         }
     } else {
         let mut doomed: Vec<String> = survey.orphans.iter().map(|o| o.0.clone()).collect();
@@ -213,14 +223,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
         remove_orphans(r, &survey, &users, &mut report).await?;
         let keys: Vec<String> = loose_chosen.iter().map(|l| l.0.clone()).collect();
         r.storage.delete(&keys).await?;
-        for (key, recency, bytes) in loose_chosen {
-            report.removed.push(Removal {
-                what: key.clone(),
-                bytes: *bytes,
-                why: why(*recency),
-                recency: *recency,
-            });
-        }
+        report.removed.extend(loose_removals);
         let mut going = Vec::new();
         let mut failed = None;
         for chunk in plan.paths.chunks(CHUNK) {

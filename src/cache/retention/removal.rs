@@ -46,12 +46,9 @@ pub(super) async fn remove_orphans(
             }
         }
         keys.push(key.clone());
-        report.removed.push(Removal {
-            what: key.clone(),
-            bytes: *bytes,
-            why: Why::Orphan,
-            recency: 0,
-        });
+        report
+            .removed
+            .push(Removal::object(key, *bytes, Why::Orphan, 0));
     }
     let result = r.storage.delete(&keys).await;
     for hash in &claimed {
@@ -129,12 +126,7 @@ pub(super) async fn remove_rest(
     }
     for d in going {
         r.stats.paths_removed.fetch_add(1, Ordering::Relaxed);
-        report.removed.push(Removal {
-            what: path_hash_str(&d.hash),
-            bytes: d.bytes,
-            why: why(d.recency),
-            recency: d.recency,
-        });
+        report.removed.push(Removal::path(d, why(d.recency)));
     }
     result
 }
