@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use super::beneath::{self, cstring, is_symlink_refusal, Kind, Root};
+use super::beneath::{self, cstring, is_symlink_refusal, Root};
+use super::dir::{file_meta_at, for_each_entry, Kind};
 use super::TMP_DIR;
 use crate::storage::{Listed, Result, StorageError, Usage};
 
@@ -112,7 +113,7 @@ fn for_each_file(
                 Err(e) => return Err(e),
             }
         };
-        beneath::for_each_entry(&dir, |name, kind| {
+        for_each_entry(&dir, |name, kind| {
             let Ok(name) = name.to_str() else {
                 return Ok(true);
             };
@@ -126,7 +127,7 @@ fn for_each_file(
                 Kind::File => {
                     // A file removed since it was listed is simply not listed.
                     if let Ok(Some((size, modified))) =
-                        beneath::file_meta_at(&dir, &cstring(name.as_bytes())?)
+                        file_meta_at(&dir, &cstring(name.as_bytes())?)
                     {
                         going = f(key, size, modified);
                     }

@@ -1,0 +1,290 @@
+//! Uploads: staged in `<root>/.tmp/` in blocks written through the blocking pool,
+//! fdatasynced at commit, then renamed into place with the rename made durable too.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use super::beneath::{self, cstring, is_symlink_refusal, warn_symlink, Root};
+use crate::budget::{Budget, Reservation};
+use crate::storage::{Result, StorageError, Upload};
+
+/// Request bodies arrive in chunks of a few KiB; writing each one through the
+/// blocking pool would cost a thread hop per chunk. Batch them into blocks this big.
+const WRITE_BLOCK: usize = 1024 * 1024;
+/// The block of an upload that found no room for a [`WRITE_BLOCK`] in the memory
+/// budget: more thread hops, but never a refusal for want of memory.
+const SMALL_WRITE_BLOCK: usize = 64 * 1024;
+
+/// An upload staged in `<root>/.tmp/`.
+pub(super) struct FsUpload {
+    file: Option<File>,
+    /// Bytes not yet written; holds at most `block` bytes.
+    buf: Vec<u8>,
+    block: usize,
+    /// The block's share of the memory budget, when it is a full one.
+    _memory: Option<Reservation>,
+    /// Bytes written to the file so far.
+    written: u64,
+    tmp: Arc<File>,
+    /// The temporary file's name in `tmp`.
+    temp: CString,
+    root: Arc<Root>,
+    key: String,
+    committed: bool,
+}
+
+impl FsUpload {
+    /// Starts an upload of `key`, staged in `tmp`, its write block taken from
+    /// `budget` if there is one.
+    pub(super) fn start(
+        root: &Arc<Root>,
+        tmp: &Arc<File>,
+        budget: Option<&Arc<Budget>>,
+        key: &str,
+    ) -> Result<Self> {
+        // Checked (and created) before the body is read, so that a refused directory
+        // costs no upload; opened again at commit, so that an upload holds one
+        // descriptor, not two (see server::FDS_PER_CONNECTION).
+        drop(open_parent(root, key)?);
+        let temp = beneath::random_name("upload-")?;
+        let file = beneath::open_raw(
+            tmp.as_raw_fd(),
+            &temp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+            0o666,
+        )
+        .map_err(StorageError::from_io)?;
+        // A full block per upload only while at most half the budget is in use: a
+        // hundred concurrent uploads would otherwise hold a hundred blocks, and bodies
+        // that must be held whole (narinfos) would find the budget taken.
+        let (block, memory) = match budget {
+            None => (WRITE_BLOCK, None),
+            Some(b) => match b.try_reserve_below(WRITE_BLOCK as u64, b.limit() / 2) {
+                Some(r) => (WRITE_BLOCK, Some(r)),
+                None => (SMALL_WRITE_BLOCK, None),
+            },
+        };
+        Ok(FsUpload {
+            file: Some(File::from(file)),
+            buf: Vec::new(),
+            block,
+            _memory: memory,
+            written: 0,
+            tmp: tmp.clone(),
+            temp,
+            root: root.clone(),
+            key: key.to_owned(),
+            committed: false,
+        })
+    }
+
+    /// Writes the buffered block in the blocking pool and starts its write-back, so that
+    /// the fdatasync at commit finds most of a large object already on its way to disk
+    /// instead of writing all of it while the client waits. The block's buffer comes
+    /// back for the next one: a fresh megabyte per block would be a fresh mapping,
+    /// page-faulted in page by page.
+    async fn flush_block(&mut self) -> Result<()> {
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let block = std::mem::take(&mut self.buf);
+        let offset = self.written;
+        let (file, block, len) = tokio::task::spawn_blocking(move || {
+            let mut block = block;
+            use std::io::Write;
+            file.write_all(&block)?;
+            let len = block.len() as u64;
+            start_writeback(&file, offset, len);
+            block.clear();
+            Ok::<_, std::io::Error>((file, block, len))
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?
+        .map_err(StorageError::from_io)?;
+        self.written += len;
+        self.file = Some(file);
+        self.buf = block;
+        Ok(())
+    }
+}
+
+/// The directory an object of `key` goes into, created if missing, and the object's
+/// name there. A symlink (or a file) where a directory should be is refused.
+fn open_parent(root: &Root, key: &str) -> Result<(File, CString)> {
+    let (dir, name) = key.rsplit_once('/').unwrap_or(("", key));
+    let opened = if dir.is_empty() {
+        root.fd().try_clone()
+    } else {
+        root.create_dir(dir)
+    };
+    let parent = match opened {
+        Ok(parent) => parent,
+        Err(e) if is_symlink_refusal(&e) || e.raw_os_error() == Some(libc::ENOTDIR) => {
+            warn_symlink(root.path(), dir);
+            return Err(StorageError::Refused(format!(
+                "the cache directory has a symbolic link or a file where the directory {dir}/ should be; not writing through it"
+            )));
+        }
+        Err(e) => return Err(StorageError::from_io(e)),
+    };
+    Ok((parent, cstring(name.as_bytes())?))
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk, without waiting.
+/// Only a hint: durability still comes from the fdatasync at commit.
+fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else {
+            return;
+        };
+        // SAFETY: the descriptor is open for the duration of the call; the call only
+        // schedules write-back of the file's own pages.
+        unsafe {
+            libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE);
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
+}
+
+#[async_trait]
+impl Upload for FsUpload {
+    async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
+        // Filled to the block exactly: a chunk crossing the block's end would make
+        // `extend` double the buffer.
+        while !chunk.is_empty() {
+            if self.buf.capacity() < self.block {
+                self.buf.reserve_exact(self.block - self.buf.len());
+            }
+            let take = chunk.len().min(self.block - self.buf.len());
+            self.buf.extend_from_slice(&chunk[..take]);
+            chunk = &chunk[take..];
+            if self.buf.len() >= self.block {
+                self.flush_block().await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<bool> {
+        if !self.buf.is_empty() {
+            self.flush_block().await?;
+        }
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| std::io::Error::other("upload already finished"))?;
+        let root = self.root.clone();
+        let key = self.key.clone();
+        let tmp = self.tmp.clone();
+        let temp = self.temp.clone();
+        let created = tokio::task::spawn_blocking(move || -> Result<bool> {
+            // fdatasync: the size and block map a new file needs to be read back are data
+            // for it; timestamps are not worth a second journal write.
+            file.sync_data().map_err(StorageError::from_io)?;
+            drop(file);
+            let (parent, name) = open_parent(&root, &key)?;
+            let created = beneath::rename_reporting_creation(&tmp, &temp, &parent, &name)
+                .map_err(StorageError::from_io)?;
+            // Make the rename itself durable, not just the file's bytes.
+            parent.sync_all().map_err(StorageError::from_io)?;
+            Ok(created)
+        })
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))??;
+        self.committed = true;
+        Ok(created)
+    }
+}
+
+impl Drop for FsUpload {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a leftover is also removed at the next start.
+            let _ = beneath::unlink_at(&self.tmp, &self.temp, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::temp_root;
+    use super::super::{FsStorage, TMP_DIR};
+    use super::*;
+    use crate::storage::Storage;
+
+    #[tokio::test]
+    async fn uncommitted_upload_leaves_nothing() {
+        let root = temp_root("drop");
+        let fs = FsStorage::open(&root, "/nix/store").unwrap();
+        let mut up = fs.begin_upload("log/x").await.unwrap();
+        up.write(b"partial").await.unwrap();
+        drop(up);
+        assert!(fs.stat("log/x").await.unwrap().is_none());
+        assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn commit_replaces_atomically_and_reports_creation() {
+        let root = temp_root("commit");
+        let fs = FsStorage::open(&root, "/nix/store").unwrap();
+        let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
+        up.write(b"one").await.unwrap();
+        assert!(up.commit().await.unwrap());
+        let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
+        up.write(b"two!").await.unwrap();
+        assert!(!up.commit().await.unwrap());
+        let got = fs.open("nar/a.nar", 1).await.unwrap().unwrap();
+        let mut body = got.body.into_stream();
+        let bytes = futures_util::StreamExt::next(&mut body)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(&bytes[..], b"wo!");
+        assert_eq!(fs.stat("nar/a.nar").await.unwrap().unwrap().size, 4);
+    }
+
+    #[tokio::test]
+    async fn write_blocks_come_from_the_budget_while_it_has_room() {
+        let root = temp_root("budget");
+        let budget = Budget::new(2 * WRITE_BLOCK as u64 + 1000);
+        let fs = FsStorage::open(&root, "/nix/store")
+            .unwrap()
+            .with_memory_budget(budget.clone());
+        let data: Vec<u8> = (0..3 * WRITE_BLOCK + 12345)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut first = fs.begin_upload("nar/a.nar").await.unwrap();
+        assert_eq!(budget.in_use(), WRITE_BLOCK as u64, "a full block");
+        let mut second = fs.begin_upload("nar/b.nar").await.unwrap();
+        assert_eq!(
+            budget.in_use(),
+            WRITE_BLOCK as u64,
+            "no room: a small block"
+        );
+        // Chunks that straddle block ends, and one larger than a block.
+        for part in [
+            &data[..1000],
+            &data[1000..WRITE_BLOCK + 7],
+            &data[WRITE_BLOCK + 7..],
+        ] {
+            for chunk in part.chunks(300_001) {
+                first.write(chunk).await.unwrap();
+                second.write(chunk).await.unwrap();
+            }
+        }
+        assert!(first.commit().await.unwrap());
+        assert_eq!(budget.in_use(), 0, "given back at commit");
+        assert!(second.commit().await.unwrap());
+        for key in ["nar/a.nar", "nar/b.nar"] {
+            assert_eq!(std::fs::read(root.join(key)).unwrap(), data, "{key}");
+        }
+    }
+}
