@@ -108,6 +108,9 @@ pub struct Retention {
     /// the journals.
     loose_uses: Mutex<HashMap<Box<str>, u32>>,
     pins: Mutex<Pins>,
+    /// URLs of stored narinfos that could not be read as such (another writer's):
+    /// the files they name are never taken for orphans.
+    foreign_urls: Mutex<std::collections::HashSet<String>>,
     /// Bytes stored, as of the last listing plus what was uploaded since.
     bytes: AtomicU64,
     /// Objects stored, likewise.
@@ -143,6 +146,7 @@ impl Retention {
         Retention {
             storage,
             pins: Mutex::new(Pins::new(settings.pins.clone())),
+            foreign_urls: Mutex::default(),
             settings,
             graph: Mutex::new(Graph::default()),
             nars: Mutex::default(),

@@ -6,6 +6,9 @@ use std::sync::Arc;
 use super::{now_secs, uses, Retention, FLUSH_INTERVAL, PASSES_MARKER};
 use crate::storage::StorageError;
 
+/// The shortest time between the end of a pass and a pass an upload asks for.
+const MIN_PASS_SPACING: std::time::Duration = std::time::Duration::from_secs(60);
+
 impl Retention {
     /// Runs passes for as long as the runtime runs: the first at once (it loads the
     /// graph), then every interval, and whenever an upload goes over the quota. Uses
@@ -22,26 +25,42 @@ impl Retention {
                 tracing::warn!("cannot mark the storage as one retention passes run on: {e}");
             }
         }
-        let mut next_pass = tokio::time::Instant::now();
+        use tokio::time::Instant;
+        // A pass an upload over the quota asks for waits this long after the last
+        // one: a cache held over its quota by pins or young uploads would otherwise
+        // list the whole storage after every upload.
+        let spacing = self.settings.interval.min(MIN_PASS_SPACING);
+        let mut next_pass = Instant::now();
+        let mut last_end: Option<Instant> = None;
+        let mut flush_at = Instant::now() + FLUSH_INTERVAL;
         loop {
-            let flush_at = tokio::time::Instant::now() + FLUSH_INTERVAL;
             let woken = tokio::select! {
                 () = tokio::time::sleep_until(next_pass.min(flush_at)) => false,
                 () = self.wake.notified() => true,
             };
-            let now = tokio::time::Instant::now();
+            let now = Instant::now();
             let over = self
                 .settings
                 .max_size
                 .is_some_and(|q| self.bytes.load(Ordering::Relaxed) > q);
-            if now >= next_pass || (woken && over) {
+            if woken && over {
+                next_pass = next_pass.min(last_end.map_or(now, |end| end + spacing));
+            }
+            if now >= next_pass {
                 match self.pass(false).await {
                     Ok(report) => report.log(),
                     Err(e) => tracing::warn!("retention pass failed: {e}"),
                 }
-                next_pass = tokio::time::Instant::now() + self.settings.interval;
-            } else if let Err(e) = self.flush().await {
-                tracing::warn!("cannot write the recency journal: {e}");
+                let end = Instant::now();
+                last_end = Some(end);
+                next_pass = end + self.settings.interval;
+                // A pass writes out the uses too.
+                flush_at = end + FLUSH_INTERVAL;
+            } else if now >= flush_at || (woken && !over) {
+                if let Err(e) = self.flush().await {
+                    tracing::warn!("cannot write the recency journal: {e}");
+                }
+                flush_at = Instant::now() + FLUSH_INTERVAL;
             }
         }
     }

@@ -99,6 +99,11 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     }
 
     // NARs no narinfo uses, past the grace period.
+    let foreign = r
+        .foreign_urls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
     let mut nar_orphans = Vec::new();
     for_each_listed(r, "nar", |l| {
         survey.total += l.size;
@@ -107,7 +112,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
             return;
         };
         let from = users.partition_point(|(h, _)| *h < nar.hash);
-        let used = users.get(from).is_some_and(|(h, _)| *h == nar.hash);
+        let used = users.get(from).is_some_and(|(h, _)| *h == nar.hash) || foreign.contains(&l.key);
         if !used && orphaned(&l) {
             nar_orphans.push((l.key, l.size));
         }
@@ -166,29 +171,50 @@ pub(super) struct TopLevel {
 /// Lists the top level: loads the narinfos the graph does not know, and forgets
 /// those no longer stored that were stored before `started`.
 pub(super) async fn top_level(r: &Retention, started: u32) -> Result<TopLevel, StorageError> {
-    let mut top = TopLevel {
-        bytes: 0,
-        objects: 0,
-        listings: Vec::new(),
-    };
-    let mut seen: Vec<PathHash> = Vec::new();
-    let mut unknown: Vec<Listed> = Vec::new();
-    for_each_listed(r, "", |l| {
-        top.bytes += l.size;
-        top.objects += 1;
-        if let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) {
-            seen.push(hash);
-            if !r.graph().is_stored(&hash) {
-                unknown.push(l);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
+    let listing = r.storage.list_objects("", tx);
+    // Batch by batch, so that a first load of a million narinfos never holds their
+    // names all at once.
+    let consume = async {
+        let mut top = TopLevel {
+            bytes: 0,
+            objects: 0,
+            listings: Vec::new(),
+        };
+        let mut seen: Vec<bool> = Vec::new();
+        while let Some(batch) = rx.recv().await {
+            let mut unknown = Vec::new();
+            for l in batch {
+                top.bytes += l.size;
+                top.objects += 1;
+                if let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) {
+                    match r.graph().stored_id(&hash) {
+                        Some(id) => mark(&mut seen, id),
+                        None => unknown.push(l),
+                    }
+                } else if let Some(hash) = l.key.strip_suffix(".ls").and_then(path_hash) {
+                    top.listings.push((hash, l));
+                }
             }
-        } else if let Some(hash) = l.key.strip_suffix(".ls").and_then(path_hash) {
-            top.listings.push((hash, l));
+            for id in load_narinfos(r, unknown).await? {
+                mark(&mut seen, id);
+            }
         }
-    })
-    .await?;
-    load_narinfos(r, unknown).await?;
-    forget_vanished(r, &mut seen, started);
+        Ok::<_, StorageError>((top, seen))
+    };
+    let (listed, consumed) = tokio::join!(listing, consume);
+    listed?;
+    let (top, seen) = consumed?;
+    forget_vanished(r, &seen, started);
     Ok(top)
+}
+
+fn mark(seen: &mut Vec<bool>, id: u32) {
+    let id = id as usize;
+    if seen.len() <= id {
+        seen.resize(id + 1, false);
+    }
+    seen[id] = true;
 }
 
 /// Streams the listing of `folder` through `f`.
@@ -210,7 +236,8 @@ pub(super) async fn for_each_listed(
 
 /// Reads and records narinfos the graph does not know (all of them at the first
 /// pass; afterwards those another writer stored).
-async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<(), StorageError> {
+async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, StorageError> {
+    let mut loaded = Vec::with_capacity(unknown.len());
     let storage = r.storage.clone();
     let mut reads = futures_util::stream::iter(unknown)
         .map(|l| {
@@ -235,52 +262,69 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<(), Storag
         let Some((l, bytes)) = read? else { continue };
         let hash = l.key.strip_suffix(".narinfo").and_then(path_hash);
         match (hash, parse_narinfo(&bytes)) {
-            (Some(hash), Some((nar, file_size, refs))) => {
+            (Some(hash), Ok((nar, file_size, refs))) => {
                 let refs: Vec<PathHash> = refs.into_iter().filter(|h| *h != hash).collect();
-                r.graph()
-                    .insert(&hash, nar, &refs, l.modified as u32, l.size + file_size);
+                let mut graph = r.graph();
+                graph.insert(&hash, nar, &refs, l.modified as u32, l.size + file_size);
+                loaded.extend(graph.stored_id(&hash));
             }
-            _ => tracing::warn!(
-                "retention: {} cannot be read as a narinfo; it is never removed",
-                l.key
-            ),
+            (_, Err(url)) => {
+                // Never removed, and neither is the file its URL names, if any.
+                tracing::warn!(
+                    "retention: {} cannot be read as a narinfo; it and its NAR are never removed",
+                    l.key
+                );
+                if let Some(url) = url {
+                    r.foreign_urls
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(url);
+                }
+            }
+            (None, Ok(_)) => {}
         }
     }
-    Ok(())
+    Ok(loaded)
 }
 
 /// The fields retention needs from a stored narinfo: its NAR, the NAR's size and
 /// its references. Stored narinfos were checked on upload (or come from another
 /// writer of the cache): only these lines are read.
-fn parse_narinfo(bytes: &[u8]) -> Option<(NarKey, u64, Vec<PathHash>)> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let (mut nar, mut size, mut refs) = (None, 0, Vec::new());
+/// `Err` carries the URL, when there is one.
+fn parse_narinfo(bytes: &[u8]) -> Result<(NarKey, u64, Vec<PathHash>), Option<String>> {
+    let text = std::str::from_utf8(bytes).map_err(|_| None)?;
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .map(|u| u.trim().to_owned());
+    let fail = || url.clone();
+    let nar = url.as_deref().and_then(NarKey::parse).ok_or_else(fail)?;
+    let (mut size, mut refs) = (0, Vec::new());
     for line in text.lines() {
         let Some((name, value)) = line.split_once(": ") else {
             continue;
         };
         match name {
-            "URL" => nar = NarKey::parse(value.trim()),
-            "FileSize" => size = value.trim().parse().ok()?,
+            "FileSize" => size = value.trim().parse().map_err(|_| fail())?,
             "References" => {
                 for r in value.split_whitespace() {
-                    refs.push(r.get(..32).and_then(path_hash)?);
+                    refs.push(r.get(..32).and_then(path_hash).ok_or_else(fail)?);
                 }
             }
             _ => {}
         }
     }
-    Some((nar?, size, refs))
+    Ok((nar, size, refs))
 }
 
 /// Narinfos the graph knows that were not listed, and not stored since the listing
 /// started, were removed by someone else.
-fn forget_vanished(r: &Retention, seen: &mut [PathHash], started: u32) {
-    seen.sort_unstable();
+fn forget_vanished(r: &Retention, seen: &[bool], started: u32) {
     let mut graph = r.graph();
     let gone: Vec<PathHash> = graph
-        .stored_hashes_before(started)
-        .filter(|h| seen.binary_search(h).is_err())
+        .stored_before(started)
+        .filter(|(id, _)| !seen.get(*id as usize).copied().unwrap_or(false))
+        .map(|(_, h)| h)
         .collect();
     for h in &gone {
         graph.remove(h);

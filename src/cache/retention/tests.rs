@@ -227,3 +227,31 @@ async fn an_upload_that_cannot_fit_is_refused() {
     assert!(r.check_room(2000).is_err());
     let _ = std::fs::remove_file(pins);
 }
+
+#[tokio::test]
+async fn a_narinfo_it_cannot_read_keeps_its_file() {
+    let s = Arc::new(MemoryStorage::default());
+    let now = u64::from(now_secs());
+    let url = "nar/written-by-another-tool.nar.gz";
+    let key = format!("{}.narinfo", hash(1));
+    s.insert(
+        &key,
+        format!(
+            "StorePath: /nix/store/{}-p\nURL: {url}\nFileSize: 3\nReferences: \n",
+            hash(1)
+        )
+        .as_bytes(),
+    );
+    s.insert(url, b"nar");
+    s.set_modified(url, now - 40 * DAY);
+    s.set_modified(&key, now - 40 * DAY);
+    let r = retention(
+        &s,
+        RetentionSettings {
+            max_age: Some(Duration::from_secs(30 * DAY)),
+            ..Default::default()
+        },
+    );
+    r.pass(false).await.unwrap();
+    assert!(s.get(&key).is_some() && s.get(url).is_some());
+}

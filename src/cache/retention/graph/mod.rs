@@ -278,13 +278,20 @@ impl Graph {
         }
     }
 
-    /// The hashes of paths stored before `secs`, for a pass to tell which narinfos
-    /// vanished from storage since (a narinfo stored later may miss the listing).
-    pub fn stored_hashes_before(&self, secs: u32) -> impl Iterator<Item = PathHash> + '_ {
+    /// The ids and hashes of paths stored before `secs`, for a pass to tell which
+    /// narinfos vanished from storage since (one stored later may miss the listing).
+    pub fn stored_before(&self, secs: u32) -> impl Iterator<Item = (u32, PathHash)> + '_ {
         self.nodes
             .iter()
-            .filter(move |n| n.state == State::Stored && n.modified < secs)
-            .map(|n| n.hash)
+            .enumerate()
+            .filter(move |(_, n)| n.state == State::Stored && n.modified < secs)
+            .map(|(id, n)| (id as u32, n.hash))
+    }
+
+    /// The id of `hash` when its narinfo is stored.
+    pub fn stored_id(&self, hash: &PathHash) -> Option<u32> {
+        self.id(hash)
+            .filter(|id| self.nodes[*id as usize].state == State::Stored)
     }
 
     /// Paths whose use is newer than their narinfo: what the recency journal must
