@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 
-use super::graph::{path_hash, path_hash_str, Doomed, NarKey};
+use super::graph::{path_hash, path_hash_str, Doomed, NarKey, NarUsers};
 use super::pass::{PassReport, Removal, Why};
 use super::survey::{for_each_listed, Survey};
 use super::uses::Used;
@@ -24,7 +24,7 @@ pub const INTENT_FOLDER: &str = "nix-stored/removing";
 pub(super) async fn remove_orphans(
     r: &Retention,
     survey: &Survey,
-    users: &[([u8; 32], u32)],
+    users: &NarUsers,
     report: &mut PassReport,
 ) -> Result<(), StorageError> {
     let mut keys = Vec::new();
@@ -98,7 +98,7 @@ pub(super) async fn remove_narinfos<'a>(
 pub(super) async fn remove_rest(
     r: &Retention,
     going: &[&Doomed],
-    users: &[([u8; 32], u32)],
+    users: &NarUsers,
     started: u32,
     why: &impl Fn(u32) -> Why,
     report: &mut PassReport,

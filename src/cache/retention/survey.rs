@@ -51,6 +51,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     uses::write_journal(r.storage.as_ref(), &own, started).await?;
 
     let top = top_level(r, started).await?;
+    r.graph().shrink();
     survey.total += top.bytes;
     survey.objects += top.objects;
     let listings = top.listings;
@@ -75,9 +76,9 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
             match used {
                 Used::Path(h) => graph.touch(h, *secs),
                 Used::Nar(n) => {
-                    let from = users.partition_point(|(h, _)| *h < n.hash);
-                    for (_, id) in users[from..].iter().take_while(|(h, _)| *h == n.hash) {
-                        graph.touch_id(*id, *secs);
+                    let ids: Vec<u32> = graph.users_of(&users, &n.hash).collect();
+                    for id in ids {
+                        graph.touch_id(id, *secs);
                     }
                 }
                 Used::Other(k) => {
@@ -111,8 +112,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         let Some(nar) = NarKey::parse(&l.key) else {
             return;
         };
-        let from = users.partition_point(|(h, _)| *h < nar.hash);
-        let used = users.get(from).is_some_and(|(h, _)| *h == nar.hash) || foreign.contains(&l.key);
+        let used = r.graph().nar_in_use(&users, &nar.hash, &[]) || foreign.contains(&l.key);
         if !used && orphaned(&l) {
             nar_orphans.push((l.key, l.size));
         }

@@ -12,8 +12,7 @@ mod plan;
 #[cfg(test)]
 mod tests;
 
-use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
+use hashbrown::HashTable;
 
 pub use keys::{path_hash, path_hash_str, FileHash, NarKey, PathHash};
 pub use plan::{Doomed, Plan};
@@ -59,7 +58,9 @@ impl Node {
 pub struct Graph {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    ids: HashMap<PathHash, u32, Spread>,
+    /// Node ids by path hash: the hash itself lives in the node, so an entry is four
+    /// bytes (a map of hash to id took 50 MB at a million paths).
+    ids: HashTable<u32>,
     /// References of every node, back to back; a node's slice is `refs_at..+refs_len`.
     refs: Vec<u32>,
     /// Entries of `refs` no node points at any more.
@@ -77,12 +78,24 @@ impl Graph {
 
     /// The id of `hash`, if it has a node.
     pub fn id(&self, hash: &PathHash) -> Option<u32> {
-        self.ids.get(hash).copied()
+        self.ids
+            .find(spread(hash), |id| self.nodes[*id as usize].hash == *hash)
+            .copied()
+    }
+
+    /// Gives back memory grown for a load: a first pass inserts a million paths.
+    pub fn shrink(&mut self) {
+        self.compact_refs();
+        self.nodes.shrink_to_fit();
+        self.refs.shrink_to_fit();
+        let nodes = &self.nodes;
+        self.ids
+            .shrink_to_fit(|id| spread(&nodes[*id as usize].hash));
     }
 
     fn id_or_placeholder(&mut self, hash: &PathHash) -> u32 {
-        if let Some(id) = self.ids.get(hash) {
-            return *id;
+        if let Some(id) = self.id(hash) {
+            return id;
         }
         let node = Node {
             hash: *hash,
@@ -109,7 +122,9 @@ impl Graph {
                 (self.nodes.len() - 1) as u32
             }
         };
-        self.ids.insert(*hash, id);
+        let nodes = &self.nodes;
+        self.ids
+            .insert_unique(spread(hash), id, |id| spread(&nodes[*id as usize].hash));
         id
     }
 
@@ -176,7 +191,9 @@ impl Graph {
 
     fn release(&mut self, id: u32) {
         let hash = self.nodes[id as usize].hash;
-        self.ids.remove(&hash);
+        if let Ok(entry) = self.ids.find_entry(spread(&hash), |i| *i == id) {
+            entry.remove();
+        }
         self.nodes[id as usize].state = State::Free;
         self.free.push(id);
     }
@@ -303,60 +320,56 @@ impl Graph {
             .map(|n| (&n.hash, n.used))
     }
 
-    /// `(NAR file hash, node)` of every stored path, sorted: which paths share a NAR.
-    pub fn nar_users(&self) -> Vec<(FileHash, u32)> {
-        let mut users: Vec<(FileHash, u32)> = self
+    /// Which stored path uses which NAR, for a pass.
+    pub fn nar_users(&self) -> NarUsers {
+        let mut users: Vec<(u64, u32)> = self
             .nodes
             .iter()
             .enumerate()
             .filter(|(_, n)| matches!(n.state, State::Stored | State::Removing))
-            .map(|(id, n)| (n.nar.hash, id as u32))
+            .map(|(id, n)| (nar_print(&n.nar.hash), id as u32))
             .collect();
         users.sort_unstable();
-        users
+        NarUsers(users)
+    }
+
+    /// The stored paths that use the NAR `hash`.
+    pub fn users_of<'a>(
+        &'a self,
+        users: &'a NarUsers,
+        hash: &'a FileHash,
+    ) -> impl Iterator<Item = u32> + 'a {
+        let print = nar_print(hash);
+        let from = users.0.partition_point(|(p, _)| *p < print);
+        users.0[from..]
+            .iter()
+            .take_while(move |(p, _)| *p == print)
+            .map(|(_, id)| *id)
+            .filter(move |id| {
+                let n = &self.nodes[*id as usize];
+                matches!(n.state, State::Stored | State::Removing) && n.nar.hash == *hash
+            })
     }
 
     /// Whether a stored path other than those in `except` uses the NAR `hash`.
-    pub fn nar_in_use(&self, users: &[(FileHash, u32)], hash: &FileHash, except: &[u32]) -> bool {
-        let from = users.partition_point(|(h, _)| h < hash);
-        users[from..]
-            .iter()
-            .take_while(|(h, _)| h == hash)
-            .any(|(_, id)| {
-                !except.contains(id)
-                    && matches!(
-                        self.nodes[*id as usize].state,
-                        State::Stored | State::Removing
-                    )
-                    && self.nodes[*id as usize].nar.hash == *hash
-            })
+    pub fn nar_in_use(&self, users: &NarUsers, hash: &FileHash, except: &[u32]) -> bool {
+        self.users_of(users, hash).any(|id| !except.contains(&id))
     }
 }
 
-/// Hashes of store paths are uniformly random: their first bytes are a good hash.
-#[derive(Default, Clone, Copy)]
-pub struct Spread;
+/// Stored paths by their NAR, sorted by a 64-bit print of its hash (16 bytes an
+/// entry, not 40): built for a pass, checked against the nodes' full hashes.
+pub struct NarUsers(Vec<(u64, u32)>);
 
-impl BuildHasher for Spread {
-    type Hasher = SpreadHasher;
-    fn build_hasher(&self) -> SpreadHasher {
-        SpreadHasher(0)
-    }
+fn nar_print(hash: &FileHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(b)
 }
 
-/// See [`Spread`].
-#[derive(Default)]
-pub struct SpreadHasher(u64);
-
-impl Hasher for SpreadHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
+/// Store path hashes are uniformly random: their first bytes are a good hash.
+fn spread(hash: &PathHash) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&hash[..8]);
+    u64::from_le_bytes(b)
 }

@@ -149,3 +149,48 @@ fn the_reference_arena_is_compacted() {
     }
     assert!(g.refs.len() < 200_000, "{}", g.refs.len());
 }
+
+/// Memory of a million paths with five references each (run by hand:
+/// `cargo test --release --lib million -- --ignored --nocapture`).
+#[test]
+#[ignore]
+fn a_million_paths() {
+    fn rss_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+    let before = rss_kib();
+    let mut g = Graph::default();
+    let hash = |i: u32| {
+        let mut h = [0u8; 20];
+        h[..4].copy_from_slice(&i.wrapping_mul(2_654_435_761).to_le_bytes());
+        h[4..8].copy_from_slice(&i.to_le_bytes());
+        h
+    };
+    for i in 0..1_000_000u32 {
+        let refs: Vec<PathHash> = (1..=5)
+            .filter(|k| i >= *k * 7)
+            .map(|k| hash(i - k * 7))
+            .collect();
+        let mut nar = [0u8; 32];
+        nar[..4].copy_from_slice(&i.to_le_bytes());
+        g.insert(&hash(i), NarKey { hash: nar, ext: 1 }, &refs, i, 1000);
+    }
+    g.shrink();
+    let loaded = rss_kib();
+    let users = g.nar_users();
+    let plan = g.plan(&[], 0, &[], |chosen| chosen < 100_000_000);
+    let peak = rss_kib();
+    eprintln!(
+        "node {} bytes; graph of 1M paths: {} MiB; with a pass's NAR users and plan ({} paths): {} MiB",
+        std::mem::size_of::<Node>(),
+        (loaded - before) / 1024,
+        plan.paths.len(),
+        (peak - before) / 1024
+    );
+    drop(users);
+}
