@@ -1153,6 +1153,18 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
     return L, chart
 
 
+def retention_section(path: str) -> str:
+    """The Retention section bench/retention.py wrote into the report, kept when the rest is rewritten."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    begin, end = "<!-- retention: written by bench/retention.py -->", "<!-- /retention -->"
+    if begin not in text or end not in text:
+        return ""
+    return "\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+
+
 def draw_chart(cfg, chart: list[dict]) -> str | None:
     """Draws the PNG; returns a note when it could not be drawn for want of matplotlib."""
     data = os.path.join(cfg.work, "ratios.json")
@@ -1267,8 +1279,9 @@ def main() -> int:
         note = draw_chart(cfg, chart)
         if note:
             L[-1] = f"({note}.)"
+        kept = retention_section(cfg.out)
         with open(cfg.out, "w") as f:
-            f.write("\n".join(L) + "\n")
+            f.write("\n".join(L) + "\n" + kept)
         log(f"wrote {cfg.out}")
         ok = True
     except Broken as e:
