@@ -15,7 +15,8 @@
 # --gc runs the retention benchmark instead (bench/retention.py: passes over 100k and
 # 1M paths, peak RSS, narinfo throughput while a pass runs), which replaces only the
 # Retention section of bench/RESULTS.md; its caches stay in /var/tmp/nix-stored-gcbench
-# (or /dev/shm when the disk is short of room) for the next run.
+# (or /dev/shm when the disk is short of room) for the next run. --quick runs it at
+# 100k paths after the other workloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -51,4 +52,17 @@ if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
 fi
 
 cargo build --release --quiet
-exec python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+if [ " $* " != *" --quick "* ]; then
+  exec python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+fi
+# --quick runs the retention benchmark too, at 100k paths (about a minute, the first
+# time 15 s more to write the cache), into the same report.
+python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+out=()
+prev=
+for a in "$@"; do
+  [ "$prev" = --out ] && out=(--out "$a")
+  case $a in --out=*) out=(--out "${a#--out=}") ;; esac
+  prev=$a
+done
+exec python3 bench/retention.py --quick "${out[@]}"
