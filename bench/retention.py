@@ -244,22 +244,34 @@ def measure(cfg, n: int) -> dict:
     log(f"gc {n}: first pass {first['ms']} ms (removed {first['paths']} paths, {first['bytes'] / MIB:.1f} MiB), "
         f"second pass {second['ms']} ms; hits without a pass {res['quiet']:.0f} req/s; peak RSS {res['rss_a']:.1f} MiB")
 
-    # Server B: hits during the first pass, then during passes back to back.
+    # Server B: hits during the whole first pass, in slices until it ends; then during passes back to back.
     during, steady, firsts, rss_b = [], [], [], 0.0
-    win = max(0.5, 0.5 * first["ms"] / 1000)
-    for r in range(cfg.first_runs):
+    first_runs = cfg.first_runs or (3 if n <= 100_000 else 1)
+    sl = 1.0 if first["ms"] < 20_000 else 2.0
+    for r in range(first_runs):
         ensure_cache(cfg, n)
         srv = start(cfg, cache, f"gc-{n}-b{r}", 1)
         try:
-            got = hits(cfg, srv, hot, win, misses_ok=0.05)
-            inside = passes(srv) == 0
-            during.append({"rps": got["rps"], "p99": got["p99"], "inside": inside, "window": win,
-                           "misses": got["misses"] / got["requests"]})
+            t0 = time.monotonic()
+            slices = []
+            while passes(srv) == 0 and time.monotonic() - t0 < cfg.cap:
+                got = hits(cfg, srv, hot, sl, misses_ok=0.05)
+                slices.append({"at": time.monotonic() - t0, "rps": got["rps"], "requests": got["requests"],
+                               "seconds": got["requests"] / got["rps"] if got["rps"] else sl,
+                               "p99": got["p99"], "misses": got["misses"], "inside": passes(srv) == 0})
+            finished = passes(srv) > 0
+            inside = [x for x in slices if x["inside"]] or slices[:1]
+            rps = sum(x["requests"] for x in inside) / sum(x["seconds"] for x in inside)
             wait_passes(srv, 1, limit)
             firsts.append(pass_lines(srv)[0]["ms"])
-            if r == cfg.first_runs - 1:
+            during.append({"rps": rps, "slices": [x["rps"] for x in inside], "finished": finished,
+                           "p99": max(x["p99"] for x in inside), "loaded_s": time.monotonic() - t0 if finished else cfg.cap,
+                           "misses": sum(x["misses"] for x in inside) / sum(x["requests"] for x in inside)})
+            log(f"gc {n}: during the first pass ({firsts[-1]} ms): {rps:.0f} req/s; per {sl:g} s slice: "
+                + " ".join(f"{x['rps']:.0f}" for x in inside)
+                + ("" if finished else f" (loadgen stopped after {cfg.cap:.0f} s, the pass still running)"))
+            if r == first_runs - 1:
                 for _ in range(cfg.runs):
-                    done0 = passes(srv)
                     w0 = time.time()
                     got = hits(cfg, srv, hot, cfg.duration, misses_ok=0.05)
                     w1 = time.time()
@@ -318,9 +330,11 @@ def section(cfg, results: list[dict], elapsed: float) -> list[str]:
          f"remove), durations from the pass's log line; **no pass** = hits between the two ({cfg.runs} run(s) of "
          f"{cfg.duration:g} s, median); after the first pass every remaining narinfo was checked to have its NAR "
          f"and references. **Peak RSS** = `VmHWM` of the server over everything (both servers).",
-         f"- Server B, `NIX_STORED_GC_INTERVAL=1`: **during the first pass** = hits from start for half as long "
-         f"as server A's first pass ({cfg.first_runs} server start(s), median; each window checked to end before "
-         f"the pass did); then **back-to-back passes** = hits while a pass starts every second ({cfg.runs} run(s) "
+         f"- Server B, `NIX_STORED_GC_INTERVAL=1`: **during the first pass** = hits from start, in slices of 1 s "
+         f"(2 s when server A's first pass took over 20 s), until the pass ends (at most {cfg.cap:.0f} s of load): "
+         f"requests ÷ seconds of the slices that ended before it did, so listing, loading, planning and removal "
+         f"all count; the per-slice figures show which part costs (median over "
+         f"{cfg.first_runs or '3 (1 above 100k paths)'} server start(s)); then **back-to-back passes** = hits while a pass starts every second ({cfg.runs} run(s) "
          f"of {cfg.duration:g} s; 'busy' = the share of the window during which a pass ran, from the passes' log lines).",
          "",
          "| N | cache on | cache MiB | first pass | second pass | peak RSS MiB | hits, no pass req/s | during the first pass req/s | ratio | back-to-back passes req/s (busy) | ratio |",
@@ -340,8 +354,10 @@ def section(cfg, results: list[dict], elapsed: float) -> list[str]:
                  f"RSS after the first pass {r['rss_after_first']:.1f} MiB (VmHWM), after the second "
                  f"{r['rss_now_a']:.1f} MiB (VmRSS); no-pass runs {', '.join(fmt(x) for x in r['quiet_runs'])} req/s "
                  f"(p99 {r['quiet_p99']:.2f} ms); during the first pass "
-                 + ", ".join(f"{fmt(d['rps'])} req/s over {d['window']:.1f} s (p99 {d['p99']:.2f} ms, {d['misses']:.1%} 404s"
-                             + ("" if d["inside"] else ", **the pass ended within the window**") + ")"
+                 + "; ".join(f"{fmt(d['rps'])} req/s (worst slice p99 {d['p99']:.2f} ms, {d['misses']:.1%} 404s; "
+                             f"per slice: {' '.join(fmt(x) for x in d['slices'])}"
+                             + ("" if d["finished"] else f"; **load stopped after {d['loaded_s']:.0f} s, the pass "
+                                "still running**") + ")"
                              for d in r["during"])
                  + f", that first pass taking {', '.join(fmt(x) for x in r['first_under_load_ms'])} ms under load; "
                  "back-to-back passes " + ", ".join(f"{fmt(s['rps'])} req/s ({s['passes']} passes of {', '.join(fmt(x) for x in s['pass_ms'])} ms, busy {s['busy']:.0%}, "
@@ -380,7 +396,10 @@ def main() -> int:
     p.add_argument("--quick", action="store_true", help="100k paths only, one run of 2 s")
     p.add_argument("--paths", help="comma-separated cache sizes (100000,1000000; quick 100000)")
     p.add_argument("--runs", type=int, help="hit runs per figure, median reported (3; quick 1)")
-    p.add_argument("--first-runs", type=int, help="server starts measured during their first pass (3; quick 1)")
+    p.add_argument("--first-runs", type=int,
+                   help="server starts measured during their first pass (3 up to 100k paths, 1 above; quick 1)")
+    p.add_argument("--cap", type=float, default=300.0,
+                   help="seconds of load at most during a first pass (it then finishes without load)")
     p.add_argument("--duration", type=float, help="seconds per hit run (5; quick 2)")
     p.add_argument("--work", default="/var/tmp/nix-stored-gcbench", help="caches (kept between runs) and logs")
     p.add_argument("--spill", default="/dev/shm/nix-stored-gcbench",
@@ -391,7 +410,7 @@ def main() -> int:
     q = cfg.quick
     cfg.paths = [int(x) for x in (cfg.paths or ("100000" if q else "100000,1000000")).split(",") if x]
     cfg.runs = cfg.runs or (1 if q else 3)
-    cfg.first_runs = cfg.first_runs or (1 if q else 3)
+    cfg.first_runs = cfg.first_runs or (1 if q else None)
     cfg.duration = cfg.duration or (2 if q else 5)
     cfg.margin = int(cfg.margin * 2**30)
     if not os.access(bench.NIX_STORED, os.X_OK):
