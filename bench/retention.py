@@ -167,11 +167,16 @@ def stop(srv: Server) -> None:
     bench.NixStored(srv.name, "").check_stopped(code, srv)
 
 
-def hits(cfg, srv: Server, keys: str, duration: float, misses_ok: float = 0.0) -> dict:
-    """narinfo GETs over `keys`; up to `misses_ok` of them may be 404s (paths a pass chose on a tie)."""
+def hits(cfg, srv: Server, keys: str, duration: float, misses_ok: float = 0.0, stall_ok: bool = False) -> dict:
+    """narinfo GETs over `keys`; up to `misses_ok` of them may be 404s (paths a pass chose on a tie); with
+    `stall_ok`, no answer at all is a figure (the server stalled), not a failure."""
     r = bench.loadgen(cfg.lg, srv.port, "GET", f"keys={keys}", 64, duration, ".narinfo")
     bad = {s: c for s, c in r["statuses"].items() if s not in (200, 404)}
     r["misses"] = r["statuses"].get(404, 0)
+    if r["requests"] == 0 and stall_ok and not r["errors"]:
+        srv.alive()
+        r["rps"] = 0.0
+        return r
     if r["errors"] or r["requests"] == 0 or bad or r["misses"] > misses_ok * r["requests"]:
         raise Broken(f"{srv.name}: {r['errors']} broken connections, {r['requests']} answers, statuses {bad}\n{srv.tail()}")
     srv.alive()
@@ -255,7 +260,7 @@ def measure(cfg, n: int) -> dict:
             t0 = time.monotonic()
             slices = []
             while passes(srv) == 0 and time.monotonic() - t0 < cfg.cap:
-                got = hits(cfg, srv, hot, sl, misses_ok=0.05)
+                got = hits(cfg, srv, hot, sl, misses_ok=0.05, stall_ok=True)
                 slices.append({"at": time.monotonic() - t0, "rps": got["rps"], "requests": got["requests"],
                                "seconds": got["requests"] / got["rps"] if got["rps"] else sl,
                                "p99": got["p99"], "misses": got["misses"], "inside": passes(srv) == 0})
@@ -266,7 +271,8 @@ def measure(cfg, n: int) -> dict:
             firsts.append(pass_lines(srv)[0]["ms"])
             during.append({"rps": rps, "slices": [x["rps"] for x in inside], "finished": finished,
                            "p99": max(x["p99"] for x in inside), "loaded_s": time.monotonic() - t0 if finished else cfg.cap,
-                           "misses": sum(x["misses"] for x in inside) / sum(x["requests"] for x in inside)})
+                           "misses": sum(x["misses"] for x in inside) / max(1, sum(x["requests"] for x in inside)),
+                           "stalled": sum(x["seconds"] for x in inside if x["requests"] == 0), "slice": sl})
             log(f"gc {n}: during the first pass ({firsts[-1]} ms): {rps:.0f} req/s; per {sl:g} s slice: "
                 + " ".join(f"{x['rps']:.0f}" for x in inside)
                 + ("" if finished else f" (loadgen stopped after {cfg.cap:.0f} s, the pass still running)"))
@@ -347,7 +353,7 @@ def section(cfg, results: list[dict], elapsed: float) -> list[str]:
                  f"{fmt(r['steady_rps'])} ({r['steady_busy']:.0%}) | {r['steady_rps'] / r['quiet']:.2f} |")
     L += ["", "Details:", ""]
     for r in results:
-        L.append(f"- N = {fmt(r['n'])}: cache in `{r['root']}` ({r['medium']}"
+        L.append(f"- N = {fmt(r['n'])} (`{r.get('command', '')}`, {r.get('when', '')}): cache in `{r['root']}` ({r['medium']}"
                  + (f", generated in {r['generated_s']:.0f} s" if r.get("generated_s") else "") + f"), "
                  f"{fmt(r['bytes'])} bytes, quota {fmt(r['quota'])}; first pass: cache "
                  f"{fmt(r['first']['before'])} -> {fmt(r['first']['after'])} bytes, {fmt(r['left'])} narinfos left; "
@@ -355,7 +361,8 @@ def section(cfg, results: list[dict], elapsed: float) -> list[str]:
                  f"{r['rss_now_a']:.1f} MiB (VmRSS); no-pass runs {', '.join(fmt(x) for x in r['quiet_runs'])} req/s "
                  f"(p99 {r['quiet_p99']:.2f} ms); during the first pass "
                  + "; ".join(f"{fmt(d['rps'])} req/s (worst slice p99 {d['p99']:.2f} ms, {d['misses']:.1%} 404s; "
-                             f"per slice: {' '.join(fmt(x) for x in d['slices'])}"
+                             f"per {d['slice']:g} s slice: {' '.join(fmt(x) for x in d['slices'])}"
+                             + (f"; **no answer at all for {d['stalled']:.0f} s**" if d["stalled"] else "")
                              + ("" if d["finished"] else f"; **load stopped after {d['loaded_s']:.0f} s, the pass "
                                 "still running**") + ")"
                              for d in r["during"])
@@ -398,7 +405,9 @@ def main() -> int:
     p.add_argument("--runs", type=int, help="hit runs per figure, median reported (3; quick 1)")
     p.add_argument("--first-runs", type=int,
                    help="server starts measured during their first pass (3 up to 100k paths, 1 above; quick 1)")
-    p.add_argument("--cap", type=float, default=300.0,
+    p.add_argument("--merge", action="store_true",
+                   help="keep in the report the sizes an earlier run measured and this one does not")
+    p.add_argument("--cap", type=float, default=240.0,
                    help="seconds of load at most during a first pass (it then finishes without load)")
     p.add_argument("--duration", type=float, help="seconds per hit run (5; quick 2)")
     p.add_argument("--work", default="/var/tmp/nix-stored-gcbench", help="caches (kept between runs) and logs")
@@ -424,9 +433,19 @@ def main() -> int:
         busy = bench.others_busy()
         if busy:
             log(f"gc: warning: other heavy processes are running ({', '.join(busy[:8])}): figures will be noisy")
-        results = [measure(cfg, n) for n in cfg.paths]
-        with open(os.path.join(cfg.work, "results.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        # Sizes measured by an earlier run stay in the report unless measured again.
+        store = os.path.join(cfg.work, "results.json")
+        try:
+            kept = {r["n"]: r for r in json.load(open(store))} if cfg.merge else {}
+        except (OSError, ValueError):
+            kept = {}
+        for n in cfg.paths:
+            kept[n] = measure(cfg, n)
+            kept[n]["command"] = "bench/run.sh --gc" + "".join(f" {a}" for a in sys.argv[1:] if a != "--gc")
+            kept[n]["when"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+            with open(store, "w") as f:
+                json.dump(list(kept.values()), f, indent=1)
+        results = sorted(kept.values(), key=lambda r: r["n"])
         write_section(cfg.out, section(cfg, results, time.monotonic() - t0))
         log(f"wrote the Retention section of {cfg.out}")
     except Broken as e:
