@@ -310,7 +310,7 @@ def section(cfg, results: list[dict], elapsed: float) -> list[str]:
     foreign = max(r["foreign"] for r in results)
     busy = sorted({b for r in results for b in r["busy_at_start"]})
     argv = "bench/run.sh --gc" + "".join(f" {a}" for a in sys.argv[1:] if a != "--gc")
-    L = [BEGIN, "## Retention", "",
+    L = [BEGIN, "## Retention" + (" — quick mode (a smoke run of the harness: figures not to quote)" if cfg.quick else ""), "",
          f"Written by `{argv}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, in {elapsed / 60:.1f} min. "
          f"Load average at start {results[0]['load']:.2f}; CPU time of other processes during each N's runs: at most "
          f"{foreign * 100:.0f}% of the machine"
@@ -434,7 +434,7 @@ def main() -> int:
         if busy:
             log(f"gc: warning: other heavy processes are running ({', '.join(busy[:8])}): figures will be noisy")
         # Sizes measured by an earlier run stay in the report unless measured again.
-        store = os.path.join(cfg.work, "results.json")
+        store = os.path.join(cfg.work, "results-quick.json" if cfg.quick else "results.json")
         try:
             kept = {r["n"]: r for r in json.load(open(store))} if cfg.merge else {}
         except (OSError, ValueError):

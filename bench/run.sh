@@ -52,7 +52,7 @@ if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
 fi
 
 cargo build --release --quiet
-if [ " $* " != *" --quick "* ]; then
+if [[ " $* " != *" --quick "* ]]; then
   exec python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
 fi
 # --quick runs the retention benchmark too, at 100k paths (about a minute, the first
