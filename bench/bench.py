@@ -1153,6 +1153,21 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
     return L, chart
 
 
+def retention_section(path: str) -> str:
+    """The Retention section bench/retention.py wrote into the report, and the notes on it written by hand
+    after it, kept when the rest is rewritten."""
+    try:
+        text = open(path).read()
+    except OSError:
+        return ""
+    out = ""
+    for begin, end in (("<!-- retention: written by bench/retention.py -->", "<!-- /retention -->"),
+                       ("<!-- retention notes -->", "<!-- /retention notes -->")):
+        if begin in text and end in text:
+            out += "\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    return out
+
+
 def draw_chart(cfg, chart: list[dict]) -> str | None:
     """Draws the PNG; returns a note when it could not be drawn for want of matplotlib."""
     data = os.path.join(cfg.work, "ratios.json")
@@ -1267,8 +1282,9 @@ def main() -> int:
         note = draw_chart(cfg, chart)
         if note:
             L[-1] = f"({note}.)"
+        kept = retention_section(cfg.out)
         with open(cfg.out, "w") as f:
-            f.write("\n".join(L) + "\n")
+            f.write("\n".join(L) + "\n" + kept)
         log(f"wrote {cfg.out}")
         ok = True
     except Broken as e:

@@ -4,14 +4,31 @@
 #
 #   bench/run.sh [--quick] [--n N] [--runs R] [--duration S] [--growth 1000,100000,1000000]
 #                [--e2e-paths P] [--only main,growth,e2e] [--out FILE] [--chart FILE] [--keep]
+#   bench/run.sh --gc [--quick] [--paths 100000,1000000] [--runs R] [--duration S] [--work DIR]
 #
 # Installs wrk and nginx (and nix-bin for the end-to-end workload) from Debian when
 # missing, matplotlib from PyPI into bench/.venv for the chart, builds nix-stored in
 # release mode, then runs bench/bench.py, which writes bench/RESULTS.md and
 # bench/ratios.png. --quick (about a second per workload) is part of the test suite:
 # it exits non-zero only when the harness or a server breaks, never on a missed target.
+#
+# --gc runs the retention benchmark instead (bench/retention.py: passes over 100k and
+# 1M paths, peak RSS, narinfo throughput while a pass runs), which replaces only the
+# Retention section of bench/RESULTS.md; its caches stay in /var/tmp/nix-stored-gcbench
+# (or /dev/shm when the disk is short of room) for the next run. --quick runs it at
+# 100k paths after the other workloads.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+gc=0
+for a in "$@"; do [ "$a" = --gc ] && gc=1; done
+if [ $gc = 1 ]; then
+  args=()
+  for a in "$@"; do [ "$a" = --gc ] || args+=("$a"); done
+  command -v taskset >/dev/null || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y util-linux; }
+  cargo build --release --quiet
+  exec python3 bench/retention.py "${args[@]}"
+fi
 
 need=()
 command -v wrk >/dev/null || need+=(wrk)
@@ -35,4 +52,17 @@ if ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
 fi
 
 cargo build --release --quiet
-exec python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+if [[ " $* " != *" --quick "* ]]; then
+  exec python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+fi
+# --quick runs the retention benchmark too, at 100k paths (about a minute, the first
+# time 15 s more to write the cache), into the same report.
+python3 bench/bench.py --chart-python "$venv/bin/python" "$@"
+out=()
+prev=
+for a in "$@"; do
+  [ "$prev" = --out ] && out=(--out "$a")
+  case $a in --out=*) out=(--out "${a#--out=}") ;; esac
+  prev=$a
+done
+exec python3 bench/retention.py --quick "${out[@]}"
