@@ -55,6 +55,18 @@ pub const PASSES_MARKER: &str = "nix-stored/passes";
 /// How often uses are written out when nothing else forces it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(300);
 
+/// Runs CPU-heavy work (a walk over a million nodes) without holding up the requests
+/// the calling worker thread serves: tokio moves them to another thread meanwhile.
+fn heavy<T>(work: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
 /// Seconds since the Unix epoch, as the graph keeps times.
 pub fn now_secs() -> u32 {
     std::time::SystemTime::now()
@@ -118,6 +130,8 @@ pub struct Retention {
     /// Whether the graph holds every stored narinfo (after the first pass's listing).
     loaded: AtomicBool,
     wake: tokio::sync::Notify,
+    /// Rung when enough uses are held that they should be written out now.
+    uses_full: tokio::sync::Notify,
     /// Time between removing narinfos and their NARs: how long another server may
     /// still answer a removed narinfo from memory (S3's narinfo memo).
     narinfo_linger: Duration,
@@ -156,6 +170,7 @@ impl Retention {
             objects: AtomicU64::new(0),
             loaded: AtomicBool::new(false),
             wake: tokio::sync::Notify::new(),
+            uses_full: tokio::sync::Notify::new(),
             narinfo_linger,
             settle: if storage_shared {
                 doom::SETTLE
@@ -204,7 +219,7 @@ impl Retention {
         }
         if let Some(used) = Used::of_key(key) {
             if self.uses.record(used, now_secs()) {
-                self.wake.notify_one();
+                self.uses_full.notify_one();
             }
         }
     }

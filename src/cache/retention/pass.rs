@@ -6,7 +6,7 @@ use std::time::Instant;
 use super::graph::{path_hash_str, Doomed, PathHash};
 use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
 use super::survey::{survey, top_level};
-use super::{now_secs, Retention};
+use super::{heavy, now_secs, Retention};
 use crate::storage::StorageError;
 
 /// Why an object goes.
@@ -165,7 +165,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
     let over_quota = r.settings.max_size.is_some_and(|q| after_orphans > q);
     let low_water = r.settings.low_water().unwrap_or(u64::MAX);
     let loose: Vec<(u32, u64)> = survey.loose.iter().map(|l| (l.1, l.2)).collect();
-    let (plan, pinned_bytes, paths) = {
+    let (plan, pinned_bytes, paths) = heavy(|| {
         let graph = r.graph();
         let pinned = graph.closure(&pins);
         let pinned_bytes = graph.bytes_of(&pinned);
@@ -173,7 +173,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             over_quota && after_orphans.saturating_sub(chosen) > low_water
         });
         (plan, pinned_bytes, graph.stored())
-    };
+    });
     r.stats.pinned_bytes.store(pinned_bytes, Ordering::Relaxed);
     let why = |recency: u32| {
         if recency < expired_before {
@@ -219,7 +219,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             tokio::time::sleep(r.settle).await;
             top_level(r, now_secs()).await?;
         }
-        let users = r.graph().nar_users();
+        let users = heavy(|| r.graph().nar_users());
         remove_orphans(r, &survey, &users, &mut report).await?;
         let keys: Vec<String> = loose_chosen.iter().map(|l| l.0.clone()).collect();
         r.storage.delete(&keys).await?;
@@ -241,7 +241,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             // NAR stays until they cannot.
             tokio::time::sleep(r.narinfo_linger).await;
         }
-        let users = r.graph().nar_users();
+        let users = heavy(|| r.graph().nar_users());
         let removed = remove_rest(r, &going, &users, now, &why, &mut report).await;
         prune_activity(r, now);
         if let Some(e) = failed {

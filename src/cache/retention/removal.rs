@@ -72,7 +72,8 @@ pub(super) async fn remove_narinfos<'a>(
         chunk
             .iter()
             .filter(|d| {
-                let used = r.uses.contains(&Used::Path(d.hash)) || r.uses.contains_nar(&d.nar.hash);
+                let used =
+                    r.uses.contains(&Used::Path(d.hash)) || r.uses.contains(&Used::Nar(d.nar));
                 !used && graph.start_removal(d)
             })
             .collect()

@@ -25,6 +25,9 @@ impl Retention {
                 tracing::warn!("cannot mark the storage as one retention passes run on: {e}");
             }
         }
+        // Uses are written out by a task of their own, so that a long pass never
+        // lets them pile up in memory.
+        tokio::spawn(self.clone().flush_regularly());
         use tokio::time::Instant;
         // A pass an upload over the quota asks for waits this long after the last
         // one: a cache held over its quota by pins or young uploads would otherwise
@@ -32,10 +35,9 @@ impl Retention {
         let spacing = self.settings.interval.min(MIN_PASS_SPACING);
         let mut next_pass = Instant::now();
         let mut last_end: Option<Instant> = None;
-        let mut flush_at = Instant::now() + FLUSH_INTERVAL;
         loop {
             let woken = tokio::select! {
-                () = tokio::time::sleep_until(next_pass.min(flush_at)) => false,
+                () = tokio::time::sleep_until(next_pass) => false,
                 () = self.wake.notified() => true,
             };
             let now = Instant::now();
@@ -54,13 +56,19 @@ impl Retention {
                 let end = Instant::now();
                 last_end = Some(end);
                 next_pass = end + self.settings.interval;
-                // A pass writes out the uses too.
-                flush_at = end + FLUSH_INTERVAL;
-            } else if now >= flush_at || (woken && !over) {
-                if let Err(e) = self.flush().await {
-                    tracing::warn!("cannot write the recency journal: {e}");
-                }
-                flush_at = Instant::now() + FLUSH_INTERVAL;
+            }
+        }
+    }
+
+    /// Writes out the uses every [`FLUSH_INTERVAL`], and whenever many are held.
+    async fn flush_regularly(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                () = self.uses_full.notified() => {}
+            }
+            if let Err(e) = self.flush().await {
+                tracing::warn!("cannot write the recency journal: {e}");
             }
         }
     }
@@ -84,7 +92,10 @@ impl Retention {
             if let Err(e) = self.flush().await {
                 tracing::warn!("cannot write the recency journal: {e}");
             }
-            tokio::time::sleep(FLUSH_INTERVAL).await;
+            tokio::select! {
+                () = tokio::time::sleep(FLUSH_INTERVAL) => {}
+                () = self.uses_full.notified() => {}
+            }
         }
     }
 
@@ -99,12 +110,22 @@ impl Retention {
         Ok(())
     }
 
-    /// Writes out the uses recorded so far (also at shutdown).
+    /// Writes out the uses recorded so far (also at shutdown). The graph learns the
+    /// paths' uses at once: a pass that chose one of them since keeps it.
     pub async fn flush(&self) -> Result<(), StorageError> {
         if !self.journaling.load(Ordering::Relaxed) {
             return Ok(());
         }
         let uses = self.uses.take();
+        if self.enabled() {
+            let mut graph = self.graph();
+            for (used, secs) in &uses {
+                if let uses::Used::Path(h) = used {
+                    graph.touch(h, *secs);
+                }
+            }
+            drop(graph);
+        }
         uses::write_journal(self.storage.as_ref(), &uses, now_secs()).await
     }
 }

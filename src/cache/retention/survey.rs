@@ -10,7 +10,7 @@ use futures_util::StreamExt;
 use super::graph::{path_hash, NarKey, PathHash};
 use super::removal::read_intents;
 use super::uses::{self, Used};
-use super::{now_secs, Retention, ORPHAN_GRACE_SECS};
+use super::{heavy, now_secs, Retention, ORPHAN_GRACE_SECS};
 use crate::storage::{Listed, StorageError};
 
 /// What the listings found that is not in the graph.
@@ -43,15 +43,11 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         ..Survey::default()
     };
     // Journals first written, so that this server's own uses are merged with the rest.
-    let own = if dry_run {
-        Default::default()
-    } else {
-        r.uses.take()
-    };
+    let own = if dry_run { Vec::new() } else { r.uses.take() };
     uses::write_journal(r.storage.as_ref(), &own, started).await?;
 
     let top = top_level(r, started).await?;
-    r.graph().shrink();
+    heavy(|| r.graph().shrink());
     survey.total += top.bytes;
     survey.objects += top.objects;
     let listings = top.listings;
@@ -67,26 +63,31 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
             || (l.modified as u32).saturating_add(ORPHAN_GRACE_SECS) < started
     };
 
-    let (journals, merged) = uses::read_journals(r.storage.as_ref()).await?;
-    let users = r.graph().nar_users();
-    {
-        let mut graph = r.graph();
-        let mut loose_uses = r.loose_uses.lock().unwrap_or_else(|e| e.into_inner());
-        for (used, secs) in &merged {
-            match used {
-                Used::Path(h) => graph.touch(h, *secs),
-                Used::Nar(n) => {
-                    let ids: Vec<u32> = graph.users_of(&users, &n.hash).collect();
-                    for id in ids {
-                        graph.touch_id(id, *secs);
+    let users = heavy(|| r.graph().nar_users());
+    let journals = uses::read_journals(r.storage.as_ref(), |batch| {
+        heavy(|| {
+            let mut graph = r.graph();
+            let mut loose_uses = r.loose_uses.lock().unwrap_or_else(|e| e.into_inner());
+            for (used, secs) in batch {
+                match used {
+                    Used::Path(h) => graph.touch(&h, secs),
+                    Used::Nar(n) => {
+                        let ids: Vec<u32> = graph.users_of(&users, &n.hash).collect();
+                        for id in ids {
+                            graph.touch_id(id, secs);
+                        }
+                    }
+                    Used::Other(k) => {
+                        let at = loose_uses.entry(k).or_insert(secs);
+                        *at = (*at).max(secs);
                     }
                 }
-                Used::Other(k) => {
-                    let at = loose_uses.entry(k.clone()).or_insert(*secs);
-                    *at = (*at).max(*secs);
-                }
             }
-        }
+        })
+    })
+    .await?;
+    {
+        let mut graph = r.graph();
         for (hash, l) in &listings {
             if graph.is_stored(hash) {
                 graph.set_listing(hash, l.size, l.modified as u32);
@@ -205,7 +206,7 @@ pub(super) async fn top_level(r: &Retention, started: u32) -> Result<TopLevel, S
     let (listed, consumed) = tokio::join!(listing, consume);
     listed?;
     let (top, seen) = consumed?;
-    forget_vanished(r, &seen, started);
+    heavy(|| forget_vanished(r, &seen, started));
     Ok(top)
 }
 
@@ -347,19 +348,19 @@ async fn compact_journals(
     if journals.len() <= 1 {
         return Ok(());
     }
-    let mut keep: HashMap<Used, u32> = r
-        .graph()
-        .uses_beyond_storage()
-        .map(|(h, secs)| (Used::Path(*h), secs))
-        .collect();
-    for (k, secs) in r
-        .loose_uses
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .iter()
-    {
-        keep.insert(Used::Other(k.clone()), *secs);
-    }
+    let mut keep: Vec<(Used, u32)> = heavy(|| {
+        r.graph()
+            .uses_beyond_storage()
+            .map(|(h, secs)| (Used::Path(*h), secs))
+            .collect()
+    });
+    keep.extend(
+        r.loose_uses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(k, secs)| (Used::Other(k.clone()), *secs)),
+    );
     uses::write_journal(r.storage.as_ref(), &keep, now).await?;
     r.storage.delete(&journals).await
 }

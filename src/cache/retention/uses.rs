@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use futures_util::StreamExt;
 
-use super::graph::{path_hash, FileHash, NarKey, PathHash};
+use super::graph::{path_hash, NarKey, PathHash};
 use crate::storage::{Listed, Storage, StorageError};
 
 /// Where journals live, relative to the cache root.
@@ -90,34 +90,24 @@ impl Uses {
         self.lock().contains_key(used)
     }
 
-    /// Whether a NAR with this file hash was recorded since the last take.
-    pub fn contains_nar(&self, hash: &FileHash) -> bool {
-        self.lock()
-            .keys()
-            .any(|u| matches!(u, Used::Nar(n) if n.hash == *hash))
-    }
-
     /// Takes every use recorded so far.
-    pub fn take(&self) -> HashMap<Used, u32> {
-        std::mem::take(&mut *self.lock())
+    pub fn take(&self) -> Vec<(Used, u32)> {
+        std::mem::take(&mut *self.lock()).into_iter().collect()
     }
 }
+
+/// Bytes of journal text built before they are written: a compacted journal of a
+/// million uses is written in pieces, never held whole.
+const WRITE_PIECE: usize = 256 * 1024;
 
 /// Writes `uses` as a new journal (nothing when empty).
 pub async fn write_journal(
     storage: &dyn Storage,
-    uses: &HashMap<Used, u32>,
+    uses: &[(Used, u32)],
     now: u32,
 ) -> Result<(), StorageError> {
     if uses.is_empty() {
         return Ok(());
-    }
-    let mut text = String::with_capacity(uses.len() * 80);
-    for (used, secs) in uses {
-        text.push_str(&used.key());
-        text.push(' ');
-        text.push_str(&secs.to_string());
-        text.push('\n');
     }
     // RandomState's keys are random per process and per call: two servers (or two
     // flushes) never pick the same name.
@@ -127,17 +117,29 @@ pub async fn write_journal(
     );
     let name = format!("{JOURNAL_FOLDER}/{now:010}-{unique:016x}");
     let mut upload = storage.begin_upload(&name).await?;
+    let mut text = String::with_capacity(WRITE_PIECE + 128);
+    for (used, secs) in uses {
+        text.push_str(&used.key());
+        text.push(' ');
+        text.push_str(&secs.to_string());
+        text.push('\n');
+        if text.len() >= WRITE_PIECE {
+            upload.write(text.as_bytes()).await?;
+            text.clear();
+        }
+    }
     upload.write(text.as_bytes()).await?;
     upload.commit().await?;
     Ok(())
 }
 
-/// Every journal in storage: their keys, and the uses they hold (the latest of each).
-/// A journal that cannot be read is skipped (and kept): a use lost only makes a path
-/// look older.
+/// Reads every journal in storage, handing each one's uses to `apply`; returns the
+/// keys of those read. A journal that cannot be read is skipped (and kept): a use
+/// lost only makes a path look older.
 pub async fn read_journals(
     storage: &dyn Storage,
-) -> Result<(Vec<String>, HashMap<Used, u32>), StorageError> {
+    mut apply: impl FnMut(Vec<(Used, u32)>),
+) -> Result<Vec<String>, StorageError> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
     let listing = storage.list_objects(JOURNAL_FOLDER, tx);
     let mut names = Vec::new();
@@ -148,7 +150,6 @@ pub async fn read_journals(
     };
     let (listed, ()) = tokio::join!(listing, collect);
     listed?;
-    let mut uses: HashMap<Used, u32> = HashMap::new();
     let mut read = Vec::with_capacity(names.len());
     for name in names {
         let Some(reader) = storage.open(&name, 0).await? else {
@@ -170,19 +171,18 @@ pub async fn read_journals(
         if broken {
             continue;
         }
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let Some((key, secs)) = line.split_once(' ') else {
-                continue;
-            };
-            let (Some(used), Ok(secs)) = (Used::of_key(key), secs.parse::<u32>()) else {
-                continue;
-            };
-            let at = uses.entry(used).or_insert(secs);
-            *at = (*at).max(secs);
-        }
+        let uses = String::from_utf8_lossy(&bytes)
+            .lines()
+            .filter_map(|line| {
+                let (key, secs) = line.split_once(' ')?;
+                Some((Used::of_key(key)?, secs.parse::<u32>().ok()?))
+            })
+            .collect();
+        drop(bytes);
+        apply(uses);
         read.push(name);
     }
-    Ok((read, uses))
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -195,16 +195,22 @@ mod tests {
     #[tokio::test]
     async fn journals_round_trip_and_keep_the_latest_use() {
         let storage = MemoryStorage::default();
-        let first: HashMap<Used, u32> = [
+        let first = [
             (Used::of_key(&format!("{PATH}.narinfo")).unwrap(), 100),
             (Used::of_key("log/abc-foo.drv").unwrap(), 7),
-        ]
-        .into();
+        ];
         write_journal(&storage, &first, 1).await.unwrap();
-        let second: HashMap<Used, u32> =
-            [(Used::of_key(&format!("{PATH}.ls")).unwrap(), 50)].into();
+        let second = [(Used::of_key(&format!("{PATH}.ls")).unwrap(), 50)];
         write_journal(&storage, &second, 2).await.unwrap();
-        let (names, uses) = read_journals(&storage).await.unwrap();
+        let mut uses: HashMap<Used, u32> = HashMap::new();
+        let names = read_journals(&storage, |batch| {
+            for (u, secs) in batch {
+                let at = uses.entry(u).or_insert(secs);
+                *at = (*at).max(secs);
+            }
+        })
+        .await
+        .unwrap();
         assert_eq!(names.len(), 2);
         assert_eq!(uses.len(), 2);
         assert_eq!(uses[&Used::Path(path_hash(PATH).unwrap())], 100);
