@@ -290,15 +290,21 @@ fn served_bytes(store: &Store) -> u64 {
 /// first"), refused as it is being removed.
 type Tally = std::sync::Mutex<(u32, u32, u32)>;
 
-/// Uploads bottoms, and tops that reference the bottom `lag` uploads back (the very
+/// Uploads bottoms, and tops that reference an earlier bottom (`older(i)`: the very
 /// paths a pass is about to remove), while `more(i)`; counts the tops' answers.
-fn race(s: &Server, tag: &str, lag: usize, more: impl Fn(usize) -> bool, counts: &Tally) {
+fn race(
+    s: &Server,
+    tag: &str,
+    older: impl Fn(usize) -> usize,
+    more: impl Fn(usize) -> bool,
+    counts: &Tally,
+) {
     let mut bottoms: Vec<Path> = Vec::new();
     let mut i = 0usize;
     while more(i) {
         let (b, _) = upload(s, &format!("{tag}b{i}"), &[], 3000);
         bottoms.push(b);
-        let old = &bottoms[i.saturating_sub(lag)];
+        let old = &bottoms[older(i)];
         let (_, status) = upload(s, &format!("{tag}t{i}"), &[old], 1000);
         let mut c = counts.lock().unwrap();
         match status {
@@ -322,7 +328,15 @@ fn uploads_racing_passes_never_leave_a_dangling_narinfo() {
         for t in 0..4 {
             let s = &s;
             let counts = &counts;
-            scope.spawn(move || race(s, &format!("r{t}"), 8, |i| i < 40, counts));
+            scope.spawn(move || {
+                race(
+                    s,
+                    &format!("r{t}"),
+                    |i| i.saturating_sub(8),
+                    |i| i < 40,
+                    counts,
+                )
+            });
         }
         scope.spawn(|| {
             for _ in 0..30 {
@@ -395,20 +409,33 @@ fn servers_sharing_a_bucket_keep_every_closure_while_a_third_removes() {
                 race(
                     s,
                     &format!("s{t}"),
-                    6,
+                    // Halfway back: old enough to be chosen by a pass now and then.
+                    |i| i / 2,
                     |_| !done.load(std::sync::atomic::Ordering::Relaxed),
                     counts,
                 )
             });
         }
         scope.spawn(|| {
-            let deadline = Instant::now() + Duration::from_secs(150);
+            // Stops the uploaders however this thread ends, a failed check included.
+            struct Stop<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Stop<'_> {
+                fn drop(&mut self) {
+                    self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            let _stop = Stop(&done);
+            let deadline = Instant::now() + Duration::from_secs(240);
             while metric(&gc, "nix_stored_retention_passes_total") < first + 2 {
-                assert!(Instant::now() < deadline, "no passes; log:\n{}", gc.log());
+                assert!(
+                    Instant::now() < deadline,
+                    "no passes ({} failed); log:\n{}",
+                    metric(&gc, "nix_stored_retention_failed_passes_total"),
+                    gc.log()
+                );
                 assert_closed(&store);
                 std::thread::sleep(Duration::from_millis(500));
             }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
         });
     });
     assert_closed(&store);

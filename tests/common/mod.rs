@@ -1098,23 +1098,33 @@ pub fn socket_activated(listener: &std::net::TcpListener) -> Command {
 // Retention.
 
 /// Every narinfo in `store` has its NAR and the narinfos of its references.
+///
+/// A listing is no snapshot (S3 lists `nar/` before narinfos whose names sort after
+/// `n`, so a pair uploaded meanwhile can show as a narinfo without its NAR): what the
+/// listing misses is looked up directly, and only a narinfo still there whose object
+/// is absent is a broken closure.
 pub fn assert_closed(store: &Store) {
     let files = store.files();
+    let listed: std::collections::HashSet<&str> = files.iter().map(String::as_str).collect();
+    let present = |key: &str| listed.contains(key) || store.exists(key);
     for f in files.iter().filter(|f| f.ends_with(".narinfo")) {
         let Some(bytes) = store.read(f) else { continue };
         let text = String::from_utf8_lossy(&bytes);
+        let mut wanted = Vec::new();
         for line in text.lines() {
             if let Some(url) = line.strip_prefix("URL: ") {
-                assert!(
-                    files.contains(&url.to_owned()),
-                    "{f}: its NAR {url} is gone"
-                );
+                wanted.push(url.to_owned());
             }
             if let Some(refs) = line.strip_prefix("References: ") {
-                for r in refs.split_whitespace() {
-                    let key = format!("{}.narinfo", &r[..32]);
-                    assert!(files.contains(&key), "{f}: its reference {key} is gone");
-                }
+                wanted.extend(
+                    refs.split_whitespace()
+                        .map(|r| format!("{}.narinfo", &r[..32])),
+                );
+            }
+        }
+        for key in wanted {
+            if !present(&key) {
+                assert!(!store.exists(f), "{f}: {key} is gone");
             }
         }
     }

@@ -39,6 +39,12 @@ impl Retention {
             s.passes.load(Ordering::Relaxed),
         );
         gauge(
+            "nix_stored_retention_failed_passes_total",
+            "counter",
+            "Retention passes that failed on a storage error (the next one starts over).",
+            s.failed_passes.load(Ordering::Relaxed),
+        );
+        gauge(
             "nix_stored_retention_removed_paths_total",
             "counter",
             "Store paths removed by retention passes.",

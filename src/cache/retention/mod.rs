@@ -79,6 +79,8 @@ pub fn now_secs() -> u32 {
 pub struct PassStats {
     /// Passes finished.
     pub passes: AtomicU64,
+    /// Passes that failed (a storage error; the next pass starts over).
+    pub failed_passes: AtomicU64,
     /// Store paths removed.
     pub paths_removed: AtomicU64,
     /// Objects removed (narinfos, NARs, listings, orphans, logs, …).

@@ -51,7 +51,10 @@ impl Retention {
             if now >= next_pass {
                 match self.pass(false).await {
                     Ok(report) => report.log(),
-                    Err(e) => tracing::warn!("retention pass failed: {e}"),
+                    Err(e) => {
+                        self.stats.failed_passes.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!("retention pass failed: {e}");
+                    }
                 }
                 let end = Instant::now();
                 last_end = Some(end);
