@@ -135,7 +135,7 @@ impl Hold<'_> {
         }
         self.retention
             .graph()
-            .insert(&path, nar, &self.refs, now_secs(), bytes);
+            .insert(&path, nar.print(), &self.refs, now_secs(), bytes);
     }
 }
 

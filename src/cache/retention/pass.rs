@@ -204,14 +204,14 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             report.removed.push(Removal::path(d, why(d.recency)));
         }
     } else {
-        let mut doomed: Vec<String> = survey.orphans.iter().map(|o| o.0.clone()).collect();
-        for d in &plan.paths {
+        // What the pass removes, for servers sharing the storage (their uploads
+        // must not reference it) and for the next pass should this one be killed.
+        let keys = plan.paths.iter().flat_map(|d| {
             let hash = path_hash_str(&d.hash);
-            doomed.push(format!("{hash}.narinfo"));
-            doomed.push(format!("{hash}.ls"));
-            doomed.push(d.nar.key());
-        }
-        let intent = write_intent(r, &doomed, now).await?;
+            [format!("{hash}.narinfo"), format!("{hash}.ls")]
+        });
+        let keys = survey.orphans.iter().map(|o| o.0.clone()).chain(keys);
+        let intent = write_intent(r, keys, now).await?;
         if !r.settle.is_zero() {
             // Other servers sharing the storage see the intent within their upload
             // window; what they stored before that is listed now and keeps what it
@@ -225,10 +225,14 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
         r.storage.delete(&keys).await?;
         report.removed.extend(loose_removals);
         let mut going = Vec::new();
+        let mut intents = vec![intent];
         let mut failed = None;
         for chunk in plan.paths.chunks(CHUNK) {
-            match remove_narinfos(r, chunk, &mut report).await {
-                Ok(g) => going.extend(g),
+            match remove_narinfos(r, chunk, now, &mut report).await {
+                Ok((g, chunk_intent)) => {
+                    going.extend(g);
+                    intents.push(chunk_intent);
+                }
                 Err(e) => {
                     // What went already is finished below all the same.
                     failed = Some(e);
@@ -248,7 +252,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             return Err(e);
         }
         removed?;
-        r.storage.delete(&[intent]).await?;
+        r.storage.delete(&intents).await?;
     }
     let freed: u64 = report.removed.iter().map(|x| x.bytes).sum();
     report.bytes_after = survey.total.saturating_sub(freed);

@@ -31,7 +31,7 @@ pub(super) async fn remove_orphans(
     let mut claimed = Vec::new();
     for (key, bytes) in &survey.orphans {
         if let Some(nar) = NarKey::parse(key) {
-            if r.graph().nar_in_use(users, &nar.hash, &[]) {
+            if r.graph().nar_in_use(users, nar.print(), &[]) {
                 continue;
             }
             // A narinfo upload holds its NAR (and marks it used) from before it
@@ -59,38 +59,86 @@ pub(super) async fn remove_orphans(
     r.storage.delete(&survey.intents).await
 }
 
-/// Starts removing a chunk of chosen paths: those still removable are marked and
-/// their narinfos removed, durably. Returns them; their NARs and listings go in
-/// [`remove_rest`].
+/// A path whose narinfo a pass removed, with its NAR's key as the narinfo named it.
+pub(super) type Gone<'a> = (&'a Doomed, Option<NarKey>);
+
+/// Starts removing a chunk of chosen paths: those still removable are marked, their
+/// narinfos read for their NAR's key (the graph keeps only a print of it), an intent
+/// lists those NARs and the listings, and the narinfos go, durably. Returns them with
+/// the intent's key; their NARs and listings go in [`remove_rest`].
 pub(super) async fn remove_narinfos<'a>(
     r: &Retention,
     chunk: &'a [Doomed],
+    now: u32,
     report: &mut PassReport,
-) -> Result<Vec<&'a Doomed>, StorageError> {
-    let going: Vec<&Doomed> = {
+) -> Result<(Vec<Gone<'a>>, String), StorageError> {
+    let marked: Vec<&Doomed> = {
         let mut graph = r.graph();
         chunk
             .iter()
-            .filter(|d| {
-                let used =
-                    r.uses.contains(&Used::Path(d.hash)) || r.uses.contains(&Used::Nar(d.nar));
-                !used && graph.start_removal(d)
-            })
+            .filter(|d| !r.uses.contains(&Used::Path(d.hash)) && graph.start_removal(d))
             .collect()
     };
+    let mut read = Vec::with_capacity(marked.len());
+    for group in marked.chunks(super::survey::READS_IN_FLIGHT) {
+        let nars = futures_util::future::join_all(group.iter().map(|d| nar_of(r, &d.hash))).await;
+        read.extend(group.iter().copied().zip(nars));
+    }
+    let mut going = Vec::with_capacity(read.len());
+    let mut rest = Vec::with_capacity(read.len() * 2);
+    for (d, nar) in read {
+        match nar {
+            Ok(nar) if !nar.is_some_and(|n| r.uses.contains(&Used::Nar(n))) => {
+                rest.push(format!("{}.ls", path_hash_str(&d.hash)));
+                rest.extend(nar.map(|n| n.key()));
+                going.push((d, nar));
+            }
+            // Downloaded since it was chosen, or its narinfo could not be read: kept.
+            _ => r.graph().abort_removal(d),
+        }
+    }
     report.kept += chunk.len() - going.len();
     let narinfos: Vec<String> = going
         .iter()
-        .map(|d| format!("{}.narinfo", path_hash_str(&d.hash)))
+        .map(|(d, _)| format!("{}.narinfo", path_hash_str(&d.hash)))
         .collect();
-    if let Err(e) = r.storage.delete(&narinfos).await {
-        let mut graph = r.graph();
-        for d in &going {
-            graph.abort_removal(d);
-        }
-        return Err(e);
+    let removed = async {
+        let intent = write_intent(r, rest.iter(), now).await?;
+        r.storage.delete(&narinfos).await?;
+        Ok::<_, StorageError>(intent)
     }
-    Ok(going)
+    .await;
+    match removed {
+        Ok(intent) => Ok((going, intent)),
+        Err(e) => {
+            let mut graph = r.graph();
+            for (d, _) in &going {
+                graph.abort_removal(d);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The NAR key the stored narinfo of `hash` names (`None` when it has none this
+/// server can parse: the file is then left for the orphans' check).
+async fn nar_of(
+    r: &Retention,
+    hash: &super::graph::PathHash,
+) -> Result<Option<NarKey>, StorageError> {
+    let key = format!("{}.narinfo", path_hash_str(hash));
+    let Some(reader) = r.storage.open(&key, 0).await? else {
+        return Ok(None);
+    };
+    let mut body = reader.body.into_stream();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+    }
+    Ok(String::from_utf8_lossy(&bytes)
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .and_then(|u| NarKey::parse(u.trim())))
 }
 
 /// Ends the removal of paths whose narinfos are gone: their listings, and the NARs
@@ -98,21 +146,22 @@ pub(super) async fn remove_narinfos<'a>(
 /// stored later held its NAR meanwhile, which `claim_nar` sees).
 pub(super) async fn remove_rest(
     r: &Retention,
-    going: &[&Doomed],
+    going: &[Gone<'_>],
     users: &NarUsers,
     started: u32,
     why: &impl Fn(u32) -> Why,
     report: &mut PassReport,
 ) -> Result<(), StorageError> {
-    let ids: Vec<u32> = going.iter().map(|d| d.id).collect();
+    let ids: Vec<u32> = going.iter().map(|(d, _)| d.id).collect();
     let mut rest: Vec<String> = Vec::new();
     let mut claimed = Vec::new();
-    for d in going {
+    for (d, nar) in going {
         rest.push(format!("{}.ls", path_hash_str(&d.hash)));
-        let shared = r.graph().nar_in_use(users, &d.nar.hash, &ids);
-        if !shared && !claimed.contains(&d.nar.hash) && r.claim_nar(&d.nar.hash, started) {
-            claimed.push(d.nar.hash);
-            rest.push(d.nar.key());
+        let Some(nar) = nar else { continue };
+        let shared = r.graph().nar_in_use(users, nar.print(), &ids);
+        if !shared && !claimed.contains(&nar.hash) && r.claim_nar(&nar.hash, started) {
+            claimed.push(nar.hash);
+            rest.push(nar.key());
         }
     }
     let result = r.storage.delete(&rest).await;
@@ -121,11 +170,11 @@ pub(super) async fn remove_rest(
     }
     {
         let mut graph = r.graph();
-        for d in going {
+        for (d, _) in going {
             graph.finish_removal(d);
         }
     }
-    for d in going {
+    for (d, _) in going {
         r.stats.paths_removed.fetch_add(1, Ordering::Relaxed);
         report.removed.push(Removal::path(d, why(d.recency)));
     }
@@ -139,23 +188,40 @@ pub(super) fn prune_activity(r: &Retention, now: u32) {
     });
 }
 
-/// Writes what a pass is about to remove (narinfos, listings, NARs); returns the
-/// intent's key.
+/// Writes what a pass is about to remove (narinfos, listings, NARs), in pieces (a
+/// pass over a million paths lists a hundred thousand); returns the intent's key.
 pub(super) async fn write_intent(
     r: &Retention,
-    keys: &[String],
+    keys: impl Iterator<Item = impl AsRef<str>>,
     now: u32,
 ) -> Result<String, StorageError> {
+    static SEQUENCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let unique = std::hash::BuildHasher::hash_one(
         &std::collections::hash_map::RandomState::new(),
-        (now, std::process::id(), keys.len()),
+        (
+            now,
+            std::process::id(),
+            SEQUENCE.fetch_add(1, Ordering::Relaxed),
+        ),
     );
     let key = format!("{INTENT_FOLDER}/{now:010}-{unique:016x}");
     let mut upload = r.storage.begin_upload(&key).await?;
-    upload.write(keys.join("\n").as_bytes()).await?;
+    let mut text = String::with_capacity(PIECE + 256);
+    for k in keys {
+        text.push_str(k.as_ref());
+        text.push('\n');
+        if text.len() >= PIECE {
+            upload.write(text.as_bytes()).await?;
+            text.clear();
+        }
+    }
+    upload.write(text.as_bytes()).await?;
     upload.commit().await?;
     Ok(key)
 }
+
+/// Bytes of intent text built before they are written.
+const PIECE: usize = 256 * 1024;
 
 /// The intents interrupted passes left: each one's key and the keys it lists.
 pub(super) async fn read_intents(

@@ -32,7 +32,7 @@ pub(super) struct Survey {
 }
 
 /// Narinfos read concurrently when loading them.
-const READS_IN_FLIGHT: usize = 16;
+pub(super) const READS_IN_FLIGHT: usize = 16;
 
 /// Lists the storage: loads narinfos the graph does not know, forgets those gone,
 /// merges the recency journals, and finds orphans and loose objects.
@@ -72,7 +72,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
                 match used {
                     Used::Path(h) => graph.touch(&h, secs),
                     Used::Nar(n) => {
-                        let ids: Vec<u32> = graph.users_of(&users, &n.hash).collect();
+                        let ids: Vec<u32> = graph.users_of(&users, n.print()).collect();
                         for id in ids {
                             graph.touch_id(id, secs);
                         }
@@ -113,7 +113,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         let Some(nar) = NarKey::parse(&l.key) else {
             return;
         };
-        let used = r.graph().nar_in_use(&users, &nar.hash, &[]) || foreign.contains(&l.key);
+        let used = r.graph().nar_in_use(&users, nar.print(), &[]) || foreign.contains(&l.key);
         if !used && orphaned(&l) {
             nar_orphans.push((l.key, l.size));
         }
@@ -266,7 +266,13 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, 
             (Some(hash), Ok((nar, file_size, refs))) => {
                 let refs: Vec<PathHash> = refs.into_iter().filter(|h| *h != hash).collect();
                 let mut graph = r.graph();
-                graph.insert(&hash, nar, &refs, l.modified as u32, l.size + file_size);
+                graph.insert(
+                    &hash,
+                    nar.print(),
+                    &refs,
+                    l.modified as u32,
+                    l.size + file_size,
+                );
                 loaded.extend(graph.stored_id(&hash));
             }
             (_, Err(url)) => {
@@ -338,6 +344,9 @@ fn forget_vanished(r: &Retention, seen: &[bool], started: u32) {
     }
 }
 
+/// Paths per window when the graph's uses are written out.
+const COMPACT_WINDOW: usize = 16 * 1024;
+
 /// Keeps what the journals hold that storage does not know, as one journal, and
 /// removes the journals merged into it.
 async fn compact_journals(
@@ -348,20 +357,30 @@ async fn compact_journals(
     if journals.len() <= 1 {
         return Ok(());
     }
-    let mut keep: Vec<(Used, u32)> = heavy(|| {
-        r.graph()
-            .uses_beyond_storage()
-            .map(|(h, secs)| (Used::Path(*h), secs))
-            .collect()
-    });
-    keep.extend(
-        r.loose_uses
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|(k, secs)| (Used::Other(k.clone()), *secs)),
-    );
-    uses::write_journal(r.storage.as_ref(), &keep, now).await?;
+    let mut journal = uses::Journal::begin(r.storage.as_ref(), now).await?;
+    // Window by window: the graph is not locked while the journal is written.
+    let mut from = 0;
+    loop {
+        let (window, next) = r.graph().uses_beyond_storage(from, COMPACT_WINDOW);
+        for (hash, secs) in window {
+            journal.push(&Used::Path(hash), secs).await?;
+        }
+        match next {
+            Some(next) => from = next,
+            None => break,
+        }
+    }
+    let loose: Vec<(Box<str>, u32)> = r
+        .loose_uses
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .map(|(k, secs)| (k.clone(), *secs))
+        .collect();
+    for (key, secs) in loose {
+        journal.push(&Used::Other(key), secs).await?;
+    }
+    journal.commit().await?;
     r.storage.delete(&journals).await
 }
 

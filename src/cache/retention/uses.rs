@@ -96,6 +96,24 @@ impl Uses {
     }
 }
 
+/// Uses handed on at once when reading a journal.
+const APPLY_BATCH: usize = 16 * 1024;
+
+/// Parses `<key> <secs>` lines.
+fn parse_lines(text: &[u8], out: &mut Vec<(Used, u32)>) {
+    for line in text.split(|b| *b == b'\n') {
+        let Ok(line) = std::str::from_utf8(line) else {
+            continue;
+        };
+        let Some((key, secs)) = line.split_once(' ') else {
+            continue;
+        };
+        if let (Some(used), Ok(secs)) = (Used::of_key(key), secs.parse::<u32>()) {
+            out.push((used, secs));
+        }
+    }
+}
+
 /// Bytes of journal text built before they are written: a compacted journal of a
 /// million uses is written in pieces, never held whole.
 const WRITE_PIECE: usize = 256 * 1024;
@@ -109,28 +127,54 @@ pub async fn write_journal(
     if uses.is_empty() {
         return Ok(());
     }
-    // RandomState's keys are random per process and per call: two servers (or two
-    // flushes) never pick the same name.
-    let unique = std::hash::BuildHasher::hash_one(
-        &std::collections::hash_map::RandomState::new(),
-        (now, std::process::id()),
-    );
-    let name = format!("{JOURNAL_FOLDER}/{now:010}-{unique:016x}");
-    let mut upload = storage.begin_upload(&name).await?;
-    let mut text = String::with_capacity(WRITE_PIECE + 128);
+    let mut journal = Journal::begin(storage, now).await?;
     for (used, secs) in uses {
-        text.push_str(&used.key());
-        text.push(' ');
-        text.push_str(&secs.to_string());
-        text.push('\n');
-        if text.len() >= WRITE_PIECE {
-            upload.write(text.as_bytes()).await?;
-            text.clear();
-        }
+        journal.push(used, *secs).await?;
     }
-    upload.write(text.as_bytes()).await?;
-    upload.commit().await?;
-    Ok(())
+    journal.commit().await
+}
+
+/// A journal being written, in pieces.
+pub struct Journal {
+    upload: Box<dyn crate::storage::Upload>,
+    text: String,
+}
+
+impl Journal {
+    /// Starts a new journal.
+    pub async fn begin(storage: &dyn Storage, now: u32) -> Result<Journal, StorageError> {
+        // RandomState's keys are random per process and per call: two servers (or
+        // two flushes) never pick the same name.
+        let unique = std::hash::BuildHasher::hash_one(
+            &std::collections::hash_map::RandomState::new(),
+            (now, std::process::id()),
+        );
+        let name = format!("{JOURNAL_FOLDER}/{now:010}-{unique:016x}");
+        Ok(Journal {
+            upload: storage.begin_upload(&name).await?,
+            text: String::with_capacity(WRITE_PIECE + 128),
+        })
+    }
+
+    /// Adds a use.
+    pub async fn push(&mut self, used: &Used, secs: u32) -> Result<(), StorageError> {
+        self.text.push_str(&used.key());
+        self.text.push(' ');
+        self.text.push_str(&secs.to_string());
+        self.text.push('\n');
+        if self.text.len() >= WRITE_PIECE {
+            self.upload.write(self.text.as_bytes()).await?;
+            self.text.clear();
+        }
+        Ok(())
+    }
+
+    /// Makes the journal visible.
+    pub async fn commit(mut self) -> Result<(), StorageError> {
+        self.upload.write(self.text.as_bytes()).await?;
+        self.upload.commit().await?;
+        Ok(())
+    }
 }
 
 /// Reads every journal in storage, handing each one's uses to `apply`; returns the
@@ -155,31 +199,40 @@ pub async fn read_journals(
         let Some(reader) = storage.open(&name, 0).await? else {
             continue;
         };
+        // Parsed as it arrives and handed on in batches: a compacted journal holds
+        // a line for every path used since its upload.
         let mut body = reader.body.into_stream();
-        let mut bytes = Vec::new();
+        let mut partial: Vec<u8> = Vec::new();
+        let mut batch = Vec::with_capacity(APPLY_BATCH);
         let mut broken = false;
         while let Some(chunk) = body.next().await {
-            match chunk {
-                Ok(c) => bytes.extend_from_slice(&c),
+            let chunk = match chunk {
+                Ok(c) => c,
                 Err(e) => {
                     tracing::warn!("recency journal {name} cannot be read: {e}");
                     broken = true;
                     break;
                 }
+            };
+            partial.extend_from_slice(&chunk);
+            let complete = partial
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            parse_lines(&partial[..complete], &mut batch);
+            partial.drain(..complete);
+            if batch.len() >= APPLY_BATCH {
+                apply(std::mem::replace(
+                    &mut batch,
+                    Vec::with_capacity(APPLY_BATCH),
+                ));
             }
         }
         if broken {
             continue;
         }
-        let uses = String::from_utf8_lossy(&bytes)
-            .lines()
-            .filter_map(|line| {
-                let (key, secs) = line.split_once(' ')?;
-                Some((Used::of_key(key)?, secs.parse::<u32>().ok()?))
-            })
-            .collect();
-        drop(bytes);
-        apply(uses);
+        parse_lines(&partial, &mut batch);
+        apply(batch);
         read.push(name);
     }
     Ok(read)

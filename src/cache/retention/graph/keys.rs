@@ -43,6 +43,19 @@ impl NarKey {
     }
 }
 
+/// A NAR by the first 64 bits of its file hash: what the graph keeps of it (8 bytes a
+/// path, not 33). Two NARs sharing a print only ever keep each other.
+pub type NarPrint = u64;
+
+impl NarKey {
+    /// Its print.
+    pub fn print(&self) -> NarPrint {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&self.hash[..8]);
+        u64::from_le_bytes(b)
+    }
+}
+
 /// Decodes a store path's hash part (`None` unless 32 nix32 characters).
 pub fn path_hash(nix32: &str) -> Option<PathHash> {
     if nix32.len() != 32 {

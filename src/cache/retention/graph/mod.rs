@@ -14,7 +14,7 @@ mod tests;
 
 use hashbrown::HashTable;
 
-pub use keys::{path_hash, path_hash_str, FileHash, NarKey, PathHash};
+pub use keys::{path_hash, path_hash_str, FileHash, NarKey, NarPrint, PathHash};
 pub use plan::{Doomed, Plan};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +32,8 @@ pub(super) enum State {
 #[derive(Debug, Clone)]
 pub(super) struct Node {
     hash: PathHash,
-    nar: NarKey,
+    /// Its NAR's print; the NAR's key is read from the narinfo when it goes.
+    nar: NarPrint,
     state: State,
     refs_at: u32,
     refs_len: u32,
@@ -99,10 +100,7 @@ impl Graph {
         }
         let node = Node {
             hash: *hash,
-            nar: NarKey {
-                hash: [0; 32],
-                ext: 0,
-            },
+            nar: 0,
             state: State::Absent,
             refs_at: 0,
             refs_len: 0,
@@ -139,7 +137,7 @@ impl Graph {
     pub fn insert(
         &mut self,
         hash: &PathHash,
-        nar: NarKey,
+        nar: NarPrint,
         refs: &[PathHash],
         modified: u32,
         bytes: u64,
@@ -312,12 +310,23 @@ impl Graph {
     }
 
     /// Paths whose use is newer than their narinfo: what the recency journal must
-    /// keep, since storage does not know it.
-    pub fn uses_beyond_storage(&self) -> impl Iterator<Item = (&PathHash, u32)> {
-        self.nodes
-            .iter()
-            .filter(|n| n.state == State::Stored && n.used > n.modified)
-            .map(|n| (&n.hash, n.used))
+    /// keep, since storage does not know it. At most `limit` of them from node `from`
+    /// on, and where to go on from, if anywhere.
+    pub fn uses_beyond_storage(
+        &self,
+        from: u32,
+        limit: usize,
+    ) -> (Vec<(PathHash, u32)>, Option<u32>) {
+        let mut out = Vec::new();
+        for (id, n) in self.nodes.iter().enumerate().skip(from as usize) {
+            if out.len() == limit {
+                return (out, Some(id as u32));
+            }
+            if n.state == State::Stored && n.used > n.modified {
+                out.push((n.hash, n.used));
+            }
+        }
+        (out, None)
     }
 
     /// Which stored path uses which NAR, for a pass.
@@ -327,19 +336,18 @@ impl Graph {
             .iter()
             .enumerate()
             .filter(|(_, n)| matches!(n.state, State::Stored | State::Removing))
-            .map(|(id, n)| (nar_print(&n.nar.hash), id as u32))
+            .map(|(id, n)| (n.nar, id as u32))
             .collect();
         users.sort_unstable();
         NarUsers(users)
     }
 
-    /// The stored paths that use the NAR `hash`.
+    /// The stored paths that use the NAR of `print`.
     pub fn users_of<'a>(
         &'a self,
         users: &'a NarUsers,
-        hash: &'a FileHash,
+        print: NarPrint,
     ) -> impl Iterator<Item = u32> + 'a {
-        let print = nar_print(hash);
         let from = users.0.partition_point(|(p, _)| *p < print);
         users.0[from..]
             .iter()
@@ -347,25 +355,18 @@ impl Graph {
             .map(|(_, id)| *id)
             .filter(move |id| {
                 let n = &self.nodes[*id as usize];
-                matches!(n.state, State::Stored | State::Removing) && n.nar.hash == *hash
+                matches!(n.state, State::Stored | State::Removing) && n.nar == print
             })
     }
 
-    /// Whether a stored path other than those in `except` uses the NAR `hash`.
-    pub fn nar_in_use(&self, users: &NarUsers, hash: &FileHash, except: &[u32]) -> bool {
-        self.users_of(users, hash).any(|id| !except.contains(&id))
+    /// Whether a stored path other than those in `except` uses the NAR of `print`.
+    pub fn nar_in_use(&self, users: &NarUsers, print: NarPrint, except: &[u32]) -> bool {
+        self.users_of(users, print).any(|id| !except.contains(&id))
     }
 }
 
-/// Stored paths by their NAR, sorted by a 64-bit print of its hash (16 bytes an
-/// entry, not 40): built for a pass, checked against the nodes' full hashes.
-pub struct NarUsers(Vec<(u64, u32)>);
-
-fn nar_print(hash: &FileHash) -> u64 {
-    let mut b = [0u8; 8];
-    b.copy_from_slice(&hash[..8]);
-    u64::from_le_bytes(b)
-}
+/// Stored paths by their NAR's print, sorted: built for a pass.
+pub struct NarUsers(Vec<(NarPrint, u32)>);
 
 /// Store path hashes are uniformly random: their first bytes are a good hash.
 fn spread(hash: &PathHash) -> u64 {

@@ -3,7 +3,7 @@
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
-use super::{Graph, NarKey, PathHash, State};
+use super::{Graph, NarPrint, PathHash, State};
 
 /// A stored path as a pass removes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +13,7 @@ pub struct Doomed {
     /// The narinfo's hash part.
     pub hash: PathHash,
     /// Its NAR file.
-    pub nar: NarKey,
+    pub nar: NarPrint,
     /// Bytes it holds.
     pub bytes: u64,
     /// Its effective recency when it was chosen.

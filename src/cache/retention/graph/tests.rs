@@ -7,11 +7,8 @@ fn h(n: u8) -> PathHash {
     [n; 20]
 }
 
-fn nar(n: u8) -> NarKey {
-    NarKey {
-        hash: [n; 32],
-        ext: 1,
-    }
+fn nar(n: u8) -> NarPrint {
+    NarPrint::from(n)
 }
 
 /// a -> b -> c, d alone; times: a 100, b 10, c 5, d 50.
@@ -178,7 +175,13 @@ fn a_million_paths() {
             .collect();
         let mut nar = [0u8; 32];
         nar[..4].copy_from_slice(&i.to_le_bytes());
-        g.insert(&hash(i), NarKey { hash: nar, ext: 1 }, &refs, i, 1000);
+        g.insert(
+            &hash(i),
+            NarKey { hash: nar, ext: 1 }.print(),
+            &refs,
+            i,
+            1000,
+        );
     }
     g.shrink();
     let loaded = rss_kib();
