@@ -156,6 +156,23 @@ pub struct Listed {
     pub modified: u64,
 }
 
+/// Streams the listing of `folder` (see [`Storage::list_objects`]) through `f`.
+pub async fn for_each_listed(
+    storage: &dyn Storage,
+    folder: &str,
+    mut f: impl FnMut(Listed),
+) -> Result<()> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
+    let listing = storage.list_objects(folder, tx);
+    let consume = async {
+        while let Some(batch) = rx.recv().await {
+            batch.into_iter().for_each(&mut f);
+        }
+    };
+    let (listed, ()) = tokio::join!(listing, consume);
+    listed
+}
+
 /// A place to keep cache objects.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {

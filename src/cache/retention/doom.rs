@@ -15,9 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::removal::INTENT_FOLDER;
-use super::survey::for_each_listed;
 use super::{Retention, RetentionError};
-use crate::storage::StorageError;
+use crate::storage::{for_each_listed, StorageError};
 
 /// How long a pass on shared storage waits between writing its intent and removing.
 pub const SETTLE: Duration = Duration::from_secs(15);
@@ -94,7 +93,7 @@ impl Retention {
         }
         let taken = Instant::now();
         let mut names = Vec::new();
-        for_each_listed(self, INTENT_FOLDER, |l| names.push(l.key)).await?;
+        for_each_listed(self.storage.as_ref(), INTENT_FOLDER, |l| names.push(l.key)).await?;
         let mut intents = HashMap::with_capacity(names.len());
         for name in names {
             let known = current.as_ref().and_then(|s| s.intents.get(&name).cloned());

@@ -41,6 +41,8 @@ pub struct Removal {
     pub why: Why,
     /// Its effective recency (seconds since the epoch).
     pub recency: u32,
+    /// Whether it is a store path (its narinfo, listing and NAR), not one object.
+    pub path: bool,
 }
 
 impl Removal {
@@ -51,6 +53,7 @@ impl Removal {
             bytes: d.bytes,
             why,
             recency: d.recency,
+            path: true,
         }
     }
 
@@ -61,6 +64,7 @@ impl Removal {
             bytes,
             why,
             recency,
+            path: false,
         }
     }
 }
@@ -89,11 +93,7 @@ pub struct PassReport {
 impl PassReport {
     /// The one log line of a pass.
     pub fn log(&self) {
-        let paths = self
-            .removed
-            .iter()
-            .filter(|r| r.why != Why::Orphan && r.what.len() == 32)
-            .count();
+        let paths = self.removed.iter().filter(|r| r.path).count();
         tracing::info!(
             "retention pass: removed {} paths and {} other objects, {} bytes; {} kept as used meanwhile; cache {} -> {} bytes ({} paths before, {} bytes pinned); {} ms",
             paths,
@@ -112,7 +112,7 @@ impl PassReport {
     pub fn render(&self) -> String {
         let mut out = String::new();
         for r in &self.removed {
-            let what = if r.what.len() == 32 {
+            let what = if r.path {
                 format!("{}.narinfo (and its NAR)", r.what)
             } else {
                 r.what.clone()

@@ -11,10 +11,10 @@ use futures_util::StreamExt;
 
 use super::graph::{path_hash, path_hash_str, Doomed, NarKey, NarUsers};
 use super::pass::{PassReport, Removal, Why};
-use super::survey::{for_each_listed, Survey};
+use super::survey::Survey;
 use super::uses::Used;
 use super::{Retention, ORPHAN_GRACE_SECS};
-use crate::storage::StorageError;
+use crate::storage::{for_each_listed, StorageError};
 
 /// Where removal intents live: no cache key can name it.
 pub const INTENT_FOLDER: &str = "nix-stored/removing";
@@ -228,7 +228,7 @@ pub(super) async fn read_intents(
     r: &Retention,
 ) -> Result<Vec<(String, Vec<String>)>, StorageError> {
     let mut names = Vec::new();
-    for_each_listed(r, INTENT_FOLDER, |l| names.push(l.key)).await?;
+    for_each_listed(r.storage.as_ref(), INTENT_FOLDER, |l| names.push(l.key)).await?;
     let mut intents = Vec::new();
     for name in names {
         if let Some(keys) = read_intent(r, &name).await? {

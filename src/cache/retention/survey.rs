@@ -11,7 +11,7 @@ use super::graph::{path_hash, NarKey, PathHash};
 use super::removal::read_intents;
 use super::uses::{self, Used};
 use super::{heavy, now_secs, Retention, ORPHAN_GRACE_SECS};
-use crate::storage::{Listed, StorageError};
+use crate::storage::{for_each_listed, Listed, StorageError};
 
 /// What the listings found that is not in the graph.
 #[derive(Default)]
@@ -43,8 +43,9 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         ..Survey::default()
     };
     // Journals first written, so that this server's own uses are merged with the rest.
-    let own = if dry_run { Vec::new() } else { r.uses.take() };
-    uses::write_journal(r.storage.as_ref(), &own, started).await?;
+    if !dry_run {
+        r.flush().await?;
+    }
 
     let top = top_level(r, started).await?;
     heavy(|| r.graph().shrink());
@@ -107,7 +108,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     let mut nar_orphans = Vec::new();
-    for_each_listed(r, "nar", |l| {
+    for_each_listed(r.storage.as_ref(), "nar", |l| {
         survey.total += l.size;
         survey.objects += 1;
         let Some(nar) = NarKey::parse(&l.key) else {
@@ -129,7 +130,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         .clone();
     let mut loose = Vec::new();
     for folder in ["log", "realisations", "debuginfo"] {
-        for_each_listed(r, folder, |l| {
+        for_each_listed(r.storage.as_ref(), folder, |l| {
             survey.total += l.size;
             survey.objects += 1;
             let used = loose_uses.get(l.key.as_str()).copied().unwrap_or(0);
@@ -138,7 +139,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
         .await?;
     }
     for folder in [uses::JOURNAL_FOLDER, super::removal::INTENT_FOLDER] {
-        for_each_listed(r, folder, |l| {
+        for_each_listed(r.storage.as_ref(), folder, |l| {
             survey.total += l.size;
             survey.objects += 1;
         })
@@ -216,23 +217,6 @@ fn mark(seen: &mut Vec<bool>, id: u32) {
         seen.resize(id + 1, false);
     }
     seen[id] = true;
-}
-
-/// Streams the listing of `folder` through `f`.
-pub(super) async fn for_each_listed(
-    r: &Retention,
-    folder: &str,
-    mut f: impl FnMut(Listed),
-) -> Result<(), StorageError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
-    let listing = r.storage.list_objects(folder, tx);
-    let consume = async {
-        while let Some(batch) = rx.recv().await {
-            batch.into_iter().for_each(&mut f);
-        }
-    };
-    let (listed, ()) = tokio::join!(listing, consume);
-    listed
 }
 
 /// Reads and records narinfos the graph does not know (all of them at the first

@@ -42,6 +42,17 @@ fn store_with_nar(s: &MemoryStorage, n: u8, nar: u8, refs: &[u8], age: u64, size
     s.set_modified(&nar_key(nar), now - age);
 }
 
+/// Retention with a 30-day age limit and nothing else.
+fn thirty_days(s: &Arc<MemoryStorage>) -> Retention {
+    retention(
+        s,
+        RetentionSettings {
+            max_age: Some(Duration::from_secs(30 * DAY)),
+            ..Default::default()
+        },
+    )
+}
+
 fn retention(s: &Arc<MemoryStorage>, settings: RetentionSettings) -> Retention {
     Retention::new(s.clone(), settings, Duration::ZERO)
 }
@@ -169,13 +180,7 @@ async fn orphans_go_after_the_grace_period_and_shared_nars_with_the_last_user() 
     // 2 shares the NAR of 1 and is young.
     store_with_nar(&s, 2, 1, &[], DAY, 10);
     store(&s, 1, &[], 40 * DAY, 10);
-    let r = retention(
-        &s,
-        RetentionSettings {
-            max_age: Some(Duration::from_secs(30 * DAY)),
-            ..Default::default()
-        },
-    );
+    let r = thirty_days(&s);
     r.pass(false).await.unwrap();
     assert!(s.get(&nar_key(7)).is_none());
     assert!(s.get(&nar_key(8)).is_some());
@@ -188,13 +193,7 @@ async fn orphans_go_after_the_grace_period_and_shared_nars_with_the_last_user() 
 async fn an_upload_holding_a_reference_keeps_it_and_one_to_a_removed_path_is_refused() {
     let s = Arc::new(MemoryStorage::default());
     store(&s, 1, &[], 40 * DAY, 10);
-    let r = retention(
-        &s,
-        RetentionSettings {
-            max_age: Some(Duration::from_secs(30 * DAY)),
-            ..Default::default()
-        },
-    );
+    let r = thirty_days(&s);
     let hold = r
         .hold_narinfo(&hash(9), &nar_key(9), &[hash(1)])
         .expect("nothing is being removed");
@@ -245,13 +244,7 @@ async fn a_narinfo_it_cannot_read_keeps_its_file() {
     s.insert(url, b"nar");
     s.set_modified(url, now - 40 * DAY);
     s.set_modified(&key, now - 40 * DAY);
-    let r = retention(
-        &s,
-        RetentionSettings {
-            max_age: Some(Duration::from_secs(30 * DAY)),
-            ..Default::default()
-        },
-    );
+    let r = thirty_days(&s);
     r.pass(false).await.unwrap();
     assert!(s.get(&key).is_some() && s.get(url).is_some());
 }

@@ -15,7 +15,7 @@ use std::sync::Mutex;
 use futures_util::StreamExt;
 
 use super::graph::{path_hash, NarKey, PathHash};
-use crate::storage::{Listed, Storage, StorageError};
+use crate::storage::{for_each_listed, Storage, StorageError};
 
 /// Where journals live, relative to the cache root.
 pub const JOURNAL_FOLDER: &str = "nix-stored/used";
@@ -184,16 +184,8 @@ pub async fn read_journals(
     storage: &dyn Storage,
     mut apply: impl FnMut(Vec<(Used, u32)>),
 ) -> Result<Vec<String>, StorageError> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<Listed>>(4);
-    let listing = storage.list_objects(JOURNAL_FOLDER, tx);
     let mut names = Vec::new();
-    let collect = async {
-        while let Some(batch) = rx.recv().await {
-            names.extend(batch.into_iter().map(|l| l.key));
-        }
-    };
-    let (listed, ()) = tokio::join!(listing, collect);
-    listed?;
+    for_each_listed(storage, JOURNAL_FOLDER, |l| names.push(l.key)).await?;
     let mut read = Vec::with_capacity(names.len());
     for name in names {
         let Some(reader) = storage.open(&name, 0).await? else {
