@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::graph::{path_hash_str, Doomed, PathHash};
+use super::graph::{path_hash_str, Doomed, NarKey, NarPrint, PathHash};
 use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
 use super::survey::{survey, top_level};
 use super::{heavy, now_secs, Retention};
@@ -69,13 +69,34 @@ impl Removal {
     }
 }
 
+/// Counts of what a pass removed.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Removed {
+    /// Store paths (narinfo, listing and NAR each).
+    pub paths: u64,
+    /// Objects on their own: orphans, logs, realisations, debuginfo.
+    pub objects: u64,
+    /// Bytes freed.
+    pub bytes: u64,
+    /// Paths and objects removed as orphans.
+    pub orphans: u64,
+    /// Paths and objects removed as unused for longer than NIX_STORED_RETENTION.
+    pub expired: u64,
+    /// Paths and objects removed to get under the quota.
+    pub over_quota: u64,
+}
+
 /// What a pass did (or would do).
 #[derive(Debug, Default)]
 pub struct PassReport {
     /// Whether nothing was removed on purpose.
     pub dry_run: bool,
-    /// What was (or would be) removed, in order.
-    pub removed: Vec<Removal>,
+    /// What a dry run would remove, in order. A real pass only counts: its list,
+    /// a hundred thousand entries at a million paths, would cost more memory than
+    /// anything else the pass holds besides the graph.
+    pub listed: Vec<Removal>,
+    /// What was (or would be) removed.
+    pub removed: Removed,
     /// Paths skipped at the last moment (used, or referenced, since they were chosen).
     pub kept: usize,
     /// Store paths in the cache when the pass started.
@@ -91,13 +112,43 @@ pub struct PassReport {
 }
 
 impl PassReport {
+    /// Counts a removal, and lists it in a dry run. `removal` is called only then.
+    pub fn note(&mut self, path: bool, bytes: u64, why: Why, removal: impl FnOnce() -> Removal) {
+        let r = &mut self.removed;
+        if path {
+            r.paths += 1;
+        } else {
+            r.objects += 1;
+        }
+        r.bytes += bytes;
+        *match why {
+            Why::Orphan => &mut r.orphans,
+            Why::Expired => &mut r.expired,
+            Why::OverQuota => &mut r.over_quota,
+        } += 1;
+        if self.dry_run {
+            self.listed.push(removal());
+        }
+    }
+
+    /// Counts the removal of a store path.
+    pub fn note_path(&mut self, d: &Doomed, why: Why) {
+        self.note(true, d.bytes, why, || Removal::path(d, why));
+    }
+
+    /// Counts the removal of an object on its own.
+    pub fn note_object(&mut self, key: &str, bytes: u64, why: Why, recency: u32) {
+        self.note(false, bytes, why, || {
+            Removal::object(key, bytes, why, recency)
+        });
+    }
+
     /// The one log line of a pass.
     pub fn log(&self) {
-        let paths = self.removed.iter().filter(|r| r.path).count();
         tracing::info!(
             "retention pass: removed {} paths and {} other objects, {} bytes; {} kept as used meanwhile; cache {} -> {} bytes ({} paths before, {} bytes pinned); {} ms",
-            paths,
-            self.removed.len() - paths,
+            self.removed.paths,
+            self.removed.objects,
             self.bytes_before - self.bytes_after,
             self.kept,
             self.bytes_before,
@@ -111,7 +162,7 @@ impl PassReport {
     /// The report of `nix-stored gc --dry-run`.
     pub fn render(&self) -> String {
         let mut out = String::new();
-        for r in &self.removed {
+        for r in &self.listed {
             let what = if r.path {
                 format!("{}.narinfo (and its NAR)", r.what)
             } else {
@@ -129,7 +180,7 @@ impl PassReport {
         }
         out.push_str(&format!(
             "{} objects, {} bytes would be removed; the cache holds {} bytes in {} paths ({} pinned), {} after.\n",
-            self.removed.len(),
+            self.listed.len(),
             self.bytes_before - self.bytes_after,
             self.bytes_before,
             self.paths,
@@ -138,6 +189,14 @@ impl PassReport {
         ));
         out
     }
+}
+
+/// The prints of `nars`, sorted and without repeats.
+fn sorted_prints(nars: impl Iterator<Item = NarKey>) -> Vec<NarPrint> {
+    let mut prints: Vec<NarPrint> = nars.map(|n| n.print()).collect();
+    prints.sort_unstable();
+    prints.dedup();
+    prints
 }
 
 /// Narinfos removed per step, in one durable batch.
@@ -190,18 +249,18 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
         ..PassReport::default()
     };
     let loose_chosen = &survey.loose[..plan.loose];
-    let loose_removals = loose_chosen
-        .iter()
-        .map(|(key, recency, bytes)| Removal::object(key, *bytes, why(*recency), *recency));
+    let note_loose = |report: &mut PassReport| {
+        for (key, recency, bytes) in loose_chosen {
+            report.note_object(key, *bytes, why(*recency), *recency);
+        }
+    };
     if dry_run {
         for (key, bytes) in &survey.orphans {
-            report
-                .removed
-                .push(Removal::object(key, *bytes, Why::Orphan, 0));
+            report.note_object(key, *bytes, Why::Orphan, 0);
         }
-        report.removed.extend(loose_removals);
+        note_loose(&mut report);
         for d in &plan.paths {
-            report.removed.push(Removal::path(d, why(d.recency)));
+            report.note_path(d, why(d.recency));
         }
     } else {
         // What the pass removes, for servers sharing the storage (their uploads
@@ -219,11 +278,13 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             tokio::time::sleep(r.settle).await;
             top_level(r, now_secs()).await?;
         }
-        let users = heavy(|| r.graph().nar_users());
+        let prints = sorted_prints(survey.orphans.iter().filter_map(|o| NarKey::parse(&o.0)));
+        let users = heavy(|| r.graph().nar_users(Some(&prints)));
         remove_orphans(r, &survey, &users, &mut report).await?;
+        drop(users);
         let keys: Vec<String> = loose_chosen.iter().map(|l| l.0.clone()).collect();
         r.storage.delete(&keys).await?;
-        report.removed.extend(loose_removals);
+        note_loose(&mut report);
         let mut going = Vec::new();
         let mut intents = vec![intent];
         let mut failed = None;
@@ -245,7 +306,8 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             // NAR stays until they cannot.
             tokio::time::sleep(r.narinfo_linger).await;
         }
-        let users = heavy(|| r.graph().nar_users());
+        let prints = sorted_prints(going.iter().filter_map(|g| g.1));
+        let users = heavy(|| r.graph().nar_users(Some(&prints)));
         let removed = remove_rest(r, &going, &users, now, &why, &mut report).await;
         prune_activity(r, now);
         if let Some(e) = failed {
@@ -254,7 +316,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
         removed?;
         r.storage.delete(&intents).await?;
     }
-    let freed: u64 = report.removed.iter().map(|x| x.bytes).sum();
+    let freed = report.removed.bytes;
     report.bytes_after = survey.total.saturating_sub(freed);
     report.millis = clock.elapsed().as_millis() as u64;
     if !dry_run {
@@ -262,13 +324,13 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             freed.min(r.bytes.load(Ordering::Relaxed)),
             Ordering::Relaxed,
         );
-        let gone = (report.removed.len() as u64).min(r.objects.load(Ordering::Relaxed));
+        let count = report.removed.paths + report.removed.objects;
+        let gone = count.min(r.objects.load(Ordering::Relaxed));
         r.objects.fetch_sub(gone, Ordering::Relaxed);
         let s = &r.stats;
         s.passes.fetch_add(1, Ordering::Relaxed);
         s.bytes_removed.fetch_add(freed, Ordering::Relaxed);
-        s.objects_removed
-            .fetch_add(report.removed.len() as u64, Ordering::Relaxed);
+        s.objects_removed.fetch_add(count, Ordering::Relaxed);
         s.last_pass_ms.store(report.millis, Ordering::Relaxed);
     }
     Ok(report)

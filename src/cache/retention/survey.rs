@@ -64,7 +64,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
             || (l.modified as u32).saturating_add(ORPHAN_GRACE_SECS) < started
     };
 
-    let users = heavy(|| r.graph().nar_users());
+    let users = heavy(|| r.graph().nar_users(None));
     let journals = uses::read_journals(r.storage.as_ref(), |batch| {
         heavy(|| {
             let mut graph = r.graph();

@@ -7,7 +7,7 @@ use nix_derivation::nixbase32;
 
 use super::graph::path_hash_str;
 use super::settings::RetentionSettings;
-use super::{now_secs, Retention, Why};
+use super::{now_secs, Retention};
 use crate::storage::memory::MemoryStorage;
 
 const DAY: u64 = 86_400;
@@ -101,7 +101,8 @@ async fn a_quota_removes_the_least_recently_used_closure_from_the_top() {
     assert!(!present(&s, 1) && !present(&s, 2), "{report:?}");
     assert!(present(&s, 3) && present(&s, 4) && present(&s, 5));
     assert!(s.get(&nar_key(1)).is_none() && s.get(&nar_key(2)).is_none());
-    assert!(report.removed.iter().all(|x| x.why == Why::OverQuota));
+    assert_eq!(report.removed.over_quota, 2, "{report:?}");
+    assert_eq!(report.removed.paths, 2, "{report:?}");
     assert!(report.bytes_after <= 3780, "{report:?}");
 }
 
@@ -123,7 +124,8 @@ async fn retention_age_pins_and_dry_runs() {
         },
     );
     let dry = r.pass(true).await.unwrap();
-    assert_eq!(dry.removed.len(), 1);
+    assert_eq!(dry.listed.len(), 1);
+    assert_eq!(dry.removed.expired, 1);
     assert!(present(&s, 3), "a dry run removes nothing");
     r.pass(false).await.unwrap();
     assert_closed(&s);

@@ -329,15 +329,23 @@ impl Graph {
         (out, None)
     }
 
-    /// Which stored path uses which NAR, for a pass.
-    pub fn nar_users(&self) -> NarUsers {
-        let mut users: Vec<(u64, u32)> = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| matches!(n.state, State::Stored | State::Removing))
-            .map(|(id, n)| (n.nar, id as u32))
-            .collect();
+    /// Which stored paths use which NAR, for a pass: of every NAR, or only of those
+    /// in `only` (sorted), which is what a removal needs to know and a fraction of the
+    /// memory (16 bytes a path: a list of all of them is 16 MB at a million paths).
+    pub fn nar_users(&self, only: Option<&[NarPrint]>) -> NarUsers {
+        let wanted = |n: &Node| {
+            matches!(n.state, State::Stored | State::Removing)
+                && only.is_none_or(|o| o.binary_search(&n.nar).is_ok())
+        };
+        // Counted first: a vector grown by doubling briefly holds both copies.
+        let mut users = Vec::with_capacity(self.nodes.iter().filter(|n| wanted(n)).count());
+        users.extend(
+            self.nodes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| wanted(n))
+                .map(|(id, n)| (n.nar, id as u32)),
+        );
         users.sort_unstable();
         NarUsers(users)
     }
@@ -359,9 +367,11 @@ impl Graph {
             })
     }
 
-    /// Whether a stored path other than those in `except` uses the NAR of `print`.
+    /// Whether a stored path other than those in `except` (sorted) uses the NAR of
+    /// `print`.
     pub fn nar_in_use(&self, users: &NarUsers, print: NarPrint, except: &[u32]) -> bool {
-        self.users_of(users, print).any(|id| !except.contains(&id))
+        self.users_of(users, print)
+            .any(|id| except.binary_search(&id).is_err())
     }
 }
 

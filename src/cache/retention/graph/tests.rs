@@ -185,7 +185,7 @@ fn a_million_paths() {
     }
     g.shrink();
     let loaded = rss_kib();
-    let users = g.nar_users();
+    let users = g.nar_users(None);
     let plan = g.plan(&[], 0, &[], |chosen| chosen < 100_000_000);
     let peak = rss_kib();
     eprintln!(
