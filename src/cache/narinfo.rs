@@ -34,8 +34,12 @@ pub struct NarInfoPolicy<'a> {
     /// The store directory clients use, e.g. `/nix/store`.
     pub store_dir: &'a StoreDir,
     /// When non-empty, a narinfo needs a valid signature by one of these keys (or a
-    /// content address that reproduces its store path).
+    /// content address that reproduces its store path, if
+    /// `content_addressed_unsigned`).
     pub trusted_keys: &'a [TrustedPublicKey],
+    /// Whether a content address that reproduces the store path stands in for a
+    /// signature (as it does for Nix); not for upstream narinfos, which must be signed.
+    pub content_addressed_unsigned: bool,
 }
 
 /// Checks the exact line syntax Nix's own parser needs. The Rust parser accepts CRLF,
@@ -159,7 +163,7 @@ pub fn check(
     }
     if !policy.trusted_keys.is_empty()
         && !info.has_valid_signature(policy.store_dir, policy.trusted_keys)
-        && !info.is_content_addressed(policy.store_dir)
+        && !(policy.content_addressed_unsigned && info.is_content_addressed(policy.store_dir))
     {
         return Err("narinfo carries no valid signature by a trusted public key".into());
     }
@@ -278,6 +282,7 @@ CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
             &NarInfoPolicy {
                 store_dir: &dir,
                 trusted_keys: keys,
+                content_addressed_unsigned: true,
             },
         )
     }
@@ -368,6 +373,7 @@ mod fuzz {
             &NarInfoPolicy {
                 store_dir: &dir,
                 trusted_keys: &[],
+                content_addressed_unsigned: true,
             },
         )
     }
