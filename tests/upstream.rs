@@ -1,0 +1,583 @@
+//! Pull-through upstream caches (NIX_STORED_UPSTREAMS), black-box: the upstream is a
+//! small file server on loopback (in this file) serving a cache directory, mostly one
+//! written and signed by the real Nix client (`nix copy --to file://…?secret-key=`).
+//! The file server counts requests, and can truncate or slow down its answers.
+//!
+//! The Nix tests are skipped (with a message) when `nix` is missing, unless
+//! NIX_STORED_REQUIRE_NIX=1.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+// ---------------------------------------------------------------------------------
+// The upstream: a file server.
+
+/// A minimal HTTP/1.1 server of a directory: GET and HEAD, one request per connection.
+struct FileServer {
+    addr: SocketAddr,
+    /// `METHOD /path` of every request, in order of arrival.
+    requests: Arc<Mutex<Vec<String>>>,
+    /// Paths answered with their full Content-Length but only half the bytes.
+    truncate: Arc<Mutex<HashSet<String>>>,
+    /// Whether bodies are sent slowly (64 KiB every 5 ms).
+    slow: Arc<AtomicBool>,
+}
+
+impl FileServer {
+    fn serve(dir: &Path) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = FileServer {
+            addr,
+            requests: Arc::default(),
+            truncate: Arc::default(),
+            slow: Arc::default(),
+        };
+        let (dir, requests, truncate, slow) = (
+            dir.to_path_buf(),
+            server.requests.clone(),
+            server.truncate.clone(),
+            server.slow.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (dir, requests, truncate, slow) =
+                    (dir.clone(), requests.clone(), truncate.clone(), slow.clone());
+                std::thread::spawn(move || {
+                    let _ = answer(conn, &dir, &requests, &truncate, &slow);
+                });
+            }
+        });
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many requests `METHOD /path` arrived.
+    fn count(&self, request: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| *r == request).count()
+    }
+
+    fn total(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+fn answer(
+    conn: TcpStream,
+    dir: &Path,
+    requests: &Mutex<Vec<String>>,
+    truncate: &Mutex<HashSet<String>>,
+    slow: &AtomicBool,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("").to_owned();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    requests.lock().unwrap().push(format!("{method} {path}"));
+    let mut conn = conn;
+    let file = (!path.contains(".."))
+        .then(|| std::fs::read(dir.join(path.trim_start_matches('/'))).ok())
+        .flatten();
+    let Some(body) = file else {
+        return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    };
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    let sent = if truncate.lock().unwrap().contains(&path) {
+        &body[..body.len() / 2]
+    } else {
+        &body[..]
+    };
+    if slow.load(Ordering::Relaxed) {
+        for piece in sent.chunks(64 << 10) {
+            conn.write_all(piece)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    } else {
+        conn.write_all(sent)?;
+    }
+    // Closed here: a truncated body ends short of its Content-Length.
+    Ok(())
+}
+
+/// A nix-stored server pulling through `upstreams` (space-separated URLs), with the
+/// upstream key `pk` and a short timeout.
+fn pulling(upstreams: &str, pk: &str) -> Server {
+    ServerBuilder::new()
+        .env("NIX_STORED_UPSTREAMS", upstreams)
+        .env("NIX_STORED_UPSTREAM_KEYS", pk)
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "3")
+        .start()
+}
+
+/// The hash part of a store path.
+fn hash_of(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap();
+    &base[..32]
+}
+
+/// The `URL:` of a narinfo.
+fn url_of(narinfo: &str) -> String {
+    narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("URL line")
+        .to_owned()
+}
+
+fn narinfos(store: &Store) -> Vec<String> {
+    let mut files = store.files();
+    files.retain(|f| f.ends_with(".narinfo"));
+    files
+}
+
+// ---------------------------------------------------------------------------------
+// The real Nix client (the host's).
+
+/// Nix store mutations of parallel tests would contend for the store's locks.
+static HOST_STORE: Mutex<()> = Mutex::new(());
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Closures built with a static busybox: app -> lib -> data, and wide -> six leaves.
+const CLOSURE_NIX: &str = r#"{ tag }:
+let
+  bb = builtins.path { path = ./bb; name = "busybox-${tag}"; };
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "${bb}/bin/sh";
+    args = [ "-c" script ];
+    PATH = "${bb}/bin";
+  };
+  data = mk "data-${tag}" "echo data-${tag} > $out";
+  lib = mk "lib-${tag}" "mkdir $out; echo ${data} > $out/ref";
+  app = mk "app-${tag}" "mkdir -p $out/bin; echo 'uses ${lib}' > $out/bin/app; head -c 8192 /dev/zero >> $out/bin/app";
+  leaves = map (i: mk "leaf${toString i}-${tag}" "mkdir $out; echo leaf${toString i}-${tag} > $out/x; head -c 65536 /dev/zero >> $out/x") [ 1 2 3 4 5 6 ];
+  wide = mk "wide-${tag}" "mkdir $out; echo ${toString leaves} > $out/leaves";
+in { inherit app lib wide; }
+"#;
+
+struct Nix {
+    work: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// Output paths of a built attribute, its closure without the busybox source.
+struct Closure {
+    top: String,
+    paths: Vec<String>,
+}
+
+impl Nix {
+    fn new() -> Option<Nix> {
+        if Command::new("nix").arg("--version").output().is_err() {
+            assert!(
+                std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() != Ok("1"),
+                "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
+            );
+            eprintln!("SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)");
+            return None;
+        }
+        let turn = HOST_STORE.lock().unwrap_or_else(|e| e.into_inner());
+        let work = temp_dir("nix");
+        std::fs::create_dir_all(work.join("conf")).unwrap();
+        std::fs::write(work.join("conf/nix.conf"), nix_conf(60)).unwrap();
+        let bin = work.join("bb/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed");
+        for applet in ["sh", "mkdir", "head"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
+        Some(Nix { work, _turn: turn })
+    }
+
+    fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
+            .current_dir(&self.work)
+            .env("NIX_CONF_DIR", self.work.join("conf"))
+            .env("XDG_CACHE_HOME", self.work.join(format!("xdg-{n}")));
+        cmd
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.command(prog, args).output().unwrap();
+        eprintln!(
+            "$ {prog} {} -> {}\n{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        assert!(out.status.success(), "{prog} {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Builds `attr` of the closures with a fresh tag (new store paths).
+    fn build(&self, attr: &str) -> Closure {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let tag = format!("u{}x{n}x{}", std::process::id(), nanos % 1_000_000_007);
+        let drv = self.ok(
+            "nix-instantiate",
+            &["closure.nix", "-A", attr, "--argstr", "tag", &tag],
+        );
+        let top = self.ok("nix-store", &["-r", &drv]);
+        let paths = self
+            .ok("nix-store", &["-qR", &top])
+            .lines()
+            .filter(|p| !p.contains("busybox"))
+            .map(str::to_owned)
+            .collect();
+        Closure { top, paths }
+    }
+
+    /// A signing key pair: (secret key file, public key).
+    fn keys(&self) -> (String, String) {
+        let sk = self.ok("nix", &["key", "generate-secret", "--key-name", "upstream-1"]);
+        let file = self.work.join("sk");
+        std::fs::write(&file, &sk).unwrap();
+        let out = self
+            .command("nix", &["key", "convert-secret-to-public"])
+            .stdin(std::fs::File::open(&file).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            file.display().to_string(),
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        )
+    }
+
+    /// A fresh upstream cache directory holding `path`'s closure, signed with `sk`.
+    fn upstream_with(&self, path: &str, sk: &str) -> PathBuf {
+        let dir = temp_dir("upstream");
+        let url = format!("file://{}?secret-key={sk}&compression=zstd", dir.display());
+        self.ok("nix", &["copy", "--to", &url, path]);
+        dir
+    }
+
+    fn delete(&self, paths: &[String]) {
+        let mut args = vec!["--delete"];
+        args.extend(paths.iter().map(String::as_str));
+        self.ok("nix-store", &args);
+    }
+}
+
+impl Drop for Nix {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.work);
+    }
+}
+
+// ---------------------------------------------------------------------------------
+// Tests.
+
+/// Real Nix, with nix-stored as its only substituter and the upstream's key as the only
+/// trusted one, substitutes a closure that only the upstream had; NARs of pulled paths
+/// answer HEAD and Range; a second substitution does not ask the upstream again.
+#[test]
+fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
+    let Some(nix) = Nix::new() else { return };
+    let c = nix.build("app");
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&c.top, &sk);
+    let up = FileServer::serve(&up_dir);
+    let s = pulling(&up.url(), &pk);
+
+    nix.delete(&c.paths);
+    let args = [
+        "-r",
+        c.top.as_str(),
+        "--option",
+        "substituters",
+        &s.url(),
+        "--option",
+        "trusted-public-keys",
+        &pk,
+    ];
+    nix.ok("nix-store", &args);
+    let app = std::fs::read_to_string(Path::new(&c.top).join("bin/app")).unwrap();
+    assert!(app.starts_with("uses /nix/store/"), "{app:?}");
+
+    assert_eq!(c.paths.len(), 3);
+    for p in &c.paths {
+        let key = format!("{}.narinfo", hash_of(p));
+        let stored = s.store.read(&key).expect("pulled narinfo is stored");
+        assert_eq!(Some(stored.clone()), std::fs::read(up_dir.join(&key)).ok());
+        assert!(s.store.exists(&url_of(&String::from_utf8(stored).unwrap())));
+    }
+    let hits = format!("nix_stored_upstream_hits_total{{upstream=\"{}\"}}", up.url());
+    assert_eq!(metric(&s, &hits), 3, "{}", get(&s, "/metrics").text());
+
+    // The NAR of a pulled path: HEAD and Range.
+    let info = String::from_utf8(
+        s.store
+            .read(&format!("{}.narinfo", hash_of(&c.top)))
+            .unwrap(),
+    )
+    .unwrap();
+    let nar = format!("/{}", url_of(&info));
+    let file = std::fs::read(up_dir.join(&nar[1..])).unwrap();
+    let h = head(&s, &nar);
+    assert_eq!(h.status, 200);
+    assert_eq!(h.header("content-length"), Some(file.len().to_string().as_str()));
+    let r = send(s.addr, "GET", &nar, &[("Range", "bytes=4-")], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, file[4..]);
+
+    // Served locally from now on.
+    let asked = up.total();
+    nix.delete(&c.paths);
+    nix.ok("nix-store", &args);
+    assert_eq!(up.total(), asked, "{:?}", up.requests.lock().unwrap());
+}
+
+/// A builder's `nix copy --to` nix-stored uploads only the path the upstream lacks:
+/// the closure check of its upload counts the pulled references.
+#[test]
+fn a_builder_uploads_only_what_the_upstream_lacks() {
+    let Some(nix) = Nix::new() else { return };
+    let c = nix.build("app");
+    let lib = c
+        .paths
+        .iter()
+        .find(|p| p.contains("-lib-"))
+        .expect("lib in the closure")
+        .clone();
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&lib, &sk);
+    let up = FileServer::serve(&up_dir);
+    let s = pulling(&up.url(), &pk);
+
+    nix.ok(
+        "nix",
+        &["copy", "--to", &format!("{}?compression=zstd", s.url()), &c.top],
+    );
+    let puts = |route: &str| {
+        metric(
+            &s,
+            &format!("nix_stored_requests_total{{route=\"{route}\",method=\"PUT\",status=\"201\"}}"),
+        )
+    };
+    assert_eq!(puts("narinfo"), 1, "{}", get(&s, "/metrics").text());
+    assert_eq!(puts("nar"), 1);
+    assert_eq!(narinfos(&s.store).len(), 3, "{:?}", s.store.files());
+    for p in &c.paths {
+        assert_eq!(get(&s, &format!("/{}.narinfo", hash_of(p))).status, 200);
+    }
+}
+
+/// An upstream narinfo with a broken signature, a NAR file with other contents than its
+/// FileHash, one cut short in transfer and one cut short on the upstream's disk: each
+/// path is a 404, nothing of it is stored, and neither is a path referring to them.
+/// An untouched path of the same upstream is pulled (the setup itself works).
+#[test]
+fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored() {
+    let Some(nix) = Nix::new() else { return };
+    let c = nix.build("wide");
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&c.top, &sk);
+    let up = FileServer::serve(&up_dir);
+    let leaf = |i: u32| {
+        let p = c
+            .paths
+            .iter()
+            .find(|p| p.contains(&format!("-leaf{i}-")))
+            .unwrap();
+        let key = format!("{}.narinfo", hash_of(p));
+        let text = std::fs::read_to_string(up_dir.join(&key)).unwrap();
+        (key, text)
+    };
+
+    // 1: one character of the signature changed.
+    let (key1, text1) = leaf(1);
+    let sig = text1.lines().find(|l| l.starts_with("Sig: ")).unwrap();
+    let (name, b64) = sig.split_once(':').map(|(_, r)| r.trim()).unwrap().split_once(':').unwrap();
+    let flipped = if b64.starts_with('A') { "B" } else { "A" };
+    let bad_sig = format!("Sig: {name}:{flipped}{}", &b64[1..]);
+    std::fs::write(up_dir.join(&key1), text1.replace(sig, &bad_sig)).unwrap();
+    // 2: the NAR file of leaf 2 holds leaf 6's.
+    let (key2, text2) = leaf(2);
+    let (_, text6) = leaf(6);
+    std::fs::copy(up_dir.join(url_of(&text6)), up_dir.join(url_of(&text2))).unwrap();
+    // 3: cut short in transfer (the full Content-Length announced).
+    let (key3, text3) = leaf(3);
+    up.truncate
+        .lock()
+        .unwrap()
+        .insert(format!("/{}", url_of(&text3)));
+    // 4: cut short on disk.
+    let (key4, text4) = leaf(4);
+    let nar4 = up_dir.join(url_of(&text4));
+    let bytes = std::fs::read(&nar4).unwrap();
+    std::fs::write(&nar4, &bytes[..bytes.len() - 16]).unwrap();
+
+    let s = pulling(&up.url(), &pk);
+    for key in [&key1, &key2, &key3, &key4] {
+        assert_eq!(get(&s, &format!("/{key}")).status, 404, "{key}");
+        assert_eq!(head(&s, &format!("/{key}")).status, 404, "{key}");
+    }
+    let wide = format!("/{}.narinfo", hash_of(&c.top));
+    assert_eq!(get(&s, &wide).status, 404);
+    // Nothing but the untouched leaves 5 and 6, which the pull of `wide` may have
+    // fetched before it met a tampered one.
+    let (key5, text5) = leaf(5);
+    let untouched = [key5.clone(), leaf(6).0];
+    let untouched_nars = [url_of(&text5), url_of(&text6)];
+    for key in narinfos(&s.store) {
+        assert!(untouched.contains(&key), "{key} stored: {:?}", s.store.files());
+    }
+    for nar in s.store.nars() {
+        assert!(untouched_nars.contains(&nar), "{nar} stored: {:?}", s.store.files());
+    }
+    assert_eq!(s.store.pending(), Vec::<String>::new());
+    // Each of the four was asked for (the NARs of 2-4 downloaded), and refused.
+    assert_eq!(up.count(&format!("GET /{}", url_of(&text3))), 1);
+    let errors = format!("nix_stored_upstream_errors_total{{upstream=\"{}\"}}", up.url());
+    assert!(metric(&s, &errors) >= 4, "{}", get(&s, "/metrics").text());
+    assert!(s.log().contains("signature"), "{}", s.log());
+
+    assert_eq!(get(&s, &format!("/{key5}")).status, 200);
+    assert!(s.store.exists(&url_of(&text5)));
+}
+
+/// An upstream that refuses connections and one that accepts and never answers: a
+/// miss is a 404 (not a 5xx, not a hang), remembered for the negative TTL, and a
+/// local hit never asks them.
+#[test]
+fn an_upstream_down_or_hanging_gives_404_and_local_hits_do_not_wait() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hanging = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (accepted, held) = (accepted.clone(), held.clone());
+        std::thread::spawn(move || {
+            for conn in hanging.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                held.lock().unwrap().push(conn);
+            }
+        });
+    }
+    let key = signing_key(3);
+    let s = ServerBuilder::new()
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            &format!("http://{closed} http://{hanging_addr}"),
+        )
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &key))
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "2")
+        .start();
+
+    let missing = format!("/{}.narinfo", store_hash("missing"));
+    let started = Instant::now();
+    let r = get(&s, &missing);
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Bounded by the timeout (2 s), far below the client's own 60 s.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    for upstream in [closed, hanging_addr] {
+        let errors = format!("nix_stored_upstream_errors_total{{upstream=\"http://{upstream}\"}}");
+        assert_eq!(metric(&s, &errors), 1, "{}", get(&s, "/metrics").text());
+    }
+    // The miss is remembered: no second wait.
+    assert_eq!(head(&s, &missing).status, 404);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+
+    // A path uploaded here is served without asking the upstreams.
+    let hash = store_hash("local");
+    let nar = nar_of(b"local");
+    let info = NarInfo::uncompressed("/nix/store", &hash, "local", &nar, &[]);
+    assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
+    assert_eq!(put(&s, &format!("/{hash}.narinfo"), info.render().as_bytes()).status, 201);
+    assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
+/// Thirty clients asking at once for the narinfo and then the NAR of one large path
+/// only the upstream has: one upstream download of each, and every client gets the
+/// whole NAR.
+#[test]
+fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(5);
+    let hash = store_hash("big");
+    let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let nar = nar_of(&contents);
+    let (mut info, file) = NarInfo::packed("/nix/store", &hash, "big", &nar, "zstd");
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &file).unwrap();
+    let up = FileServer::serve(&up_dir);
+    up.slow.store(true, Ordering::Relaxed);
+    let s = pulling(&up.url(), &public_key_line("up-1", &key));
+
+    let addr = s.addr;
+    let clients: Vec<_> = (0..30)
+        .map(|_| {
+            let (hash, url) = (hash.clone(), info.url.clone());
+            std::thread::spawn(move || {
+                let narinfo = send(addr, "GET", &format!("/{hash}.narinfo"), &[], b"");
+                let nar = send(addr, "GET", &format!("/{url}"), &[], b"");
+                (narinfo.status, nar.status, nar.body)
+            })
+        })
+        .collect();
+    for c in clients {
+        let (narinfo, status, body) = c.join().unwrap();
+        assert_eq!((narinfo, status), (200, 200));
+        assert!(body == file, "a client got {} bytes of {}", body.len(), file.len());
+    }
+    let requests: HashMap<String, usize> =
+        up.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.clone()).or_default() += 1;
+                m
+            });
+    assert_eq!(requests.get(&format!("GET /{hash}.narinfo")), Some(&1), "{requests:?}");
+    assert_eq!(requests.get(&format!("GET /{}", info.url)), Some(&1), "{requests:?}");
+    assert_eq!(requests.len(), 2, "{requests:?}");
+}
