@@ -397,6 +397,10 @@ fn a_builder_uploads_only_what_the_upstream_lacks() {
     assert_eq!(puts("narinfo"), 1, "{}", get(&s, "/metrics").text());
     assert_eq!(puts("nar"), 1);
     assert_eq!(narinfos(&s.store).len(), 3, "{:?}", s.store.files());
+    // The upstream was asked for the builder's own path, and had it not.
+    let misses = format!("nix_stored_upstream_misses_total{{upstream=\"{}\"}}", up.url());
+    assert!(metric(&s, &misses) >= 1, "{}", get(&s, "/metrics").text());
+    assert_eq!(up.count(&format!("GET /{}.narinfo", hash_of(&c.top))), 1);
     for p in &c.paths {
         assert_eq!(get(&s, &format!("/{}.narinfo", hash_of(p))).status, 200);
     }
@@ -580,4 +584,22 @@ fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
     assert_eq!(requests.get(&format!("GET /{hash}.narinfo")), Some(&1), "{requests:?}");
     assert_eq!(requests.get(&format!("GET /{}", info.url)), Some(&1), "{requests:?}");
     assert_eq!(requests.len(), 2, "{requests:?}");
+}
+
+/// Upstreams without the keys their narinfos must be signed with: refused at start.
+#[test]
+fn upstreams_without_keys_are_refused_at_start() {
+    let (status, err) = ServerBuilder::new()
+        .env("NIX_STORED_UPSTREAMS", "https://user:secret@cache.example.org")
+        .start_expect_failure();
+    assert!(!status.success());
+    assert!(err.contains("NIX_STORED_UPSTREAM_KEYS"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    let (status, err) = ServerBuilder::new()
+        .env("NIX_STORED_UPSTREAMS", "ftp://user:secret@cache.example.org")
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &signing_key(1)))
+        .start_expect_failure();
+    assert!(!status.success());
+    assert!(err.contains("NIX_STORED_UPSTREAMS"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
 }

@@ -9,8 +9,8 @@ use reqwest::{StatusCode, Url};
 /// Why an upstream request gave nothing usable.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
-    /// Connection refused, reset, TLS failure, …
-    #[error("unreachable: {0}")]
+    /// Connection refused, reset, TLS failure, a body cut short, …
+    #[error("{0}")]
     Unreachable(String),
     /// No answer (or no next piece of the body) within the timeout.
     #[error("no answer within {0} s")]
@@ -53,7 +53,7 @@ impl Client {
         let resp = tokio::time::timeout(self.timeout, send)
             .await
             .map_err(|_| UpstreamError::Timeout(self.secs()))?
-            .map_err(|e| UpstreamError::Unreachable(e.without_url().to_string()))?;
+            .map_err(describe)?;
         match resp.status() {
             s if s.is_success() => Ok(Some(Body {
                 resp,
@@ -79,7 +79,7 @@ impl Body {
         tokio::time::timeout(self.timeout, self.resp.chunk())
             .await
             .map_err(|_| UpstreamError::Timeout(self.timeout.as_secs()))?
-            .map_err(|e| UpstreamError::Unreachable(e.without_url().to_string()))
+            .map_err(describe)
     }
 
     /// The whole body, refused past `limit` bytes.
@@ -95,4 +95,18 @@ impl Body {
         }
         Ok(buf)
     }
+}
+
+/// A reqwest error with its causes (its own message alone says "error sending
+/// request"), without the URL, which may hold credentials.
+fn describe(e: reqwest::Error) -> UpstreamError {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    UpstreamError::Unreachable(text)
 }

@@ -189,7 +189,7 @@ impl Cache {
                 && !self.pull(up, reference, below.clone()).await
             {
                 return Err(UpstreamError::Refused(format!(
-                    "its reference {reference} is in no upstream"
+                    "its reference {reference} could not be fetched from any upstream"
                 ))
                 .into());
             }
@@ -238,7 +238,13 @@ impl Cache {
                 Err(e) => Some((Err(BodyError::Broken(e.to_string())), None)),
             }
         });
-        self.put(nar, permit, Box::pin(chunks)).await?;
-        Ok(())
+        match self.put(nar, permit, Box::pin(chunks)).await {
+            Ok(_) => Ok(()),
+            // The download broke: the upstream's fault, not a verdict on the NAR.
+            Err(CacheError::BodyBroken(e)) => {
+                Err(UpstreamError::Unreachable(format!("the NAR download broke: {e}")).into())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }
