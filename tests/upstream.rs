@@ -52,8 +52,12 @@ impl FileServer {
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (dir, requests, truncate, slow) =
-                    (dir.clone(), requests.clone(), truncate.clone(), slow.clone());
+                let (dir, requests, truncate, slow) = (
+                    dir.clone(),
+                    requests.clone(),
+                    truncate.clone(),
+                    slow.clone(),
+                );
                 std::thread::spawn(move || {
                     let _ = answer(conn, &dir, &requests, &truncate, &slow);
                 });
@@ -102,7 +106,9 @@ fn answer(
         .then(|| std::fs::read(dir.join(path.trim_start_matches('/'))).ok())
         .flatten();
     let Some(body) = file else {
-        return conn.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        return conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
     };
     write!(
         conn,
@@ -204,7 +210,9 @@ impl Nix {
                 std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() != Ok("1"),
                 "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
             );
-            eprintln!("SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)");
+            eprintln!(
+                "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
+            );
             return None;
         }
         let turn = HOST_STORE.lock().unwrap_or_else(|e| e.into_inner());
@@ -268,7 +276,10 @@ impl Nix {
 
     /// A signing key pair: (secret key file, public key).
     fn keys(&self) -> (String, String) {
-        let sk = self.ok("nix", &["key", "generate-secret", "--key-name", "upstream-1"]);
+        let sk = self.ok(
+            "nix",
+            &["key", "generate-secret", "--key-name", "upstream-1"],
+        );
         let file = self.work.join("sk");
         std::fs::write(&file, &sk).unwrap();
         let out = self
@@ -341,7 +352,10 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
         assert_eq!(Some(stored.clone()), std::fs::read(up_dir.join(&key)).ok());
         assert!(s.store.exists(&url_of(&String::from_utf8(stored).unwrap())));
     }
-    let hits = format!("nix_stored_upstream_hits_total{{upstream=\"{}\"}}", up.url());
+    let hits = format!(
+        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
+        up.url()
+    );
     assert_eq!(metric(&s, &hits), 3, "{}", get(&s, "/metrics").text());
 
     // The NAR of a pulled path: HEAD and Range.
@@ -355,7 +369,10 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
     let file = std::fs::read(up_dir.join(&nar[1..])).unwrap();
     let h = head(&s, &nar);
     assert_eq!(h.status, 200);
-    assert_eq!(h.header("content-length"), Some(file.len().to_string().as_str()));
+    assert_eq!(
+        h.header("content-length"),
+        Some(file.len().to_string().as_str())
+    );
     let r = send(s.addr, "GET", &nar, &[("Range", "bytes=4-")], b"");
     assert_eq!(r.status, 206);
     assert_eq!(r.body, file[4..]);
@@ -386,19 +403,29 @@ fn a_builder_uploads_only_what_the_upstream_lacks() {
 
     nix.ok(
         "nix",
-        &["copy", "--to", &format!("{}?compression=zstd", s.url()), &c.top],
+        &[
+            "copy",
+            "--to",
+            &format!("{}?compression=zstd", s.url()),
+            &c.top,
+        ],
     );
     let puts = |route: &str| {
         metric(
             &s,
-            &format!("nix_stored_requests_total{{route=\"{route}\",method=\"PUT\",status=\"201\"}}"),
+            &format!(
+                "nix_stored_requests_total{{route=\"{route}\",method=\"PUT\",status=\"201\"}}"
+            ),
         )
     };
     assert_eq!(puts("narinfo"), 1, "{}", get(&s, "/metrics").text());
     assert_eq!(puts("nar"), 1);
     assert_eq!(narinfos(&s.store).len(), 3, "{:?}", s.store.files());
     // The upstream was asked for the builder's own path, and had it not.
-    let misses = format!("nix_stored_upstream_misses_total{{upstream=\"{}\"}}", up.url());
+    let misses = format!(
+        "nix_stored_upstream_misses_total{{upstream=\"{}\"}}",
+        up.url()
+    );
     assert!(metric(&s, &misses) >= 1, "{}", get(&s, "/metrics").text());
     assert_eq!(up.count(&format!("GET /{}.narinfo", hash_of(&c.top))), 1);
     for p in &c.paths {
@@ -431,7 +458,12 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored() {
     // 1: one character of the signature changed.
     let (key1, text1) = leaf(1);
     let sig = text1.lines().find(|l| l.starts_with("Sig: ")).unwrap();
-    let (name, b64) = sig.split_once(':').map(|(_, r)| r.trim()).unwrap().split_once(':').unwrap();
+    let (name, b64) = sig
+        .split_once(':')
+        .map(|(_, r)| r.trim())
+        .unwrap()
+        .split_once(':')
+        .unwrap();
     let flipped = if b64.starts_with('A') { "B" } else { "A" };
     let bad_sig = format!("Sig: {name}:{flipped}{}", &b64[1..]);
     std::fs::write(up_dir.join(&key1), text1.replace(sig, &bad_sig)).unwrap();
@@ -464,15 +496,26 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored() {
     let untouched = [key5.clone(), leaf(6).0];
     let untouched_nars = [url_of(&text5), url_of(&text6)];
     for key in narinfos(&s.store) {
-        assert!(untouched.contains(&key), "{key} stored: {:?}", s.store.files());
+        assert!(
+            untouched.contains(&key),
+            "{key} stored: {:?}",
+            s.store.files()
+        );
     }
     for nar in s.store.nars() {
-        assert!(untouched_nars.contains(&nar), "{nar} stored: {:?}", s.store.files());
+        assert!(
+            untouched_nars.contains(&nar),
+            "{nar} stored: {:?}",
+            s.store.files()
+        );
     }
     assert_eq!(s.store.pending(), Vec::<String>::new());
     // Each of the four was asked for (the NARs of 2-4 downloaded), and refused.
     assert_eq!(up.count(&format!("GET /{}", url_of(&text3))), 1);
-    let errors = format!("nix_stored_upstream_errors_total{{upstream=\"{}\"}}", up.url());
+    let errors = format!(
+        "nix_stored_upstream_errors_total{{upstream=\"{}\"}}",
+        up.url()
+    );
     assert!(metric(&s, &errors) >= 4, "{}", get(&s, "/metrics").text());
     assert!(s.log().contains("signature"), "{}", s.log());
 
@@ -532,7 +575,10 @@ fn an_upstream_down_or_hanging_gives_404_and_local_hits_do_not_wait() {
     let nar = nar_of(b"local");
     let info = NarInfo::uncompressed("/nix/store", &hash, "local", &nar, &[]);
     assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
-    assert_eq!(put(&s, &format!("/{hash}.narinfo"), info.render().as_bytes()).status, 201);
+    assert_eq!(
+        put(&s, &format!("/{hash}.narinfo"), info.render().as_bytes()).status,
+        201
+    );
     assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
     assert_eq!(accepted.load(Ordering::Relaxed), 1);
 }
@@ -570,7 +616,12 @@ fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
     for c in clients {
         let (narinfo, status, body) = c.join().unwrap();
         assert_eq!((narinfo, status), (200, 200));
-        assert!(body == file, "a client got {} bytes of {}", body.len(), file.len());
+        assert!(
+            body == file,
+            "a client got {} bytes of {}",
+            body.len(),
+            file.len()
+        );
     }
     let requests: HashMap<String, usize> =
         up.requests
@@ -581,8 +632,16 @@ fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
                 *m.entry(r.clone()).or_default() += 1;
                 m
             });
-    assert_eq!(requests.get(&format!("GET /{hash}.narinfo")), Some(&1), "{requests:?}");
-    assert_eq!(requests.get(&format!("GET /{}", info.url)), Some(&1), "{requests:?}");
+    assert_eq!(
+        requests.get(&format!("GET /{hash}.narinfo")),
+        Some(&1),
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests.get(&format!("GET /{}", info.url)),
+        Some(&1),
+        "{requests:?}"
+    );
     assert_eq!(requests.len(), 2, "{requests:?}");
 }
 
@@ -590,14 +649,23 @@ fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
 #[test]
 fn upstreams_without_keys_are_refused_at_start() {
     let (status, err) = ServerBuilder::new()
-        .env("NIX_STORED_UPSTREAMS", "https://user:secret@cache.example.org")
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            "https://user:secret@cache.example.org",
+        )
         .start_expect_failure();
     assert!(!status.success());
     assert!(err.contains("NIX_STORED_UPSTREAM_KEYS"), "{err}");
     assert!(!err.contains("secret"), "{err}");
     let (status, err) = ServerBuilder::new()
-        .env("NIX_STORED_UPSTREAMS", "ftp://user:secret@cache.example.org")
-        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &signing_key(1)))
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            "ftp://user:secret@cache.example.org",
+        )
+        .env(
+            "NIX_STORED_UPSTREAM_KEYS",
+            &public_key_line("up-1", &signing_key(1)),
+        )
         .start_expect_failure();
     assert!(!status.success());
     assert!(err.contains("NIX_STORED_UPSTREAMS"), "{err}");

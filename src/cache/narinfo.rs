@@ -163,9 +163,12 @@ pub fn check(
     }
     if !policy.trusted_keys.is_empty()
         && !info.has_valid_signature(policy.store_dir, policy.trusted_keys)
-        && !(policy.content_addressed_unsigned && info.is_content_addressed(policy.store_dir))
     {
-        return Err("narinfo carries no valid signature by a trusted public key".into());
+        let proven =
+            policy.content_addressed_unsigned && info.is_content_addressed(policy.store_dir);
+        if !proven {
+            return Err("narinfo carries no valid signature by a trusted public key".into());
+        }
     }
 
     let references = info
@@ -314,7 +317,18 @@ CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(run(&no_ca, std::slice::from_ref(&good)).is_ok());
-        assert!(run(&no_ca, &[other]).unwrap_err().contains("signature"));
+        assert!(run(&no_ca, std::slice::from_ref(&other))
+            .unwrap_err()
+            .contains("signature"));
+        // Upstream narinfos: a content address never stands in for the signature.
+        let dir = StoreDir::default();
+        let upstream = NarInfoPolicy {
+            store_dir: &dir,
+            trusted_keys: &[other],
+            content_addressed_unsigned: false,
+        };
+        let refused = check(GOOD.as_bytes(), KEY, &upstream).unwrap_err();
+        assert!(refused.contains("signature"), "{refused}");
     }
 
     #[test]

@@ -38,7 +38,10 @@ impl Drop for Flight<'_> {
         let mut map = self.flights.map.lock().unwrap_or_else(|e| e.into_inner());
         drop(self.lock.take());
         // The guard's reference is gone: the map's is the last unless someone waits.
-        if map.get(&self.hash).is_some_and(|l| Arc::strong_count(l) == 1) {
+        if map
+            .get(&self.hash)
+            .is_some_and(|l| Arc::strong_count(l) == 1)
+        {
             map.remove(&self.hash);
         }
     }

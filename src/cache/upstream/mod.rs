@@ -121,7 +121,10 @@ impl Cache {
         if !self.index.may_exist(hash) {
             return false;
         }
-        matches!(self.storage.stat(&format!("{hash}.narinfo")).await, Ok(Some(_)))
+        matches!(
+            self.storage.stat(&format!("{hash}.narinfo")).await,
+            Ok(Some(_))
+        )
     }
 
     /// Pulls `hash` from the first upstream that delivers it; `chain` holds the
@@ -185,8 +188,7 @@ impl Cache {
         let mut below = chain.to_vec();
         below.push(hash);
         for reference in &checked.references {
-            if !self.has_narinfo(reference).await
-                && !self.pull(up, reference, below.clone()).await
+            if !self.has_narinfo(reference).await && !self.pull(up, reference, below.clone()).await
             {
                 return Err(UpstreamError::Refused(format!(
                     "its reference {reference} could not be fetched from any upstream"
@@ -212,7 +214,12 @@ impl Cache {
         checked: &CheckedNarInfo,
     ) -> Result<(), PullError> {
         let nar = &checked.nar;
-        if let Some(meta) = self.storage.stat(nar.as_str()).await.map_err(CacheError::from)? {
+        if let Some(meta) = self
+            .storage
+            .stat(nar.as_str())
+            .await
+            .map_err(CacheError::from)?
+        {
             if meta.size == checked.file_size {
                 return Ok(());
             }

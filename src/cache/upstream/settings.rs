@@ -164,7 +164,10 @@ mod tests {
         assert_eq!(s.upstreams[0].name, "https://cache.example.org/sub");
         assert!(!format!("{s:?}").contains("s3cret"));
         let url = s.upstreams[0].join("abc.narinfo");
-        assert_eq!(url.as_str(), "https://user:s3cret@cache.example.org/sub/abc.narinfo");
+        assert_eq!(
+            url.as_str(),
+            "https://user:s3cret@cache.example.org/sub/abc.narinfo"
+        );
         assert_eq!(
             s.upstreams[1].join("nar/x.nar.xz").as_str(),
             "http://127.0.0.1:8080/nar/x.nar.xz"

@@ -23,12 +23,15 @@ impl UpstreamStats {
     }
 }
 
+/// A metric family: its name, its help text, and which counter it reads.
+type Family = (&'static str, &'static str, fn(&UpstreamStats) -> &AtomicU64);
+
 /// Appends the counters of every upstream (`(name, stats)`) to `out`.
 pub(super) fn render<'a>(
     out: &mut String,
     upstreams: impl Iterator<Item = (&'a str, &'a UpstreamStats)> + Clone,
 ) {
-    let families: [(&str, &str, fn(&UpstreamStats) -> &AtomicU64); 4] = [
+    let families: [Family; 4] = [
         (
             "nix_stored_upstream_hits_total",
             "Store paths fetched from an upstream, verified and stored.",
