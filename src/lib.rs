@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let retention = cache.retention().clone();
     let app = Arc::new(AppState {
-        cache,
+        cache: Arc::new(cache),
         auth,
         throttle: http::throttle::AuthThrottle::new(config.max_auth_failures),
         body_timeout: config.body_timeout,

@@ -671,3 +671,78 @@ fn upstreams_without_keys_are_refused_at_start() {
     assert!(err.contains("NIX_STORED_UPSTREAMS"), "{err}");
     assert!(!err.contains("secret"), "{err}");
 }
+
+/// A client that gives up while its request pulls a path (a slow upstream NAR) does
+/// not stop the pull: the path ends up stored, and the next request finds it. Over
+/// HTTPS with HTTP/2 (curl, killed mid-request), where the closed connection drops the
+/// request's handler.
+#[cfg(feature = "tls")]
+#[test]
+fn a_pull_finishes_when_its_client_gives_up() {
+    use common::tls::{KeyFormat, TestCert};
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(6);
+    let hash = store_hash("abandoned");
+    let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
+    let nar = nar_of(&contents);
+    let mut info = NarInfo::uncompressed("/nix/store", &hash, "abandoned", &nar, &[]);
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &nar).unwrap();
+    let up = FileServer::serve(&up_dir);
+    up.slow.store(true, Ordering::Relaxed);
+    let cert_dir = temp_dir("cert");
+    let cert = TestCert::generate(&cert_dir, "nix-stored-upstream", KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new()
+        .tls(&cert)
+        .env("NIX_STORED_UPSTREAMS", &up.url())
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &key))
+        .start();
+
+    let url = format!("https://127.0.0.1:{}/{hash}.narinfo", s.addr.port());
+    let mut curl = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--cacert",
+            cert.cert.to_str().unwrap(),
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl is needed (apt-get install curl)");
+    let nar_request = format!("GET /{}", info.url);
+    let started = eventually(Duration::from_secs(30), || up.count(&nar_request) == 1);
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert!(
+        started,
+        "no NAR download: {:?}",
+        up.requests.lock().unwrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || s
+            .store
+            .exists(&format!("{hash}.narinfo"))),
+        "the pull stopped with its client; log:\n{}",
+        s.log()
+    );
+    let got = curl_get(&cert, &url);
+    assert_eq!(got, info.render().into_bytes());
+    assert_eq!(up.count(&nar_request), 1);
+}
+
+/// The body of an HTTPS GET by curl, which must succeed.
+#[cfg(feature = "tls")]
+fn curl_get(cert: &common::tls::TestCert, url: &str) -> Vec<u8> {
+    let out = common::tls::curl(&[
+        "--http2",
+        "--fail",
+        "--cacert",
+        cert.cert.to_str().unwrap(),
+        url,
+    ]);
+    assert!(out.status.success());
+    out.stdout
+}

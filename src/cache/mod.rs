@@ -306,12 +306,12 @@ impl Cache {
     }
 
     /// Metadata of an object, `None` when absent.
-    pub async fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
+    pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
         let mut meta = None;
         if self.may_exist(key) {
             meta = self.storage.stat(key.as_str()).await?;
         }
-        if meta.is_none() && self.pull_upstream(key).await {
+        if meta.is_none() && self.pull_detached(key).await {
             meta = self.storage.stat(key.as_str()).await?;
         }
         if meta.is_some() {
@@ -322,7 +322,7 @@ impl Cache {
 
     /// Opens an object from `offset`, `None` when absent.
     pub async fn open(
-        &self,
+        self: &Arc<Self>,
         key: &ObjectKey,
         offset: u64,
     ) -> Result<Option<ObjectReader>, CacheError> {
@@ -330,7 +330,7 @@ impl Cache {
         if self.may_exist(key) {
             reader = self.storage.open(key.as_str(), offset).await?;
         }
-        if reader.is_none() && self.pull_upstream(key).await {
+        if reader.is_none() && self.pull_detached(key).await {
             reader = self.storage.open(key.as_str(), offset).await?;
         }
         if reader.is_some() {

@@ -17,7 +17,8 @@
 //! 4. the narinfo is stored through the narinfo upload checks (NAR present with its
 //!    FileSize, NarHash and NarSize matching, references present).
 //!
-//! The narinfo request that caused the pull waits for all of it, NAR included: it
+//! The narinfo request that caused the pull waits for all of it, NAR included (the
+//! pull runs in a task of its own, so a client that gives up does not stop it): it
 //! costs latency on the first request of a path (the NAR's download), and in return
 //! a narinfo is never served before its NAR can be, NAR requests (GET, HEAD, Range)
 //! are served from storage like any other, and the path counts for the closure check
@@ -39,6 +40,7 @@ mod stats;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use futures_util::stream;
@@ -108,8 +110,21 @@ type Pull<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
 impl Cache {
     /// Fetches the narinfo `key` (and its NAR and references) from the upstreams
     /// into storage; `true` when it is stored now. Only for narinfos, and only when
-    /// storage lacks it.
-    pub(super) async fn pull_upstream(&self, key: &ObjectKey) -> bool {
+    /// storage lacks it. The pull runs in a task of its own: a client that gives up
+    /// (its handler dropped with its connection) does not stop it, so a large NAR
+    /// still arrives for the next request instead of starting over each time.
+    pub(super) async fn pull_detached(self: &Arc<Self>, key: &ObjectKey) -> bool {
+        if self.upstreams.is_none() || key.kind() != Kind::NarInfo {
+            return false;
+        }
+        let (cache, key) = (self.clone(), key.clone());
+        tokio::spawn(async move { cache.pull_upstream(&key).await })
+            .await
+            .unwrap_or(false)
+    }
+
+    /// [`Cache::pull_detached`], in the caller's task.
+    async fn pull_upstream(&self, key: &ObjectKey) -> bool {
         match (&self.upstreams, key.kind(), key.store_hash()) {
             (Some(up), Kind::NarInfo, Some(hash)) => self.pull(up, hash, Vec::new()).await,
             _ => false,
