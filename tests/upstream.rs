@@ -14,7 +14,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -171,6 +171,7 @@ fn narinfos(store: &Store) -> Vec<String> {
 
 /// Nix store mutations of parallel tests would contend for the store's locks.
 static HOST_STORE: Mutex<()> = Mutex::new(());
+static CHROOT_STORE: Mutex<()> = Mutex::new(());
 static CALLS: AtomicU64 = AtomicU64::new(0);
 
 /// Closures built with a static busybox: app -> lib -> data, and wide -> six leaves.
@@ -192,7 +193,46 @@ let
 in { inherit app lib wide; }
 "#;
 
+/// Which Nix drives a test: the host's (Debian 12, Nix 2.8) or the one in the Debian 13
+/// chroot that `scripts/nix-chroot.sh` prepares (Nix 2.26).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Client {
+    Host,
+    Chroot,
+}
+
+/// The chroot of the Nix 2.26 client (`NIX_STORED_TEST_NIX_CHROOT`, else the script's
+/// default directory when complete); its mounts are made once per test binary.
+fn chroot_dir() -> Option<&'static PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("NIX_STORED_TEST_NIX_CHROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/nix-stored-test/trixie"));
+        if !dir.join(".nix-stored-complete").is_file() {
+            return None;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nix-chroot.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/nix-chroot.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(dir)
+    })
+    .as_ref()
+}
+
 struct Nix {
+    client: Client,
+    /// `/` for the host's client, the chroot's directory for the other.
+    root: PathBuf,
+    /// The working directory, as the client sees it.
     work: PathBuf,
     _turn: MutexGuard<'static, ()>,
 }
@@ -204,19 +244,43 @@ struct Closure {
 }
 
 impl Nix {
-    fn new() -> Option<Nix> {
-        if Command::new("nix").arg("--version").output().is_err() {
-            assert!(
-                std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() != Ok("1"),
-                "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
-            );
-            eprintln!(
-                "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
-            );
-            return None;
-        }
-        let turn = HOST_STORE.lock().unwrap_or_else(|e| e.into_inner());
-        let work = temp_dir("nix");
+    fn new(client: Client) -> Option<Nix> {
+        let required = std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() == Ok("1");
+        let (root, turn) = match client {
+            Client::Host => {
+                if Command::new("nix").arg("--version").output().is_err() {
+                    assert!(
+                        !required,
+                        "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!(
+                        "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
+                    );
+                    return None;
+                }
+                (PathBuf::from("/"), &HOST_STORE)
+            }
+            Client::Chroot => match chroot_dir() {
+                Some(dir) => (dir.clone(), &CHROOT_STORE),
+                None => {
+                    assert!(
+                        !required,
+                        "the Nix 2.26 chroot is missing (run scripts/nix-chroot.sh) but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!("SKIPPED: no Nix 2.26 chroot (run scripts/nix-chroot.sh as root)");
+                    return None;
+                }
+            },
+        };
+        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nix = Nix {
+            client,
+            root,
+            work: PathBuf::new(),
+            _turn: turn,
+        };
+        nix.work = nix.temp_dir("nix");
+        let work = nix.host(&nix.work);
         std::fs::create_dir_all(work.join("conf")).unwrap();
         std::fs::write(work.join("conf/nix.conf"), nix_conf(60)).unwrap();
         let bin = work.join("bb/bin");
@@ -226,24 +290,65 @@ impl Nix {
             std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
         }
         std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
-        Some(Nix { work, _turn: turn })
+        Some(nix)
+    }
+
+    /// Where a path the client sees is on the host.
+    fn host(&self, client_path: impl AsRef<Path>) -> PathBuf {
+        let p = client_path.as_ref();
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// A fresh directory the client can write; the path as the client sees it.
+    fn temp_dir(&self, tag: &str) -> PathBuf {
+        let host_dir = temp_dir(tag);
+        if self.client == Client::Host {
+            return host_dir;
+        }
+        std::fs::remove_dir(&host_dir).unwrap();
+        let inside = Path::new("/tmp").join(host_dir.file_name().unwrap());
+        std::fs::create_dir_all(self.host(&inside)).unwrap();
+        inside
     }
 
     fn command(&self, prog: &str, args: &[&str]) -> Command {
         let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let mut cmd = Command::new(prog);
-        cmd.args(args)
-            .current_dir(&self.work)
-            .env("NIX_CONF_DIR", self.work.join("conf"))
-            .env("XDG_CACHE_HOME", self.work.join(format!("xdg-{n}")));
-        cmd
+        let conf = self.work.join("conf");
+        let xdg = self.work.join(format!("xdg-{n}"));
+        match self.client {
+            Client::Host => {
+                let mut cmd = Command::new(prog);
+                cmd.args(args)
+                    .current_dir(&self.work)
+                    .env("NIX_CONF_DIR", conf)
+                    .env("XDG_CACHE_HOME", xdg);
+                cmd
+            }
+            Client::Chroot => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(&self.root).args([
+                    "/usr/bin/env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root",
+                ]);
+                cmd.arg(format!("NIX_CONF_DIR={}", conf.display()))
+                    .arg(format!("XDG_CACHE_HOME={}", xdg.display()))
+                    .args(["bash", "-c", r#"cd "$0" && exec "$@""#])
+                    .arg(&self.work)
+                    .arg(prog)
+                    .args(args);
+                cmd
+            }
+        }
     }
 
     /// Runs a command that must succeed; returns its stdout.
     fn ok(&self, prog: &str, args: &[&str]) -> String {
         let out = self.command(prog, args).output().unwrap();
         eprintln!(
-            "$ {prog} {} -> {}\n{}",
+            "$ [{:?}] {prog} {} -> {}\n{}",
+            self.client,
             args.join(" "),
             out.status,
             String::from_utf8_lossy(&out.stderr).trim_end()
@@ -274,17 +379,17 @@ impl Nix {
         Closure { top, paths }
     }
 
-    /// A signing key pair: (secret key file, public key).
+    /// A signing key pair: (secret key file as the client sees it, public key).
     fn keys(&self) -> (String, String) {
         let sk = self.ok(
             "nix",
             &["key", "generate-secret", "--key-name", "upstream-1"],
         );
         let file = self.work.join("sk");
-        std::fs::write(&file, &sk).unwrap();
+        std::fs::write(self.host(&file), &sk).unwrap();
         let out = self
             .command("nix", &["key", "convert-secret-to-public"])
-            .stdin(std::fs::File::open(&file).unwrap())
+            .stdin(std::fs::File::open(self.host(&file)).unwrap())
             .output()
             .unwrap();
         assert!(out.status.success());
@@ -294,12 +399,13 @@ impl Nix {
         )
     }
 
-    /// A fresh upstream cache directory holding `path`'s closure, signed with `sk`.
+    /// A fresh upstream cache directory holding `path`'s closure, signed with `sk`;
+    /// its path on the host.
     fn upstream_with(&self, path: &str, sk: &str) -> PathBuf {
-        let dir = temp_dir("upstream");
+        let dir = self.temp_dir("upstream");
         let url = format!("file://{}?secret-key={sk}&compression=zstd", dir.display());
         self.ok("nix", &["copy", "--to", &url, path]);
-        dir
+        self.host(&dir)
     }
 
     fn delete(&self, paths: &[String]) {
@@ -311,9 +417,32 @@ impl Nix {
 
 impl Drop for Nix {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.work);
+        let _ = std::fs::remove_dir_all(self.host(&self.work));
     }
 }
+
+/// Every test below that drives Nix runs once with each client: `<test>::nix_2_8` with
+/// the host's Nix 2.8, `<test>::nix_2_26` with the chroot's Nix 2.26.
+macro_rules! with_both_clients {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn nix_2_8() {
+                super::$test(super::Client::Host)
+            }
+            #[test]
+            fn nix_2_26() {
+                super::$test(super::Client::Chroot)
+            }
+        }
+    )*};
+}
+
+with_both_clients!(
+    real_nix_substitutes_a_closure_pulled_from_the_upstream,
+    a_builder_uploads_only_what_the_upstream_lacks,
+    tampered_upstream_narinfos_and_nars_are_refused_and_not_stored,
+);
 
 // ---------------------------------------------------------------------------------
 // Tests.
@@ -321,9 +450,8 @@ impl Drop for Nix {
 /// Real Nix, with nix-stored as its only substituter and the upstream's key as the only
 /// trusted one, substitutes a closure that only the upstream had; NARs of pulled paths
 /// answer HEAD and Range; a second substitution does not ask the upstream again.
-#[test]
-fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
-    let Some(nix) = Nix::new() else { return };
+fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let c = nix.build("app");
     let (sk, pk) = nix.keys();
     let up_dir = nix.upstream_with(&c.top, &sk);
@@ -342,7 +470,7 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
         &pk,
     ];
     nix.ok("nix-store", &args);
-    let app = std::fs::read_to_string(Path::new(&c.top).join("bin/app")).unwrap();
+    let app = std::fs::read_to_string(nix.host(Path::new(&c.top).join("bin/app"))).unwrap();
     assert!(app.starts_with("uses /nix/store/"), "{app:?}");
 
     assert_eq!(c.paths.len(), 3);
@@ -386,9 +514,8 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream() {
 
 /// A builder's `nix copy --to` nix-stored uploads only the path the upstream lacks:
 /// the closure check of its upload counts the pulled references.
-#[test]
-fn a_builder_uploads_only_what_the_upstream_lacks() {
-    let Some(nix) = Nix::new() else { return };
+fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let c = nix.build("app");
     let lib = c
         .paths
@@ -437,9 +564,8 @@ fn a_builder_uploads_only_what_the_upstream_lacks() {
 /// FileHash, one cut short in transfer and one cut short on the upstream's disk: each
 /// path is a 404, nothing of it is stored, and neither is a path referring to them.
 /// An untouched path of the same upstream is pulled (the setup itself works).
-#[test]
-fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored() {
-    let Some(nix) = Nix::new() else { return };
+fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
     let c = nix.build("wide");
     let (sk, pk) = nix.keys();
     let up_dir = nix.upstream_with(&c.top, &sk);
