@@ -31,6 +31,8 @@ struct FileServer {
     truncate: Arc<Mutex<HashSet<String>>>,
     /// Whether bodies are sent slowly (64 KiB every 5 ms).
     slow: Arc<AtomicBool>,
+    /// The `Authorization` header of every request that had one.
+    auth: Arc<Mutex<Vec<String>>>,
 }
 
 impl FileServer {
@@ -42,24 +44,27 @@ impl FileServer {
             requests: Arc::default(),
             truncate: Arc::default(),
             slow: Arc::default(),
+            auth: Arc::default(),
         };
-        let (dir, requests, truncate, slow) = (
+        let (dir, requests, truncate, slow, auth) = (
             dir.to_path_buf(),
             server.requests.clone(),
             server.truncate.clone(),
             server.slow.clone(),
+            server.auth.clone(),
         );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (dir, requests, truncate, slow) = (
+                let (dir, requests, truncate, slow, auth) = (
                     dir.clone(),
                     requests.clone(),
                     truncate.clone(),
                     slow.clone(),
+                    auth.clone(),
                 );
                 std::thread::spawn(move || {
-                    let _ = answer(conn, &dir, &requests, &truncate, &slow);
+                    let _ = answer(conn, &dir, &requests, &truncate, &slow, &auth);
                 });
             }
         });
@@ -87,6 +92,7 @@ fn answer(
     requests: &Mutex<Vec<String>>,
     truncate: &Mutex<HashSet<String>>,
     slow: &AtomicBool,
+    auth: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
@@ -98,6 +104,11 @@ fn answer(
         let mut header = String::new();
         if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
             break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                auth.lock().unwrap().push(value.trim().to_owned());
+            }
         }
     }
     requests.lock().unwrap().push(format!("{method} {path}"));
@@ -871,4 +882,40 @@ fn curl_get(cert: &common::tls::TestCert, url: &str) -> Vec<u8> {
     ]);
     assert!(out.status.success());
     out.stdout
+}
+
+/// Credentials in an upstream URL are sent (HTTP Basic, on every request) and appear
+/// in no log line and no metric label.
+#[test]
+fn upstream_credentials_are_sent_and_never_shown() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(8);
+    let hash = store_hash("private");
+    let nar = nar_of(b"private");
+    let mut info = NarInfo::uncompressed("/nix/store", &hash, "private", &nar, &[]);
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &nar).unwrap();
+    let up = FileServer::serve(&up_dir);
+    let with_credentials = format!("http://cache-user:s3cret-pw@{}", up.addr);
+    let s = pulling(&with_credentials, &public_key_line("up-1", &key));
+
+    assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+    assert_eq!(
+        get(&s, &format!("/{}.narinfo", store_hash("absent"))).status,
+        404
+    );
+    let expected = basic("cache-user", "s3cret-pw");
+    let auth = up.auth.lock().unwrap().clone();
+    assert_eq!(auth.len(), up.total(), "{auth:?}");
+    assert!(auth.iter().all(|a| *a == expected), "{auth:?}");
+    let metrics = get(&s, "/metrics").text();
+    let hits = format!(
+        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    assert_eq!(metric(&s, &hits), 1, "{metrics}");
+    assert!(!metrics.contains("s3cret"), "{metrics}");
+    assert!(!s.log().contains("s3cret"), "{}", s.log());
 }
