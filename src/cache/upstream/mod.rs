@@ -249,15 +249,24 @@ impl Cache {
             .into());
         };
         let permit = self.precheck_upload(nar, Some(checked.file_size))?;
-        let chunks = stream::unfold(Some(body), move |body| async move {
+        let file_size = checked.file_size;
+        // State: the body (gone after an error) and the bytes received so far.
+        let chunks = stream::unfold((Some(body), 0u64), move |(body, received)| async move {
             let mut body = body?;
             match body.chunk().await {
+                // Not a byte beyond the signed FileSize: the file would be refused
+                // anyway, and an upstream must not make this server read without end.
+                Ok(Some(chunk)) if received + chunk.len() as u64 > file_size => {
+                    let e = format!("more than its FileSize of {file_size} bytes");
+                    Some((Err(BodyError::Broken(e)), (None, received)))
+                }
                 Ok(Some(chunk)) => {
                     UpstreamStats::add(&stats.bytes, chunk.len() as u64);
-                    Some((Ok::<Bytes, BodyError>(chunk), Some(body)))
+                    let received = received + chunk.len() as u64;
+                    Some((Ok::<Bytes, BodyError>(chunk), (Some(body), received)))
                 }
                 Ok(None) => None,
-                Err(e) => Some((Err(BodyError::Broken(e.to_string())), None)),
+                Err(e) => Some((Err(BodyError::Broken(e.to_string())), (None, received))),
             }
         });
         match self.put(nar, permit, Box::pin(chunks)).await {
