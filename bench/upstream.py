@@ -2,7 +2,8 @@
 """Pull-through benchmark: the real Nix client substitutes a closure of N paths
 (`builtins.toFile` text paths, each referring to two others, as bench.py's e2e workload)
 
-  direct   from the upstream itself (a signed `file://` cache served by `python3 -m http.server`),
+  direct   from the upstream itself (a signed `file://` cache served by nginx, or by
+           `python3 -m http.server` without nginx),
   cold     through nix-stored with that upstream (NIX_STORED_UPSTREAMS) and an empty cache,
   warm     through the same nix-stored again, every path now stored there.
 
@@ -10,6 +11,7 @@ Each run uses fresh client caches and deletes the closure from /nix/store first;
 uses a fresh nix-stored directory. Prints a Markdown table (median and spread of the runs).
 
     python3 bench/upstream.py [--paths 200] [--runs 3] [--bin target/release/nix-stored]
+                              [--upstream nginx|python]
 Needs nix (Debian's nix-bin) and root, like bench/run.sh.
 """
 
@@ -55,6 +57,9 @@ def main():
     p.add_argument("--paths", type=int, default=200)
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--bin", default="target/release/nix-stored")
+    p.add_argument("--upstream", choices=["nginx", "python"],
+                   default="nginx" if shutil.which("nginx") else "python",
+                   help="what serves the upstream cache directory (nginx when installed)")
     cfg = p.parse_args()
     work = tempfile.mkdtemp(prefix="nix-stored-upbench-")
     conf = os.path.join(work, "conf")
@@ -99,8 +104,16 @@ in mk 0
     nix(["nix", "copy", "--to", f"file://{up_dir}?secret-key={sk_file}&compression=zstd", root],
         "nix copy --to file://")
     up_port = free_port()
-    upstream = subprocess.Popen(["python3", "-m", "http.server", str(up_port), "--bind", "127.0.0.1",
-                                 "--directory", up_dir], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    if cfg.upstream == "nginx":
+        nginx_conf = os.path.join(work, "nginx.conf")
+        with open(nginx_conf, "w") as f:
+            f.write(f"daemon off; user root; worker_processes 1; pid {work}/nginx.pid;\n"
+                    f"error_log {work}/nginx-error.log;\nevents {{ worker_connections 1024; }}\n"
+                    f"http {{ access_log off; server {{ listen 127.0.0.1:{up_port}; root {up_dir}; }} }}\n")
+        argv = ["nginx", "-p", work, "-c", nginx_conf]
+    else:
+        argv = ["python3", "-m", "http.server", str(up_port), "--bind", "127.0.0.1", "--directory", up_dir]
+    upstream = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     servers = [upstream]
     try:
         wait_for(up_port, "/nix-cache-info")
@@ -130,8 +143,10 @@ in mk 0
             times["warm"].append(substitute(f"http://127.0.0.1:{port}"))
             srv.terminate()
             srv.wait()
+        upstream_name = ("nginx (" + first_line(["nginx", "-v"]) + ")" if cfg.upstream == "nginx"
+                         else "`python3 -m http.server`")
         print(f"Substitution of a closure of {n} paths by `nix-store -r` ({first_line(['nix', '--version'])}), "
-              f"median of {cfg.runs} runs; the upstream is `python3 -m http.server` on loopback.\n")
+              f"median of {cfg.runs} runs; the upstream is {upstream_name} on loopback.\n")
         print("| Source | Time (s) | Runs (s) |\n|---|---|---|")
         labels = {"direct": "the upstream directly",
                   "cold": "nix-stored, cold (every path pulled from the upstream)",
