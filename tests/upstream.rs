@@ -918,4 +918,13 @@ fn upstream_credentials_are_sent_and_never_shown() {
     assert_eq!(metric(&s, &hits), 1, "{metrics}");
     assert!(!metrics.contains("s3cret"), "{metrics}");
     assert!(!s.log().contains("s3cret"), "{}", s.log());
+    // Nor in --help, which shows the values of the variables it documents.
+    let help = Command::new(env!("CARGO_BIN_EXE_nix-stored"))
+        .arg("--help")
+        .env("NIX_STORED_UPSTREAMS", &with_credentials)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("NIX_STORED_UPSTREAMS"), "{help}");
+    assert!(!help.contains("s3cret"), "{help}");
 }

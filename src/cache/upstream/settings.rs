@@ -14,7 +14,7 @@ pub struct UpstreamArgs {
     /// Space-separated URLs of binary caches (e.g. https://cache.nixos.org), asked in
     /// this order for a narinfo this cache does not hold; a verified hit is stored here
     /// and served. Credentials as userinfo (https://user:pass@host). Unset: none.
-    #[arg(long, env = "NIX_STORED_UPSTREAMS")]
+    #[arg(long, env = "NIX_STORED_UPSTREAMS", hide_env_values = true)]
     pub upstreams: Option<String>,
 
     /// Space-separated public keys (`name:base64`, as in nix.conf's
