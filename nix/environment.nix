@@ -33,6 +33,8 @@
   maxSize ? null,
   retention ? null,
   pinsFile ? null,
+  upstreams ? [ ],
+  upstreamKeys ? [ ],
   settings,
   credentialFiles,
   socketActivation,
@@ -85,6 +87,8 @@ let
     NIX_STORED_MAX_SIZE = "maxSize";
     NIX_STORED_RETENTION = "retention";
     NIX_STORED_PINS = "pinsFile";
+    NIX_STORED_UPSTREAMS = "upstreams";
+    NIX_STORED_UPSTREAM_KEYS = "upstreamKeys";
   };
 
   # Variables that would carry a secret in the unit file, hence in the world-readable
@@ -217,6 +221,17 @@ let
       "services.nix-stored.retention: ${toString retention} is not a duration like 30d, 12h, 90m or 3600s"
     ++ optional (pinsFile != null && !(hasPrefix "/" (toString pinsFile)))
       "services.nix-stored.pinsFile: ${toString pinsFile} is not an absolute path"
+    ++ map (
+      u:
+      "services.nix-stored.upstreams: ${
+        if matches "[^/]*//[^/]*@.*" u then "a URL with credentials" else u
+      } is not an http:// or https:// URL without credentials (they would be in the Nix store: put NIX_STORED_UPSTREAMS in a file outside it, named by systemd.services.nix-stored.serviceConfig.EnvironmentFile)"
+    ) (filter (u: !(matches "[Hh][Tt][Tt][Pp][Ss]?://[^/?#@ ]+(/[^?# ]*)?" u)) upstreams)
+    ++ map (k: "services.nix-stored.upstreamKeys: ${k} is not a key like name:BASE64") (
+      filter (k: !(matches "[^: ]+:[A-Za-z0-9+/]+={0,2}" k)) upstreamKeys
+    )
+    ++ optional (upstreams != [ ] && upstreamKeys == [ ])
+      "services.nix-stored.upstreams needs upstreamKeys: the public keys upstream narinfos must be signed with"
     ++ optional (!shutdownValid)
       "services.nix-stored.settings.NIX_STORED_SHUTDOWN_TIMEOUT: ${shutdownString} is not a number of seconds"
     ++ read.problems
@@ -265,6 +280,12 @@ let
     }
     // optionalAttrs (pinsFile != null) {
       NIX_STORED_PINS = toString pinsFile;
+    }
+    // optionalAttrs (upstreams != [ ]) {
+      NIX_STORED_UPSTREAMS = concatStringsSep " " upstreams;
+    }
+    // optionalAttrs (upstreamKeys != [ ]) {
+      NIX_STORED_UPSTREAM_KEYS = concatStringsSep " " upstreamKeys;
     }
     // read.environment
     // write.environment

@@ -236,6 +236,31 @@ in
       '';
     };
 
+    upstreams = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "https://cache.nixos.org" ];
+      description = ''
+        Binary caches asked, in this order, for a path this cache lacks; a verified
+        hit is stored here and served (`NIX_STORED_UPSTREAMS`). No credentials here:
+        they would be in the world-readable Nix store. An upstream that needs them
+        goes into a root-only file (`NIX_STORED_UPSTREAMS=https://user:pass@host`)
+        named by `systemd.services.nix-stored.serviceConfig.EnvironmentFile`, with
+        this option left empty.
+      '';
+    };
+
+    upstreamKeys = mkOption {
+      type = types.listOf types.str;
+      default = [ ];
+      example = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+      description = ''
+        Public keys an upstream narinfo must carry a valid signature by; one that
+        does not is never stored or served (`NIX_STORED_UPSTREAM_KEYS`). Required
+        with `upstreams`.
+      '';
+    };
+
     trustedProxies = mkOption {
       type = types.listOf types.str;
       default = lib.optionals cfg.nginx.enable [

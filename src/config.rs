@@ -176,6 +176,10 @@ pub struct Args {
     #[command(flatten)]
     pub proxy: crate::http::proxy::ProxyArgs,
 
+    /// Pull-through upstream caches (see `crate::cache::upstream`).
+    #[command(flatten)]
+    pub upstream: crate::cache::upstream::UpstreamArgs,
+
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -281,6 +285,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// Trusted reverse proxies and the outside URL.
     pub proxy: crate::http::proxy::ProxySettings,
+    /// Pull-through upstream caches.
+    pub upstream: crate::cache::upstream::UpstreamSettings,
 }
 
 /// A configuration problem, reported as one line before exiting.
@@ -333,6 +339,8 @@ impl Config {
             tls,
             retention: args.retention.into(),
             proxy: crate::http::proxy::ProxySettings::from_args(&args.proxy).map_err(err)?,
+            upstream: crate::cache::upstream::UpstreamSettings::from_args(&args.upstream)
+                .map_err(err)?,
         })
     }
 

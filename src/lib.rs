@@ -107,7 +107,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let cache_policy = http::objects::CachePolicy::new(auth.reads_are_private());
     let retention = cache.retention().clone();
     let app = Arc::new(AppState {
-        cache,
+        cache: Arc::new(cache),
         auth,
         throttle: http::throttle::AuthThrottle::new(config.max_auth_failures),
         body_timeout: config.body_timeout,
@@ -166,6 +166,13 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
         StorageConfig::S3(s) => s.narinfo_ttl + std::time::Duration::from_secs(1),
         _ => std::time::Duration::ZERO,
     };
+    let upstreams = cache::upstream::Upstreams::new(config.upstream.clone()).map_err(StartError)?;
+    if let Some(up) = &upstreams {
+        tracing::info!(
+            "upstream caches: {}",
+            up.names().collect::<Vec<_>>().join(" ")
+        );
+    }
     Ok(Cache::new(
         storage,
         CacheSettings {
@@ -177,7 +184,8 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
             narinfo_linger,
         },
         budget,
-    ))
+    )
+    .with_upstreams(upstreams))
 }
 
 /// Re-reads the pins file on SIGHUP (changes to it are seen at each pass anyway).

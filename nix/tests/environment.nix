@@ -111,6 +111,49 @@ let
         true
       ];
     };
+    upstreams = {
+      actual =
+        let
+          r = with' {
+            upstreams = [
+              "https://cache.nixos.org"
+              "http://10.0.0.2:8100/sub"
+            ];
+            upstreamKeys = [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" ];
+          };
+        in
+        {
+          inherit (r) problems;
+          urls = r.environment.NIX_STORED_UPSTREAMS;
+          keys = r.environment.NIX_STORED_UPSTREAM_KEYS;
+        };
+      expected = {
+        problems = [ ];
+        urls = "https://cache.nixos.org http://10.0.0.2:8100/sub";
+        keys = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+      };
+    };
+    upstreams-need-keys-and-no-credentials = {
+      actual =
+        let
+          problems =
+            (with' {
+              upstreams = [ "https://user:secret@cache.example.org" ];
+            }).problems;
+        in
+        {
+          count = builtins.length problems;
+          keys = builtins.any (p: builtins.match ".*needs upstreamKeys.*" p != null) problems;
+          credentials = builtins.any (p: builtins.match ".*a URL with credentials.*" p != null) problems;
+          leaked = builtins.any (p: builtins.match ".*secret@.*" p != null) problems;
+        };
+      expected = {
+        count = 2;
+        keys = true;
+        credentials = true;
+        leaked = false;
+      };
+    };
     bad-public-url = {
       actual = oneMatching "publicUrl" (with' { publicUrl = "cache.example.org"; }).problems;
       expected = true;

@@ -18,6 +18,8 @@
   maxSize = null;
   retention = null;
   pinsFile = null;
+  upstreams = [ ];
+  upstreamKeys = [ ];
   nginx = {
     enable = false;
     virtualHost = "cache.example.org";

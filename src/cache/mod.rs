@@ -12,6 +12,7 @@ pub mod narinfo;
 pub mod retention;
 #[cfg(test)]
 mod rules_tests;
+pub mod upstream;
 pub mod verified;
 
 /// Cases per generated-input test: `default`, ten times as many with
@@ -141,6 +142,8 @@ pub struct Cache {
     budget: Arc<Budget>,
     verified: verified::VerifiedNars,
     retention: Arc<retention::Retention>,
+    /// The pull-through upstream caches, if any.
+    upstreams: Option<upstream::Upstreams>,
 }
 
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
@@ -198,7 +201,19 @@ impl Cache {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             budget,
+            upstreams: None,
         }
+    }
+
+    /// The cache with pull-through `upstreams`: narinfos storage lacks are asked of them.
+    pub fn with_upstreams(mut self, upstreams: Option<upstream::Upstreams>) -> Self {
+        self.upstreams = upstreams;
+        self
+    }
+
+    /// The pull-through upstreams, for metrics.
+    pub fn upstreams(&self) -> Option<&upstream::Upstreams> {
+        self.upstreams.as_ref()
     }
 
     /// The memory budget shared by everything that holds client data in memory.
@@ -291,11 +306,14 @@ impl Cache {
     }
 
     /// Metadata of an object, `None` when absent.
-    pub async fn stat(&self, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
-        if !self.may_exist(key) {
-            return Ok(None);
+    pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
+        let mut meta = None;
+        if self.may_exist(key) {
+            meta = self.storage.stat(key.as_str()).await?;
         }
-        let meta = self.storage.stat(key.as_str()).await?;
+        if meta.is_none() && self.pull_detached(key).await {
+            meta = self.storage.stat(key.as_str()).await?;
+        }
         if meta.is_some() {
             self.retention.record_use(key.as_str());
         }
@@ -304,14 +322,17 @@ impl Cache {
 
     /// Opens an object from `offset`, `None` when absent.
     pub async fn open(
-        &self,
+        self: &Arc<Self>,
         key: &ObjectKey,
         offset: u64,
     ) -> Result<Option<ObjectReader>, CacheError> {
-        if !self.may_exist(key) {
-            return Ok(None);
+        let mut reader = None;
+        if self.may_exist(key) {
+            reader = self.storage.open(key.as_str(), offset).await?;
         }
-        let reader = self.storage.open(key.as_str(), offset).await?;
+        if reader.is_none() && self.pull_detached(key).await {
+            reader = self.storage.open(key.as_str(), offset).await?;
+        }
         if reader.is_some() {
             self.retention.record_use(key.as_str());
         }

@@ -34,8 +34,12 @@ pub struct NarInfoPolicy<'a> {
     /// The store directory clients use, e.g. `/nix/store`.
     pub store_dir: &'a StoreDir,
     /// When non-empty, a narinfo needs a valid signature by one of these keys (or a
-    /// content address that reproduces its store path).
+    /// content address that reproduces its store path, if
+    /// `content_addressed_unsigned`).
     pub trusted_keys: &'a [TrustedPublicKey],
+    /// Whether a content address that reproduces the store path stands in for a
+    /// signature (as it does for Nix); not for upstream narinfos, which must be signed.
+    pub content_addressed_unsigned: bool,
 }
 
 /// Checks the exact line syntax Nix's own parser needs. The Rust parser accepts CRLF,
@@ -159,9 +163,12 @@ pub fn check(
     }
     if !policy.trusted_keys.is_empty()
         && !info.has_valid_signature(policy.store_dir, policy.trusted_keys)
-        && !info.is_content_addressed(policy.store_dir)
     {
-        return Err("narinfo carries no valid signature by a trusted public key".into());
+        let proven =
+            policy.content_addressed_unsigned && info.is_content_addressed(policy.store_dir);
+        if !proven {
+            return Err("narinfo carries no valid signature by a trusted public key".into());
+        }
     }
 
     let references = info
@@ -278,6 +285,7 @@ CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
             &NarInfoPolicy {
                 store_dir: &dir,
                 trusted_keys: keys,
+                content_addressed_unsigned: true,
             },
         )
     }
@@ -309,7 +317,18 @@ CA: text:sha256:0aljj4maffkd8av2clqmf6m2l64pl90mg8r1vbqbj0gdh1ihp9d3
             .map(|l| format!("{l}\n"))
             .collect();
         assert!(run(&no_ca, std::slice::from_ref(&good)).is_ok());
-        assert!(run(&no_ca, &[other]).unwrap_err().contains("signature"));
+        assert!(run(&no_ca, std::slice::from_ref(&other))
+            .unwrap_err()
+            .contains("signature"));
+        // Upstream narinfos: a content address never stands in for the signature.
+        let dir = StoreDir::default();
+        let upstream = NarInfoPolicy {
+            store_dir: &dir,
+            trusted_keys: &[other],
+            content_addressed_unsigned: false,
+        };
+        let refused = check(GOOD.as_bytes(), KEY, &upstream).unwrap_err();
+        assert!(refused.contains("signature"), "{refused}");
     }
 
     #[test]
@@ -368,6 +387,7 @@ mod fuzz {
             &NarInfoPolicy {
                 store_dir: &dir,
                 trusted_keys: &[],
+                content_addressed_unsigned: true,
             },
         )
     }

@@ -33,8 +33,8 @@ pub type Response = hyper::Response<body::Body>;
 
 /// Everything a request handler needs.
 pub struct AppState {
-    /// The cache.
-    pub cache: Cache,
+    /// The cache (shared with the pulls from upstream it runs in their own tasks).
+    pub cache: Arc<Cache>,
     /// The access policy.
     pub auth: Auth,
     /// Wrong credentials by client network.

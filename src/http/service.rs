@@ -26,6 +26,9 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     let stored = cache.retention().stored().or(cache.stored().get());
     let mut text = app.metrics.render(stored, narinfos, memory);
     cache.retention().render_metrics(&mut text);
+    if let Some(up) = cache.upstreams() {
+        up.render_metrics(&mut text);
+    }
     let mut resp = answer(
         StatusCode::OK,
         "text/plain; version=0.0.4; charset=utf-8",

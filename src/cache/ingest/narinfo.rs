@@ -24,7 +24,24 @@ impl Cache {
         S: Stream<Item = Result<Bytes, BodyError>> + Send + Unpin,
     {
         let (bytes, _memory) = self.collect(key, memory, body).await?;
-        let checked = self.parse_narinfo(key, &bytes)?;
+        let policy = NarInfoPolicy {
+            store_dir: &self.settings.store_dir,
+            trusted_keys: &self.settings.trusted_keys,
+            content_addressed_unsigned: true,
+        };
+        self.store_narinfo(key, bytes, &policy).await
+    }
+
+    /// Stores the narinfo `bytes` under `key` once every rule holds, its signature
+    /// checked against `policy` (uploads: the trusted keys; upstream narinfos: the
+    /// upstream keys). See [`Cache::put_narinfo`].
+    pub(in crate::cache) async fn store_narinfo(
+        &self,
+        key: &ObjectKey,
+        bytes: Vec<u8>,
+        policy: &NarInfoPolicy<'_>,
+    ) -> Result<PutOutcome, CacheError> {
+        let checked = Self::parse_narinfo(key, &bytes, policy)?;
         // Before the NAR and references are checked: from here until the
         // narinfo is stored, no retention pass can remove them.
         let hold = self.retention.hold_narinfo(
@@ -111,13 +128,13 @@ impl Cache {
     }
 
     /// The narinfo rules that need no storage.
-    fn parse_narinfo(&self, key: &ObjectKey, body: &[u8]) -> Result<CheckedNarInfo, CacheError> {
-        let policy = NarInfoPolicy {
-            store_dir: &self.settings.store_dir,
-            trusted_keys: &self.settings.trusted_keys,
-        };
+    fn parse_narinfo(
+        key: &ObjectKey,
+        body: &[u8],
+        policy: &NarInfoPolicy<'_>,
+    ) -> Result<CheckedNarInfo, CacheError> {
         let key_hash = key.store_hash().unwrap_or_default();
-        narinfo::check(body, key_hash, &policy).map_err(CacheError::Rejected)
+        narinfo::check(body, key_hash, policy).map_err(CacheError::Rejected)
     }
 
     /// The narinfo rules that need the storage: its NAR is present with the declared

@@ -1,0 +1,930 @@
+//! Pull-through upstream caches (NIX_STORED_UPSTREAMS), black-box: the upstream is a
+//! small file server on loopback (in this file) serving a cache directory, mostly one
+//! written and signed by the real Nix client (`nix copy --to file://…?secret-key=`).
+//! The file server counts requests, and can truncate or slow down its answers.
+//!
+//! The Nix tests are skipped (with a message) when `nix` is missing, unless
+//! NIX_STORED_REQUIRE_NIX=1.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+// ---------------------------------------------------------------------------------
+// The upstream: a file server.
+
+/// A minimal HTTP/1.1 server of a directory: GET and HEAD, one request per connection.
+struct FileServer {
+    addr: SocketAddr,
+    /// `METHOD /path` of every request, in order of arrival.
+    requests: Arc<Mutex<Vec<String>>>,
+    /// Paths answered with their full Content-Length but only half the bytes.
+    truncate: Arc<Mutex<HashSet<String>>>,
+    /// Whether bodies are sent slowly (64 KiB every 5 ms).
+    slow: Arc<AtomicBool>,
+    /// The `Authorization` header of every request that had one.
+    auth: Arc<Mutex<Vec<String>>>,
+}
+
+impl FileServer {
+    fn serve(dir: &Path) -> FileServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = FileServer {
+            addr,
+            requests: Arc::default(),
+            truncate: Arc::default(),
+            slow: Arc::default(),
+            auth: Arc::default(),
+        };
+        let (dir, requests, truncate, slow, auth) = (
+            dir.to_path_buf(),
+            server.requests.clone(),
+            server.truncate.clone(),
+            server.slow.clone(),
+            server.auth.clone(),
+        );
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let (dir, requests, truncate, slow, auth) = (
+                    dir.clone(),
+                    requests.clone(),
+                    truncate.clone(),
+                    slow.clone(),
+                    auth.clone(),
+                );
+                std::thread::spawn(move || {
+                    let _ = answer(conn, &dir, &requests, &truncate, &slow, &auth);
+                });
+            }
+        });
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// How many requests `METHOD /path` arrived.
+    fn count(&self, request: &str) -> usize {
+        let requests = self.requests.lock().unwrap();
+        requests.iter().filter(|r| *r == request).count()
+    }
+
+    fn total(&self) -> usize {
+        self.requests.lock().unwrap().len()
+    }
+}
+
+fn answer(
+    conn: TcpStream,
+    dir: &Path,
+    requests: &Mutex<Vec<String>>,
+    truncate: &Mutex<HashSet<String>>,
+    slow: &AtomicBool,
+    auth: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let path = parts.next().unwrap_or("").to_owned();
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header)? == 0 || header.trim().is_empty() {
+            break;
+        }
+        if let Some((name, value)) = header.split_once(':') {
+            if name.eq_ignore_ascii_case("authorization") {
+                auth.lock().unwrap().push(value.trim().to_owned());
+            }
+        }
+    }
+    requests.lock().unwrap().push(format!("{method} {path}"));
+    let mut conn = conn;
+    let file = (!path.contains(".."))
+        .then(|| std::fs::read(dir.join(path.trim_start_matches('/'))).ok())
+        .flatten();
+    let Some(body) = file else {
+        return conn.write_all(
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        );
+    };
+    write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )?;
+    if method == "HEAD" {
+        return Ok(());
+    }
+    let sent = if truncate.lock().unwrap().contains(&path) {
+        &body[..body.len() / 2]
+    } else {
+        &body[..]
+    };
+    if slow.load(Ordering::Relaxed) {
+        for piece in sent.chunks(64 << 10) {
+            conn.write_all(piece)?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    } else {
+        conn.write_all(sent)?;
+    }
+    // Closed here: a truncated body ends short of its Content-Length.
+    Ok(())
+}
+
+/// A nix-stored server pulling through `upstreams` (space-separated URLs), with the
+/// upstream key `pk` and a short timeout.
+fn pulling(upstreams: &str, pk: &str) -> Server {
+    ServerBuilder::new()
+        .env("NIX_STORED_UPSTREAMS", upstreams)
+        .env("NIX_STORED_UPSTREAM_KEYS", pk)
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "3")
+        .start()
+}
+
+/// The hash part of a store path.
+fn hash_of(path: &str) -> &str {
+    let base = path.rsplit('/').next().unwrap();
+    &base[..32]
+}
+
+/// The `URL:` of a narinfo.
+fn url_of(narinfo: &str) -> String {
+    narinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("URL: "))
+        .expect("URL line")
+        .to_owned()
+}
+
+fn narinfos(store: &Store) -> Vec<String> {
+    let mut files = store.files();
+    files.retain(|f| f.ends_with(".narinfo"));
+    files
+}
+
+// ---------------------------------------------------------------------------------
+// The real Nix client (the host's).
+
+/// Nix store mutations of parallel tests would contend for the store's locks.
+static HOST_STORE: Mutex<()> = Mutex::new(());
+static CHROOT_STORE: Mutex<()> = Mutex::new(());
+static CALLS: AtomicU64 = AtomicU64::new(0);
+
+/// Closures built with a static busybox: app -> lib -> data, and wide -> six leaves.
+const CLOSURE_NIX: &str = r#"{ tag }:
+let
+  bb = builtins.path { path = ./bb; name = "busybox-${tag}"; };
+  mk = name: script: derivation {
+    inherit name;
+    system = builtins.currentSystem;
+    builder = "${bb}/bin/sh";
+    args = [ "-c" script ];
+    PATH = "${bb}/bin";
+  };
+  data = mk "data-${tag}" "echo data-${tag} > $out";
+  lib = mk "lib-${tag}" "mkdir $out; echo ${data} > $out/ref";
+  app = mk "app-${tag}" "mkdir -p $out/bin; echo 'uses ${lib}' > $out/bin/app; head -c 8192 /dev/zero >> $out/bin/app";
+  leaves = map (i: mk "leaf${toString i}-${tag}" "mkdir $out; echo leaf${toString i}-${tag} > $out/x; head -c 65536 /dev/zero >> $out/x") [ 1 2 3 4 5 6 ];
+  wide = mk "wide-${tag}" "mkdir $out; echo ${toString leaves} > $out/leaves";
+in { inherit app lib wide; }
+"#;
+
+/// Which Nix drives a test: the host's (Debian 12, Nix 2.8) or the one in the Debian 13
+/// chroot that `scripts/nix-chroot.sh` prepares (Nix 2.26).
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Client {
+    Host,
+    Chroot,
+}
+
+/// The chroot of the Nix 2.26 client (`NIX_STORED_TEST_NIX_CHROOT`, else the script's
+/// default directory when complete); its mounts are made once per test binary.
+fn chroot_dir() -> Option<&'static PathBuf> {
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = std::env::var_os("NIX_STORED_TEST_NIX_CHROOT")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/nix-stored-test/trixie"));
+        if !dir.join(".nix-stored-complete").is_file() {
+            return None;
+        }
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nix-chroot.sh");
+        let out = Command::new("bash")
+            .arg(&script)
+            .arg(&dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "scripts/nix-chroot.sh: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Some(dir)
+    })
+    .as_ref()
+}
+
+struct Nix {
+    client: Client,
+    /// `/` for the host's client, the chroot's directory for the other.
+    root: PathBuf,
+    /// The working directory, as the client sees it.
+    work: PathBuf,
+    _turn: MutexGuard<'static, ()>,
+}
+
+/// Output paths of a built attribute, its closure without the busybox source.
+struct Closure {
+    top: String,
+    paths: Vec<String>,
+}
+
+impl Nix {
+    fn new(client: Client) -> Option<Nix> {
+        let required = std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() == Ok("1");
+        let (root, turn) = match client {
+            Client::Host => {
+                if Command::new("nix").arg("--version").output().is_err() {
+                    assert!(
+                        !required,
+                        "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!(
+                        "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
+                    );
+                    return None;
+                }
+                (PathBuf::from("/"), &HOST_STORE)
+            }
+            Client::Chroot => match chroot_dir() {
+                Some(dir) => (dir.clone(), &CHROOT_STORE),
+                None => {
+                    assert!(
+                        !required,
+                        "the Nix 2.26 chroot is missing (run scripts/nix-chroot.sh) but NIX_STORED_REQUIRE_NIX=1"
+                    );
+                    eprintln!("SKIPPED: no Nix 2.26 chroot (run scripts/nix-chroot.sh as root)");
+                    return None;
+                }
+            },
+        };
+        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
+        let mut nix = Nix {
+            client,
+            root,
+            work: PathBuf::new(),
+            _turn: turn,
+        };
+        nix.work = nix.temp_dir("nix");
+        let work = nix.host(&nix.work);
+        std::fs::create_dir_all(work.join("conf")).unwrap();
+        std::fs::write(work.join("conf/nix.conf"), nix_conf(60)).unwrap();
+        let bin = work.join("bb/bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed");
+        for applet in ["sh", "mkdir", "head"] {
+            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
+        }
+        std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
+        Some(nix)
+    }
+
+    /// Where a path the client sees is on the host.
+    fn host(&self, client_path: impl AsRef<Path>) -> PathBuf {
+        let p = client_path.as_ref();
+        self.root.join(p.strip_prefix("/").unwrap_or(p))
+    }
+
+    /// A fresh directory the client can write; the path as the client sees it.
+    fn temp_dir(&self, tag: &str) -> PathBuf {
+        let host_dir = temp_dir(tag);
+        if self.client == Client::Host {
+            return host_dir;
+        }
+        std::fs::remove_dir(&host_dir).unwrap();
+        let inside = Path::new("/tmp").join(host_dir.file_name().unwrap());
+        std::fs::create_dir_all(self.host(&inside)).unwrap();
+        inside
+    }
+
+    fn command(&self, prog: &str, args: &[&str]) -> Command {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let conf = self.work.join("conf");
+        let xdg = self.work.join(format!("xdg-{n}"));
+        match self.client {
+            Client::Host => {
+                let mut cmd = Command::new(prog);
+                cmd.args(args)
+                    .current_dir(&self.work)
+                    .env("NIX_CONF_DIR", conf)
+                    .env("XDG_CACHE_HOME", xdg);
+                cmd
+            }
+            Client::Chroot => {
+                let mut cmd = Command::new("chroot");
+                cmd.arg(&self.root).args([
+                    "/usr/bin/env",
+                    "-i",
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+                    "HOME=/root",
+                ]);
+                cmd.arg(format!("NIX_CONF_DIR={}", conf.display()))
+                    .arg(format!("XDG_CACHE_HOME={}", xdg.display()))
+                    .args(["bash", "-c", r#"cd "$0" && exec "$@""#])
+                    .arg(&self.work)
+                    .arg(prog)
+                    .args(args);
+                cmd
+            }
+        }
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, prog: &str, args: &[&str]) -> String {
+        let out = self.command(prog, args).output().unwrap();
+        eprintln!(
+            "$ [{:?}] {prog} {} -> {}\n{}",
+            self.client,
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim_end()
+        );
+        assert!(out.status.success(), "{prog} {args:?} failed");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Builds `attr` of the closures with a fresh tag (new store paths).
+    fn build(&self, attr: &str) -> Closure {
+        let n = CALLS.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let tag = format!("u{}x{n}x{}", std::process::id(), nanos % 1_000_000_007);
+        let drv = self.ok(
+            "nix-instantiate",
+            &["closure.nix", "-A", attr, "--argstr", "tag", &tag],
+        );
+        let top = self.ok("nix-store", &["-r", &drv]);
+        let paths = self
+            .ok("nix-store", &["-qR", &top])
+            .lines()
+            .filter(|p| !p.contains("busybox"))
+            .map(str::to_owned)
+            .collect();
+        Closure { top, paths }
+    }
+
+    /// A signing key pair: (secret key file as the client sees it, public key).
+    fn keys(&self) -> (String, String) {
+        let sk = self.ok(
+            "nix",
+            &["key", "generate-secret", "--key-name", "upstream-1"],
+        );
+        let file = self.work.join("sk");
+        std::fs::write(self.host(&file), &sk).unwrap();
+        let out = self
+            .command("nix", &["key", "convert-secret-to-public"])
+            .stdin(std::fs::File::open(self.host(&file)).unwrap())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        (
+            file.display().to_string(),
+            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
+        )
+    }
+
+    /// A fresh upstream cache directory holding `path`'s closure, signed with `sk`;
+    /// its path on the host.
+    fn upstream_with(&self, path: &str, sk: &str) -> PathBuf {
+        let dir = self.temp_dir("upstream");
+        let url = format!("file://{}?secret-key={sk}&compression=zstd", dir.display());
+        self.ok("nix", &["copy", "--to", &url, path]);
+        self.host(&dir)
+    }
+
+    fn delete(&self, paths: &[String]) {
+        let mut args = vec!["--delete"];
+        args.extend(paths.iter().map(String::as_str));
+        self.ok("nix-store", &args);
+    }
+}
+
+impl Drop for Nix {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(self.host(&self.work));
+    }
+}
+
+/// Every test below that drives Nix runs once with each client: `<test>::nix_2_8` with
+/// the host's Nix 2.8, `<test>::nix_2_26` with the chroot's Nix 2.26.
+macro_rules! with_both_clients {
+    ($($test:ident),* $(,)?) => {$(
+        mod $test {
+            #[test]
+            fn nix_2_8() {
+                super::$test(super::Client::Host)
+            }
+            #[test]
+            fn nix_2_26() {
+                super::$test(super::Client::Chroot)
+            }
+        }
+    )*};
+}
+
+with_both_clients!(
+    real_nix_substitutes_a_closure_pulled_from_the_upstream,
+    a_builder_uploads_only_what_the_upstream_lacks,
+    tampered_upstream_narinfos_and_nars_are_refused_and_not_stored,
+);
+
+// ---------------------------------------------------------------------------------
+// Tests.
+
+/// Real Nix, with nix-stored as its only substituter and the upstream's key as the only
+/// trusted one, substitutes a closure that only the upstream had; NARs of pulled paths
+/// answer HEAD and Range; a second substitution does not ask the upstream again.
+fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let c = nix.build("app");
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&c.top, &sk);
+    let up = FileServer::serve(&up_dir);
+    let s = pulling(&up.url(), &pk);
+
+    nix.delete(&c.paths);
+    let args = [
+        "-r",
+        c.top.as_str(),
+        "--option",
+        "substituters",
+        &s.url(),
+        "--option",
+        "trusted-public-keys",
+        &pk,
+    ];
+    nix.ok("nix-store", &args);
+    let app = std::fs::read_to_string(nix.host(Path::new(&c.top).join("bin/app"))).unwrap();
+    assert!(app.starts_with("uses /nix/store/"), "{app:?}");
+
+    assert_eq!(c.paths.len(), 3);
+    for p in &c.paths {
+        let key = format!("{}.narinfo", hash_of(p));
+        let stored = s.store.read(&key).expect("pulled narinfo is stored");
+        assert_eq!(Some(stored.clone()), std::fs::read(up_dir.join(&key)).ok());
+        assert!(s.store.exists(&url_of(&String::from_utf8(stored).unwrap())));
+    }
+    let hits = format!(
+        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    assert_eq!(metric(&s, &hits), 3, "{}", get(&s, "/metrics").text());
+
+    // The NAR of a pulled path: HEAD and Range.
+    let info = String::from_utf8(
+        s.store
+            .read(&format!("{}.narinfo", hash_of(&c.top)))
+            .unwrap(),
+    )
+    .unwrap();
+    let nar = format!("/{}", url_of(&info));
+    let file = std::fs::read(up_dir.join(&nar[1..])).unwrap();
+    let h = head(&s, &nar);
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some(file.len().to_string().as_str())
+    );
+    let r = send(s.addr, "GET", &nar, &[("Range", "bytes=4-")], b"");
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, file[4..]);
+
+    // Served locally from now on.
+    let asked = up.total();
+    nix.delete(&c.paths);
+    nix.ok("nix-store", &args);
+    assert_eq!(up.total(), asked, "{:?}", up.requests.lock().unwrap());
+}
+
+/// A builder's `nix copy --to` nix-stored uploads only the path the upstream lacks:
+/// the closure check of its upload counts the pulled references.
+fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let c = nix.build("app");
+    let lib = c
+        .paths
+        .iter()
+        .find(|p| p.contains("-lib-"))
+        .expect("lib in the closure")
+        .clone();
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&lib, &sk);
+    let up = FileServer::serve(&up_dir);
+    let s = pulling(&up.url(), &pk);
+
+    nix.ok(
+        "nix",
+        &[
+            "copy",
+            "--to",
+            &format!("{}?compression=zstd", s.url()),
+            &c.top,
+        ],
+    );
+    let puts = |route: &str| {
+        metric(
+            &s,
+            &format!(
+                "nix_stored_requests_total{{route=\"{route}\",method=\"PUT\",status=\"201\"}}"
+            ),
+        )
+    };
+    assert_eq!(puts("narinfo"), 1, "{}", get(&s, "/metrics").text());
+    assert_eq!(puts("nar"), 1);
+    assert_eq!(narinfos(&s.store).len(), 3, "{:?}", s.store.files());
+    // The upstream was asked for the builder's own path, and had it not.
+    let misses = format!(
+        "nix_stored_upstream_misses_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    assert!(metric(&s, &misses) >= 1, "{}", get(&s, "/metrics").text());
+    assert_eq!(up.count(&format!("GET /{}.narinfo", hash_of(&c.top))), 1);
+    for p in &c.paths {
+        assert_eq!(get(&s, &format!("/{}.narinfo", hash_of(p))).status, 200);
+    }
+}
+
+/// An upstream narinfo with a broken signature, a NAR file with other contents than its
+/// FileHash, one cut short in transfer and one cut short on the upstream's disk: each
+/// path is a 404, nothing of it is stored, and neither is a path referring to them.
+/// An untouched path of the same upstream is pulled (the setup itself works).
+fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client) {
+    let Some(nix) = Nix::new(client) else { return };
+    let c = nix.build("wide");
+    let (sk, pk) = nix.keys();
+    let up_dir = nix.upstream_with(&c.top, &sk);
+    let up = FileServer::serve(&up_dir);
+    let leaf = |i: u32| {
+        let p = c
+            .paths
+            .iter()
+            .find(|p| p.contains(&format!("-leaf{i}-")))
+            .unwrap();
+        let key = format!("{}.narinfo", hash_of(p));
+        let text = std::fs::read_to_string(up_dir.join(&key)).unwrap();
+        (key, text)
+    };
+
+    // 1: one character of the signature changed.
+    let (key1, text1) = leaf(1);
+    let sig = text1.lines().find(|l| l.starts_with("Sig: ")).unwrap();
+    let (name, b64) = sig
+        .split_once(':')
+        .map(|(_, r)| r.trim())
+        .unwrap()
+        .split_once(':')
+        .unwrap();
+    let flipped = if b64.starts_with('A') { "B" } else { "A" };
+    let bad_sig = format!("Sig: {name}:{flipped}{}", &b64[1..]);
+    std::fs::write(up_dir.join(&key1), text1.replace(sig, &bad_sig)).unwrap();
+    // 2: the NAR file of leaf 2 holds leaf 6's.
+    let (key2, text2) = leaf(2);
+    let (_, text6) = leaf(6);
+    std::fs::copy(up_dir.join(url_of(&text6)), up_dir.join(url_of(&text2))).unwrap();
+    // 3: cut short in transfer (the full Content-Length announced).
+    let (key3, text3) = leaf(3);
+    up.truncate
+        .lock()
+        .unwrap()
+        .insert(format!("/{}", url_of(&text3)));
+    // 4: cut short on disk.
+    let (key4, text4) = leaf(4);
+    let nar4 = up_dir.join(url_of(&text4));
+    let bytes = std::fs::read(&nar4).unwrap();
+    std::fs::write(&nar4, &bytes[..bytes.len() - 16]).unwrap();
+
+    let s = pulling(&up.url(), &pk);
+    for key in [&key1, &key2, &key3, &key4] {
+        assert_eq!(get(&s, &format!("/{key}")).status, 404, "{key}");
+        assert_eq!(head(&s, &format!("/{key}")).status, 404, "{key}");
+    }
+    let wide = format!("/{}.narinfo", hash_of(&c.top));
+    assert_eq!(get(&s, &wide).status, 404);
+    // Nothing but the untouched leaves 5 and 6, which the pull of `wide` may have
+    // fetched before it met a tampered one.
+    let (key5, text5) = leaf(5);
+    let untouched = [key5.clone(), leaf(6).0];
+    let untouched_nars = [url_of(&text5), url_of(&text6)];
+    for key in narinfos(&s.store) {
+        assert!(
+            untouched.contains(&key),
+            "{key} stored: {:?}",
+            s.store.files()
+        );
+    }
+    for nar in s.store.nars() {
+        assert!(
+            untouched_nars.contains(&nar),
+            "{nar} stored: {:?}",
+            s.store.files()
+        );
+    }
+    assert_eq!(s.store.pending(), Vec::<String>::new());
+    // Each of the four was asked for (the NARs of 2-4 downloaded), and refused.
+    assert_eq!(up.count(&format!("GET /{}", url_of(&text3))), 1);
+    let errors = format!(
+        "nix_stored_upstream_errors_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    assert!(metric(&s, &errors) >= 4, "{}", get(&s, "/metrics").text());
+    assert!(s.log().contains("signature"), "{}", s.log());
+
+    assert_eq!(get(&s, &format!("/{key5}")).status, 200);
+    assert!(s.store.exists(&url_of(&text5)));
+}
+
+/// An upstream that refuses connections and one that accepts and never answers: a
+/// miss is a 404 (not a 5xx, not a hang), remembered for the negative TTL, and a
+/// local hit never asks them.
+#[test]
+fn an_upstream_down_or_hanging_gives_404_and_local_hits_do_not_wait() {
+    let closed = {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let hanging = TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_addr = hanging.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (accepted, held) = (accepted.clone(), held.clone());
+        std::thread::spawn(move || {
+            for conn in hanging.incoming().flatten() {
+                accepted.fetch_add(1, Ordering::Relaxed);
+                held.lock().unwrap().push(conn);
+            }
+        });
+    }
+    let key = signing_key(3);
+    let s = ServerBuilder::new()
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            &format!("http://{closed} http://{hanging_addr}"),
+        )
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &key))
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "2")
+        .start();
+
+    let missing = format!("/{}.narinfo", store_hash("missing"));
+    let started = Instant::now();
+    let r = get(&s, &missing);
+    assert_eq!(r.status, 404, "{}", r.text());
+    // Bounded by the timeout (2 s), far below the client's own 60 s.
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+    for upstream in [closed, hanging_addr] {
+        let errors = format!("nix_stored_upstream_errors_total{{upstream=\"http://{upstream}\"}}");
+        assert_eq!(metric(&s, &errors), 1, "{}", get(&s, "/metrics").text());
+    }
+    // The miss is remembered: no second wait.
+    assert_eq!(head(&s, &missing).status, 404);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+
+    // A path uploaded here is served without asking the upstreams.
+    let hash = store_hash("local");
+    let nar = nar_of(b"local");
+    let info = NarInfo::uncompressed("/nix/store", &hash, "local", &nar, &[]);
+    assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
+    assert_eq!(
+        put(&s, &format!("/{hash}.narinfo"), info.render().as_bytes()).status,
+        201
+    );
+    assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+    assert_eq!(accepted.load(Ordering::Relaxed), 1);
+}
+
+/// Thirty clients asking at once for the narinfo and then the NAR of one large path
+/// only the upstream has: one upstream download of each, and every client gets the
+/// whole NAR.
+#[test]
+fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(5);
+    let hash = store_hash("big");
+    let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i % 251) as u8).collect();
+    let nar = nar_of(&contents);
+    let (mut info, file) = NarInfo::packed("/nix/store", &hash, "big", &nar, "zstd");
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &file).unwrap();
+    let up = FileServer::serve(&up_dir);
+    up.slow.store(true, Ordering::Relaxed);
+    let s = pulling(&up.url(), &public_key_line("up-1", &key));
+
+    let addr = s.addr;
+    let clients: Vec<_> = (0..30)
+        .map(|_| {
+            let (hash, url) = (hash.clone(), info.url.clone());
+            std::thread::spawn(move || {
+                let narinfo = send(addr, "GET", &format!("/{hash}.narinfo"), &[], b"");
+                let nar = send(addr, "GET", &format!("/{url}"), &[], b"");
+                (narinfo.status, nar.status, nar.body)
+            })
+        })
+        .collect();
+    for c in clients {
+        let (narinfo, status, body) = c.join().unwrap();
+        assert_eq!((narinfo, status), (200, 200));
+        assert!(
+            body == file,
+            "a client got {} bytes of {}",
+            body.len(),
+            file.len()
+        );
+    }
+    let requests: HashMap<String, usize> =
+        up.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .fold(HashMap::new(), |mut m, r| {
+                *m.entry(r.clone()).or_default() += 1;
+                m
+            });
+    assert_eq!(
+        requests.get(&format!("GET /{hash}.narinfo")),
+        Some(&1),
+        "{requests:?}"
+    );
+    assert_eq!(
+        requests.get(&format!("GET /{}", info.url)),
+        Some(&1),
+        "{requests:?}"
+    );
+    assert_eq!(requests.len(), 2, "{requests:?}");
+}
+
+/// Upstreams without the keys their narinfos must be signed with: refused at start.
+#[test]
+fn upstreams_without_keys_are_refused_at_start() {
+    let (status, err) = ServerBuilder::new()
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            "https://user:secret@cache.example.org",
+        )
+        .start_expect_failure();
+    assert!(!status.success());
+    assert!(err.contains("NIX_STORED_UPSTREAM_KEYS"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    let (status, err) = ServerBuilder::new()
+        .env(
+            "NIX_STORED_UPSTREAMS",
+            "ftp://user:secret@cache.example.org",
+        )
+        .env(
+            "NIX_STORED_UPSTREAM_KEYS",
+            &public_key_line("up-1", &signing_key(1)),
+        )
+        .start_expect_failure();
+    assert!(!status.success());
+    assert!(err.contains("NIX_STORED_UPSTREAMS"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+}
+
+/// A client that gives up while its request pulls a path (a slow upstream NAR) does
+/// not stop the pull: the path ends up stored, and the next request finds it. Over
+/// HTTPS with HTTP/2 (curl, killed mid-request), where the closed connection drops the
+/// request's handler.
+#[cfg(feature = "tls")]
+#[test]
+fn a_pull_finishes_when_its_client_gives_up() {
+    use common::tls::{KeyFormat, TestCert};
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(6);
+    let hash = store_hash("abandoned");
+    let contents: Vec<u8> = (0..8u32 << 20).map(|i| (i % 241) as u8).collect();
+    let nar = nar_of(&contents);
+    let mut info = NarInfo::uncompressed("/nix/store", &hash, "abandoned", &nar, &[]);
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &nar).unwrap();
+    let up = FileServer::serve(&up_dir);
+    up.slow.store(true, Ordering::Relaxed);
+    let cert_dir = temp_dir("cert");
+    let cert = TestCert::generate(&cert_dir, "nix-stored-upstream", KeyFormat::Pkcs8Ec);
+    let s = ServerBuilder::new()
+        .tls(&cert)
+        .env("NIX_STORED_UPSTREAMS", &up.url())
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", &key))
+        .start();
+
+    let url = format!("https://127.0.0.1:{}/{hash}.narinfo", s.addr.port());
+    let mut curl = Command::new("curl")
+        .args([
+            "-sS",
+            "--http2",
+            "--cacert",
+            cert.cert.to_str().unwrap(),
+            &url,
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("curl is needed (apt-get install curl)");
+    let nar_request = format!("GET /{}", info.url);
+    let started = eventually(Duration::from_secs(30), || up.count(&nar_request) == 1);
+    let _ = curl.kill();
+    let _ = curl.wait();
+    assert!(
+        started,
+        "no NAR download: {:?}",
+        up.requests.lock().unwrap()
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || s
+            .store
+            .exists(&format!("{hash}.narinfo"))),
+        "the pull stopped with its client; log:\n{}",
+        s.log()
+    );
+    let got = curl_get(&cert, &url);
+    assert_eq!(got, info.render().into_bytes());
+    assert_eq!(up.count(&nar_request), 1);
+}
+
+/// The body of an HTTPS GET by curl, which must succeed.
+#[cfg(feature = "tls")]
+fn curl_get(cert: &common::tls::TestCert, url: &str) -> Vec<u8> {
+    let out = common::tls::curl(&[
+        "--http2",
+        "--fail",
+        "--cacert",
+        cert.cert.to_str().unwrap(),
+        url,
+    ]);
+    assert!(out.status.success());
+    out.stdout
+}
+
+/// Credentials in an upstream URL are sent (HTTP Basic, on every request) and appear
+/// in no log line and no metric label.
+#[test]
+fn upstream_credentials_are_sent_and_never_shown() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(8);
+    let hash = store_hash("private");
+    let nar = nar_of(b"private");
+    let mut info = NarInfo::uncompressed("/nix/store", &hash, "private", &nar, &[]);
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    std::fs::write(up_dir.join(&info.url), &nar).unwrap();
+    let up = FileServer::serve(&up_dir);
+    let with_credentials = format!("http://cache-user:s3cret-pw@{}", up.addr);
+    let s = pulling(&with_credentials, &public_key_line("up-1", &key));
+
+    assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+    assert_eq!(
+        get(&s, &format!("/{}.narinfo", store_hash("absent"))).status,
+        404
+    );
+    let expected = basic("cache-user", "s3cret-pw");
+    let auth = up.auth.lock().unwrap().clone();
+    assert_eq!(auth.len(), up.total(), "{auth:?}");
+    assert!(auth.iter().all(|a| *a == expected), "{auth:?}");
+    let metrics = get(&s, "/metrics").text();
+    let hits = format!(
+        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    assert_eq!(metric(&s, &hits), 1, "{metrics}");
+    assert!(!metrics.contains("s3cret"), "{metrics}");
+    assert!(!s.log().contains("s3cret"), "{}", s.log());
+    // Nor in --help, which shows the values of the variables it documents.
+    let help = Command::new(env!("CARGO_BIN_EXE_nix-stored"))
+        .arg("--help")
+        .env("NIX_STORED_UPSTREAMS", &with_credentials)
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains("NIX_STORED_UPSTREAMS"), "{help}");
+    assert!(!help.contains("s3cret"), "{help}");
+}
