@@ -14,9 +14,10 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::nix::{Client, Nix};
 use common::*;
 
 // ---------------------------------------------------------------------------------
@@ -180,273 +181,13 @@ fn narinfos(store: &Store) -> Vec<String> {
 // ---------------------------------------------------------------------------------
 // The real Nix client (the host's).
 
-/// Nix store mutations of parallel tests would contend for the store's locks.
-static HOST_STORE: Mutex<()> = Mutex::new(());
-static CHROOT_STORE: Mutex<()> = Mutex::new(());
-static CALLS: AtomicU64 = AtomicU64::new(0);
-
-/// Closures built with a static busybox: app -> lib -> data, and wide -> six leaves.
-const CLOSURE_NIX: &str = r#"{ tag }:
-let
-  bb = builtins.path { path = ./bb; name = "busybox-${tag}"; };
-  mk = name: script: derivation {
-    inherit name;
-    system = builtins.currentSystem;
-    builder = "${bb}/bin/sh";
-    args = [ "-c" script ];
-    PATH = "${bb}/bin";
-  };
-  data = mk "data-${tag}" "echo data-${tag} > $out";
-  lib = mk "lib-${tag}" "mkdir $out; echo ${data} > $out/ref";
-  app = mk "app-${tag}" "mkdir -p $out/bin; echo 'uses ${lib}' > $out/bin/app; head -c 8192 /dev/zero >> $out/bin/app";
-  leaves = map (i: mk "leaf${toString i}-${tag}" "mkdir $out; echo leaf${toString i}-${tag} > $out/x; head -c 65536 /dev/zero >> $out/x") [ 1 2 3 4 5 6 ];
-  wide = mk "wide-${tag}" "mkdir $out; echo ${toString leaves} > $out/leaves";
-in { inherit app lib wide; }
-"#;
-
-/// Which Nix drives a test: the host's (Debian 12, Nix 2.8) or the one in the Debian 13
-/// chroot that `scripts/nix-chroot.sh` prepares (Nix 2.26).
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Client {
-    Host,
-    Chroot,
-}
-
-/// The chroot of the Nix 2.26 client (`NIX_STORED_TEST_NIX_CHROOT`, else the script's
-/// default directory when complete); its mounts are made once per test binary.
-fn chroot_dir() -> Option<&'static PathBuf> {
-    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = std::env::var_os("NIX_STORED_TEST_NIX_CHROOT")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("/var/cache/nix-stored-test/trixie"));
-        if !dir.join(".nix-stored-complete").is_file() {
-            return None;
-        }
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/nix-chroot.sh");
-        let out = Command::new("bash")
-            .arg(&script)
-            .arg(&dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "scripts/nix-chroot.sh: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Some(dir)
-    })
-    .as_ref()
-}
-
-struct Nix {
-    client: Client,
-    /// `/` for the host's client, the chroot's directory for the other.
-    root: PathBuf,
-    /// The working directory, as the client sees it.
-    work: PathBuf,
-    _turn: MutexGuard<'static, ()>,
-}
-
-/// Output paths of a built attribute, its closure without the busybox source.
-struct Closure {
-    top: String,
-    paths: Vec<String>,
-}
-
-impl Nix {
-    fn new(client: Client) -> Option<Nix> {
-        let required = std::env::var("NIX_STORED_REQUIRE_NIX").as_deref() == Ok("1");
-        let (root, turn) = match client {
-            Client::Host => {
-                if Command::new("nix").arg("--version").output().is_err() {
-                    assert!(
-                        !required,
-                        "nix is not installed but NIX_STORED_REQUIRE_NIX=1"
-                    );
-                    eprintln!(
-                        "SKIPPED: nix not installed (apt-get install --no-install-recommends nix-bin)"
-                    );
-                    return None;
-                }
-                (PathBuf::from("/"), &HOST_STORE)
-            }
-            Client::Chroot => match chroot_dir() {
-                Some(dir) => (dir.clone(), &CHROOT_STORE),
-                None => {
-                    assert!(
-                        !required,
-                        "the Nix 2.26 chroot is missing (run scripts/nix-chroot.sh) but NIX_STORED_REQUIRE_NIX=1"
-                    );
-                    eprintln!("SKIPPED: no Nix 2.26 chroot (run scripts/nix-chroot.sh as root)");
-                    return None;
-                }
-            },
-        };
-        let turn = turn.lock().unwrap_or_else(|e| e.into_inner());
-        let mut nix = Nix {
-            client,
-            root,
-            work: PathBuf::new(),
-            _turn: turn,
-        };
-        nix.work = nix.temp_dir("nix");
-        let work = nix.host(&nix.work);
-        std::fs::create_dir_all(work.join("conf")).unwrap();
-        std::fs::write(work.join("conf/nix.conf"), nix_conf(60)).unwrap();
-        let bin = work.join("bb/bin");
-        std::fs::create_dir_all(&bin).unwrap();
-        std::fs::copy("/bin/busybox", bin.join("busybox")).expect("busybox-static is needed");
-        for applet in ["sh", "mkdir", "head"] {
-            std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
-        }
-        std::fs::write(work.join("closure.nix"), CLOSURE_NIX).unwrap();
-        Some(nix)
-    }
-
-    /// Where a path the client sees is on the host.
-    fn host(&self, client_path: impl AsRef<Path>) -> PathBuf {
-        let p = client_path.as_ref();
-        self.root.join(p.strip_prefix("/").unwrap_or(p))
-    }
-
-    /// A fresh directory the client can write; the path as the client sees it.
-    fn temp_dir(&self, tag: &str) -> PathBuf {
-        let host_dir = temp_dir(tag);
-        if self.client == Client::Host {
-            return host_dir;
-        }
-        std::fs::remove_dir(&host_dir).unwrap();
-        let inside = Path::new("/tmp").join(host_dir.file_name().unwrap());
-        std::fs::create_dir_all(self.host(&inside)).unwrap();
-        inside
-    }
-
-    fn command(&self, prog: &str, args: &[&str]) -> Command {
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let conf = self.work.join("conf");
-        let xdg = self.work.join(format!("xdg-{n}"));
-        match self.client {
-            Client::Host => {
-                let mut cmd = Command::new(prog);
-                cmd.args(args)
-                    .current_dir(&self.work)
-                    .env("NIX_CONF_DIR", conf)
-                    .env("XDG_CACHE_HOME", xdg);
-                cmd
-            }
-            Client::Chroot => {
-                let mut cmd = Command::new("chroot");
-                cmd.arg(&self.root).args([
-                    "/usr/bin/env",
-                    "-i",
-                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-                    "HOME=/root",
-                ]);
-                cmd.arg(format!("NIX_CONF_DIR={}", conf.display()))
-                    .arg(format!("XDG_CACHE_HOME={}", xdg.display()))
-                    .args(["bash", "-c", r#"cd "$0" && exec "$@""#])
-                    .arg(&self.work)
-                    .arg(prog)
-                    .args(args);
-                cmd
-            }
-        }
-    }
-
-    /// Runs a command that must succeed; returns its stdout.
-    fn ok(&self, prog: &str, args: &[&str]) -> String {
-        let out = self.command(prog, args).output().unwrap();
-        eprintln!(
-            "$ [{:?}] {prog} {} -> {}\n{}",
-            self.client,
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        );
-        assert!(out.status.success(), "{prog} {args:?} failed");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    }
-
-    /// Builds `attr` of the closures with a fresh tag (new store paths).
-    fn build(&self, attr: &str) -> Closure {
-        let n = CALLS.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos();
-        let tag = format!("u{}x{n}x{}", std::process::id(), nanos % 1_000_000_007);
-        let drv = self.ok(
-            "nix-instantiate",
-            &["closure.nix", "-A", attr, "--argstr", "tag", &tag],
-        );
-        let top = self.ok("nix-store", &["-r", &drv]);
-        let paths = self
-            .ok("nix-store", &["-qR", &top])
-            .lines()
-            .filter(|p| !p.contains("busybox"))
-            .map(str::to_owned)
-            .collect();
-        Closure { top, paths }
-    }
-
-    /// A signing key pair: (secret key file as the client sees it, public key).
-    fn keys(&self) -> (String, String) {
-        let sk = self.ok(
-            "nix",
-            &["key", "generate-secret", "--key-name", "upstream-1"],
-        );
-        let file = self.work.join("sk");
-        std::fs::write(self.host(&file), &sk).unwrap();
-        let out = self
-            .command("nix", &["key", "convert-secret-to-public"])
-            .stdin(std::fs::File::open(self.host(&file)).unwrap())
-            .output()
-            .unwrap();
-        assert!(out.status.success());
-        (
-            file.display().to_string(),
-            String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        )
-    }
-
-    /// A fresh upstream cache directory holding `path`'s closure, signed with `sk`;
-    /// its path on the host.
-    fn upstream_with(&self, path: &str, sk: &str) -> PathBuf {
-        let dir = self.temp_dir("upstream");
-        let url = format!("file://{}?secret-key={sk}&compression=zstd", dir.display());
-        self.ok("nix", &["copy", "--to", &url, path]);
-        self.host(&dir)
-    }
-
-    fn delete(&self, paths: &[String]) {
-        let mut args = vec!["--delete"];
-        args.extend(paths.iter().map(String::as_str));
-        self.ok("nix-store", &args);
-    }
-}
-
-impl Drop for Nix {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(self.host(&self.work));
-    }
-}
-
-/// Every test below that drives Nix runs once with each client: `<test>::nix_2_8` with
-/// the host's Nix 2.8, `<test>::nix_2_26` with the chroot's Nix 2.26.
-macro_rules! with_both_clients {
-    ($($test:ident),* $(,)?) => {$(
-        mod $test {
-            #[test]
-            fn nix_2_8() {
-                super::$test(super::Client::Host)
-            }
-            #[test]
-            fn nix_2_26() {
-                super::$test(super::Client::Chroot)
-            }
-        }
-    )*};
+/// A fresh upstream cache directory holding `path`'s closure, signed with `sk`; its
+/// path on the host.
+fn upstream_with(nix: &Nix, path: &str, sk: &str) -> PathBuf {
+    let dir = nix.temp_dir("upstream");
+    let url = format!("file://{}?secret-key={sk}&compression=zstd", dir.display());
+    nix.ok("nix", &["copy", "--to", &url, path]);
+    nix.host(&dir)
 }
 
 with_both_clients!(
@@ -463,16 +204,16 @@ with_both_clients!(
 /// answer HEAD and Range; a second substitution does not ask the upstream again.
 fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
-    let c = nix.build("app");
-    let (sk, pk) = nix.keys();
-    let up_dir = nix.upstream_with(&c.top, &sk);
+    let c = nix.build_attr("app");
+    let (sk, pk) = nix.keys_named("upstream-1");
+    let up_dir = upstream_with(&nix, &c.app, &sk);
     let up = FileServer::serve(&up_dir);
     let s = pulling(&up.url(), &pk);
 
-    nix.delete(&c.paths);
+    nix.delete_paths(&c.paths);
     let args = [
         "-r",
-        c.top.as_str(),
+        c.app.as_str(),
         "--option",
         "substituters",
         &s.url(),
@@ -481,7 +222,7 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
         &pk,
     ];
     nix.ok("nix-store", &args);
-    let app = std::fs::read_to_string(nix.host(Path::new(&c.top).join("bin/app"))).unwrap();
+    let app = std::fs::read_to_string(nix.host(Path::new(&c.app).join("bin/app"))).unwrap();
     assert!(app.starts_with("uses /nix/store/"), "{app:?}");
 
     assert_eq!(c.paths.len(), 3);
@@ -500,7 +241,7 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
     // The NAR of a pulled path: HEAD and Range.
     let info = String::from_utf8(
         s.store
-            .read(&format!("{}.narinfo", hash_of(&c.top)))
+            .read(&format!("{}.narinfo", hash_of(&c.app)))
             .unwrap(),
     )
     .unwrap();
@@ -518,7 +259,7 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
 
     // Served locally from now on.
     let asked = up.total();
-    nix.delete(&c.paths);
+    nix.delete_paths(&c.paths);
     nix.ok("nix-store", &args);
     assert_eq!(up.total(), asked, "{:?}", up.requests.lock().unwrap());
 }
@@ -527,15 +268,15 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
 /// the closure check of its upload counts the pulled references.
 fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
-    let c = nix.build("app");
+    let c = nix.build_attr("app");
     let lib = c
         .paths
         .iter()
         .find(|p| p.contains("-lib-"))
         .expect("lib in the closure")
         .clone();
-    let (sk, pk) = nix.keys();
-    let up_dir = nix.upstream_with(&lib, &sk);
+    let (sk, pk) = nix.keys_named("upstream-1");
+    let up_dir = upstream_with(&nix, &lib, &sk);
     let up = FileServer::serve(&up_dir);
     let s = pulling(&up.url(), &pk);
 
@@ -545,7 +286,7 @@ fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
             "copy",
             "--to",
             &format!("{}?compression=zstd", s.url()),
-            &c.top,
+            &c.app,
         ],
     );
     let puts = |route: &str| {
@@ -565,7 +306,7 @@ fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
         up.url()
     );
     assert!(metric(&s, &misses) >= 1, "{}", get(&s, "/metrics").text());
-    assert_eq!(up.count(&format!("GET /{}.narinfo", hash_of(&c.top))), 1);
+    assert_eq!(up.count(&format!("GET /{}.narinfo", hash_of(&c.app))), 1);
     for p in &c.paths {
         assert_eq!(get(&s, &format!("/{}.narinfo", hash_of(p))).status, 200);
     }
@@ -577,9 +318,9 @@ fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
 /// An untouched path of the same upstream is pulled (the setup itself works).
 fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
-    let c = nix.build("wide");
-    let (sk, pk) = nix.keys();
-    let up_dir = nix.upstream_with(&c.top, &sk);
+    let c = nix.build_attr("wide");
+    let (sk, pk) = nix.keys_named("upstream-1");
+    let up_dir = upstream_with(&nix, &c.app, &sk);
     let up = FileServer::serve(&up_dir);
     let leaf = |i: u32| {
         let p = c
@@ -625,7 +366,7 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client
         assert_eq!(get(&s, &format!("/{key}")).status, 404, "{key}");
         assert_eq!(head(&s, &format!("/{key}")).status, 404, "{key}");
     }
-    let wide = format!("/{}.narinfo", hash_of(&c.top));
+    let wide = format!("/{}.narinfo", hash_of(&c.app));
     assert_eq!(get(&s, &wide).status, 404);
     // Nothing but the untouched leaves 5 and 6, which the pull of `wide` may have
     // fetched before it met a tampered one.

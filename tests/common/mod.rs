@@ -11,6 +11,7 @@
 
 #[cfg(feature = "s3")]
 mod garage;
+pub mod nix;
 #[cfg(feature = "tls")]
 pub mod tls;
 
