@@ -64,6 +64,10 @@ impl Cache {
             self.index.insert(hash);
         }
         let outcome = self.store_bytes(key, &bytes).await?;
+        if let Some(hash) = key.store_hash() {
+            let now = crate::cache::retention::now_secs();
+            self.retention.catalog().insert_narinfo(hash, &bytes, now);
+        }
         self.retention
             .confirm_undoomed(since, &doom_keys, key.as_str())
             .await?;

@@ -319,6 +319,7 @@ fn forget_vanished(r: &Retention, seen: &[bool], started: u32) {
         .collect();
     for h in &gone {
         graph.remove(h);
+        r.catalog.remove(h);
     }
     if !gone.is_empty() {
         tracing::info!(
