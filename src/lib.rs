@@ -117,6 +117,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics_enabled: config.metrics,
         readiness: http::service::Readiness::default(),
         trusted_proxies: config.proxy.trusted.clone(),
+        public_url: config.proxy.public_url.clone(),
+        tls: scheme == "https",
     });
     let options = server::ServeOptions {
         header_timeout: config.header_timeout,
