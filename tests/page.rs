@@ -137,7 +137,7 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
         "{page}"
     );
     assert!(
-        page.contains("<code>other.test-2</code> – 1 paths"),
+        page.contains("<code>other.test-2</code> – 1 path"),
         "{page}"
     );
     assert!(!page.contains("netrc"), "no read auth, no netrc");
@@ -180,10 +180,6 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
     );
 
     // The Host header names the URL shown.
-    let r = send(s.addr, "GET", "/", &[("Host", "cache.example.org")], b"");
-    // (request_head already sent a Host; the server sees the first, the test
-    // client's, so send a request with only this one.)
-    let _ = r;
     let raw = raw_request(
         s.addr,
         b"GET / HTTP/1.1\r\nHost: cache.example.org:8443\r\nConnection: close\r\n\r\n",
@@ -191,6 +187,48 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
     assert!(raw
         .text()
         .contains("extra-substituters = http://cache.example.org:8443"));
+}
+
+#[test]
+fn public_url_and_quota_are_shown() {
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_PUBLIC_URL", "https://cache.example.org/")
+        .env("NIX_STORED_MAX_SIZE", "10M")
+        .start();
+    upload(&s, "hello", "hello-2.12.2", &[], None);
+    let page = get(&s, "/").text();
+    assert!(
+        page.contains("extra-substituters = https://cache.example.org\n"),
+        "{page}"
+    );
+    // The quota, once retention counted what is stored.
+    let counted = eventually(Duration::from_secs(20), || {
+        json(&get(&s, "/api/summary"))["figures"]["quota"]["maxBytes"] == 10 << 20
+    });
+    assert!(counted, "{}", get(&s, "/api/summary").text());
+    assert!(get(&s, "/").text().contains("of the 10.0 MiB quota"));
+}
+
+#[test]
+fn narinfos_another_writer_stores_are_found() {
+    if fs_only("the directory is written behind the server's back") {
+        return;
+    }
+    let s = ServerBuilder::new().start();
+    upload(&s, "hello", "hello-2.12.2", &[], None);
+    let hash = store_hash("other-writer");
+    let text = format!(
+        "StorePath: {STORE}/{hash}-written-elsewhere-1.0\nURL: nar/x.nar\nNarSize: 5\nReferences: \n"
+    );
+    // As `nix copy --to file://` writes: a temporary file renamed into place.
+    let tmp = s.dir.join(".tmp-other-writer");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, s.dir.join(format!("{hash}.narinfo"))).unwrap();
+    let found = eventually(Duration::from_secs(20), || {
+        json(&get(&s, "/api/search?q=elsewhere"))["results"][0]["hash"] == hash
+    });
+    assert!(found, "{}", s.log());
+    assert_eq!(json(&get(&s, "/api/summary"))["figures"]["paths"], 2);
 }
 
 #[test]

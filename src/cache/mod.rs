@@ -254,7 +254,14 @@ impl Cache {
     /// Starts building and maintaining the in-memory narinfo index in the background;
     /// until it is complete, every lookup goes to storage.
     pub fn start_index(&self) {
-        tokio::spawn(index::maintain(self.index.clone(), self.storage.clone()));
+        let (catalog, storage) = (self.catalog().clone(), self.storage.clone());
+        let added: index::OnAdded =
+            Box::new(move |names| catalog::load::added(&catalog, &storage, names));
+        tokio::spawn(index::maintain(
+            self.index.clone(),
+            self.storage.clone(),
+            added,
+        ));
     }
 
     /// Starts loading the catalog of stored paths (the page's) in the background.

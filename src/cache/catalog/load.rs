@@ -60,6 +60,41 @@ async fn read(
     Ok(record::parse(&hash, &bytes).map(|r| (r, modified)))
 }
 
+/// Reads the narinfos among `names` (objects that appeared in storage) that the
+/// catalog does not hold yet, in the background: what another writer stored. This
+/// server's own uploads are in the catalog already.
+pub fn added(catalog: &Arc<Catalog>, storage: &Arc<dyn Storage>, names: &[String]) {
+    let now = crate::cache::retention::now_secs();
+    let unknown: Vec<Listed> = names
+        .iter()
+        .filter(|n| {
+            n.strip_suffix(".narinfo")
+                .and_then(path_hash)
+                .is_some_and(|h| !catalog.holds(&h))
+        })
+        .map(|n| Listed {
+            key: n.clone(),
+            size: 0,
+            modified: u64::from(now),
+        })
+        .collect();
+    if unknown.is_empty() {
+        return;
+    }
+    let (catalog, storage) = (catalog.clone(), storage.clone());
+    tokio::spawn(async move {
+        for l in unknown {
+            match read(storage.as_ref(), l).await {
+                Ok(Some((record, modified))) => catalog.insert(&record, modified),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!("catalog: cannot read a narinfo another writer stored: {e}")
+                }
+            }
+        }
+    });
+}
+
 /// Loads the catalog in the background, with the outcome logged.
 pub fn spawn(catalog: Arc<Catalog>, storage: Arc<dyn Storage>) {
     tokio::spawn(async move {

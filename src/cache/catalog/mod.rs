@@ -153,6 +153,11 @@ impl Catalog {
             .collect()
     }
 
+    /// Whether the narinfo of `hash` is in the catalog.
+    pub fn holds(&self, hash: &PathHash) -> bool {
+        self.read().stored_id(hash).is_some()
+    }
+
     /// Records a stored narinfo, `stored` seconds since the epoch.
     pub fn insert(&self, record: &Record, stored: u32) {
         self.write().insert(record, stored);

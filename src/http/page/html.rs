@@ -106,6 +106,10 @@ fn figure(out: &mut String, value: &str, label: &str) {
     );
 }
 
+fn count(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn rate(r: Option<f64>) -> String {
     r.map_or_else(|| "–".into(), |r| format!("{:.0} %", r * 100.0))
 }
@@ -173,9 +177,9 @@ each signer you trust (from <code>nix key convert-secret-to-public</code>).</p>"
         for s in &u.signers {
             let _ = write!(
                 out,
-                "<li><code>{}</code> – {} paths</li>",
+                "<li><code>{}</code> – {}</li>",
                 html(s.name.as_deref().unwrap_or("(other keys)")),
-                s.paths
+                count(s.paths, "path", "paths")
             );
         }
         out.push_str("</ul>");
@@ -214,8 +218,8 @@ pub fn summary(s: &Summary, search: Option<(&str, &[PathSummary])>) -> String {
         } else {
             let _ = write!(
                 out,
-                "<p>{} paths with <code>{}</code> in their name, newest first{}:</p>",
-                results.len(),
+                "<p>{} with <code>{}</code> in their name, newest first{}:</p>",
+                count(results.len() as u64, "path", "paths"),
                 html(q),
                 if results.len() == super::view::PAGE_RESULTS {
                     " (the first ones; <a href=\"/api/search?q=".to_owned()
@@ -330,8 +334,8 @@ pub fn path(v: &PathView, store_dir: &str) -> String {
     if v.detail.closure_missing > 0 {
         let _ = write!(
             out,
-            "<p class=\"muted\">{} paths of its closure are not in this cache.</p>",
-            v.detail.closure_missing
+            "<p class=\"muted\">{} of its closure not in this cache.</p>",
+            count(v.detail.closure_missing, "path", "paths")
         );
     }
     if let Some(nar) = &v.nar {
