@@ -297,6 +297,13 @@ fn json_api_answers_summary_search_and_path() {
     let found = json(&get(&s, "/api/search?q=hello&limit=1"));
     assert_eq!(found["results"].as_array().unwrap().len(), 1);
     assert_eq!(found["results"][0]["hash"], tests.hash);
+    for bad in ["0", "201", "null", "-1"] {
+        assert_eq!(
+            get(&s, &format!("/api/search?q=x&limit={bad}")).status,
+            400,
+            "{bad}"
+        );
+    }
     let found = json(&get(&s, "/api/search?q=2.40"));
     assert_eq!(found["results"][0]["hash"], glibc.hash);
 

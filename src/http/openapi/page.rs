@@ -116,7 +116,7 @@ pub(super) fn add(paths: &mut Map<String, Value>) {
                     "query": { "type": "string" },
                     "results": { "type": "array", "items": path_summary() } } }),
                 ),
-                &[],
+                &[("400", "A limit that is no number from 1 to 200")],
                 true,
             ),
             json!([q, limit]),

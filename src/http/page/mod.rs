@@ -62,10 +62,19 @@ async fn answer(
         Page::Search => {
             let q = query_param(query, "q").unwrap_or_default();
             let q = q.trim();
-            let limit = query_param(query, "limit")
-                .and_then(|l| l.parse::<usize>().ok())
-                .unwrap_or(view::PAGE_RESULTS)
-                .clamp(1, view::MAX_RESULTS);
+            let limit = match query_param(query, "limit") {
+                None => view::PAGE_RESULTS,
+                Some(l) => l
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|l| (1..=view::MAX_RESULTS).contains(l))
+                    .ok_or_else(|| {
+                        HttpError::BadQuery(format!(
+                            "limit must be a number from 1 to {}",
+                            view::MAX_RESULTS
+                        ))
+                    })?,
+            };
             let results = catalog.search(q, limit);
             Ok(json_answer(&json::search(q, &results)))
         }
