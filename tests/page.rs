@@ -232,6 +232,58 @@ fn narinfos_another_writer_stores_are_found() {
 }
 
 #[test]
+fn paths_retention_removes_leave_the_page() {
+    let s = ServerBuilder::new()
+        .env("NIX_STORED_GC_INTERVAL", "1")
+        .env("NIX_STORED_MAX_SIZE", "100K")
+        .start();
+    wait_passes(&s, 0, 1);
+    let mut paths = Vec::new();
+    for i in 0..10 {
+        let hash = store_hash(&format!("big-{i}"));
+        let mut contents = format!("big {i}").into_bytes();
+        contents.resize(20_000, b'x');
+        let nar = nar_of(&contents);
+        let info = NarInfo::uncompressed(STORE, &hash, &format!("big-{i}"), &nar, &[]);
+        assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
+        assert_eq!(
+            put(&s, &format!("/{hash}.narinfo"), info.render().as_bytes()).status,
+            201
+        );
+        paths.push(hash);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let passes = metric(&s, "nix_stored_retention_passes_total");
+    wait_passes(&s, passes, 2);
+    let stored: Vec<bool> = paths
+        .iter()
+        .map(|h| get(&s, &format!("/{h}.narinfo")).status == 200)
+        .collect();
+    assert!(
+        stored.contains(&false),
+        "the quota removed paths: {}",
+        s.log()
+    );
+    let found = json(&get(&s, "/api/search?q=big-&limit=200"));
+    let listed: Vec<&str> = found["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["hash"].as_str().unwrap())
+        .collect();
+    for (hash, kept) in paths.iter().zip(&stored) {
+        assert_eq!(listed.contains(&hash.as_str()), *kept, "{hash}");
+        let page = get(&s, &format!("/path/{hash}")).status;
+        assert_eq!(page, if *kept { 200 } else { 404 }, "{hash}");
+    }
+    let sum = json(&get(&s, "/api/summary"));
+    assert_eq!(
+        sum["figures"]["paths"],
+        stored.iter().filter(|k| **k).count()
+    );
+}
+
+#[test]
 fn path_page_links_references_referrers_and_the_nar() {
     let s = ServerBuilder::new().start();
     let (glibc, hello, tests) = small_cache(&s);
