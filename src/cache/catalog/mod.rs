@@ -52,7 +52,7 @@ pub struct PathSummary {
     pub nar_size: u64,
     /// `FileSize`.
     pub file_size: u64,
-    /// When its narinfo was stored, in seconds since the epoch.
+    /// When its narinfo was first stored, in seconds since the epoch.
     pub stored: u32,
     /// The key names of its signatures; `None` for one of the keys beyond the
     /// catalog's table of names.

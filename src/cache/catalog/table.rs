@@ -29,7 +29,7 @@ pub(super) struct Entry {
     pub(super) name_at: u32,
     pub(super) name_len: u8,
     pub(super) state: State,
-    /// When its narinfo was stored (seconds since the epoch).
+    /// When its narinfo was first stored (seconds since the epoch).
     pub(super) stored: u32,
     refs_at: u32,
     refs_len: u32,
@@ -179,7 +179,11 @@ impl Table {
         }
         let e = &mut self.entries[id as usize];
         e.state = State::Stored;
-        e.stored = e.stored.max(stored);
+        // A path stored again (re-signed) keeps its first time, as it keeps its
+        // place among the latest uploads.
+        if !was_stored {
+            e.stored = stored;
+        }
         e.signers = signers;
         e.nar_size = record.nar_size;
         e.file_size = record.file_size;

@@ -89,6 +89,7 @@ fn stored_again_keeps_one_entry() {
     assert_eq!(c.figures().paths, 1);
     assert_eq!(c.latest(10).len(), 1);
     assert_eq!(c.latest(10)[0].signers.len(), 2);
+    assert_eq!(c.latest(10)[0].stored, 5);
     assert_eq!(c.signers().len(), 2);
 }
 
@@ -173,4 +174,33 @@ fn a_million_catalogued() {
     assert_eq!(n_rare, 1);
     assert_eq!(n_none, 0);
     assert_eq!(n_common, 20);
+}
+
+#[test]
+fn churn_reuses_slots_and_compacts_without_stale_answers() {
+    let c = Catalog::default();
+    for i in 0..100_000u32 {
+        let refs: Vec<u32> = if i >= 3 { vec![i - 3] } else { vec![] };
+        c.insert(&record(i, &format!("old-{i}"), &refs, &[]), i);
+    }
+    let arena = c.read().names.len();
+    // Newest first, so that referenced paths are kept as placeholders meanwhile.
+    for i in (0..90_000u32).rev() {
+        c.remove(&hash(i));
+    }
+    assert!(c.read().names.len() < arena / 2, "names compacted");
+    // New paths take the freed slots: old order pairs naming them must not answer.
+    for i in 200_000..250_000u32 {
+        c.insert(&record(i, &format!("new-{i}"), &[], &[]), i);
+    }
+    assert_eq!(c.figures().paths, 60_000);
+    assert_eq!(c.search("old-", 100_000).len(), 10_000);
+    assert_eq!(c.search("new-", 100_000).len(), 50_000);
+    assert!(c.search("old-8", 10).is_empty());
+    assert_eq!(c.search("old-95000", 10)[0].name, "old-95000");
+    assert_eq!(c.latest(1)[0].name, "new-249999");
+    let p = c.path(&hex(90_001)).unwrap();
+    assert_eq!(p.references[0].name, None, "its reference was removed");
+    assert_eq!(p.closure_missing, 1);
+    assert_eq!(c.path(&hex(90_000)).unwrap().referrers_total, 1);
 }
