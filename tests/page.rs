@@ -565,6 +565,29 @@ fn generate(dir: &std::path::Path, n: usize) -> Vec<String> {
 }
 
 #[test]
+fn with_retention_its_first_pass_fills_the_catalog() {
+    if fs_only("narinfos are generated into the directory") {
+        return;
+    }
+    let dir = temp_dir("page-retention-load");
+    let hashes = generate(&dir, 50);
+    let s = ServerBuilder::new()
+        .dir(&dir)
+        .env("NIX_STORED_MAX_SIZE", "1G")
+        .start();
+    let loaded = eventually(Duration::from_secs(20), || {
+        json(&get(&s, "/api/summary"))["figures"]["complete"] == true
+    });
+    assert!(loaded, "{}", s.log());
+    assert_eq!(json(&get(&s, "/api/summary"))["figures"]["paths"], 50);
+    let p = json(&get(&s, &format!("/api/path/{}", hashes[20])));
+    assert_eq!(p["referrersTotal"], 3);
+    // Read once, by the pass: the catalog's own load did not run.
+    assert!(!s.log().contains("catalog: 50 paths"), "{}", s.log());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn search_and_api_at_100k_paths() {
     if fs_only("narinfos are generated into the directory") {
         return;

@@ -265,8 +265,12 @@ impl Cache {
     }
 
     /// Starts loading the catalog of stored paths (the page's) in the background.
+    /// With retention on, its first pass (at once) reads every narinfo and fills the
+    /// catalog as it goes: one read of each at start, not two.
     pub fn start_catalog(&self) {
-        catalog::load::spawn(self.catalog().clone(), self.storage.clone());
+        if !self.retention.enabled() {
+            catalog::load::spawn(self.catalog().clone(), self.storage.clone());
+        }
     }
 
     /// The catalog of stored paths.

@@ -34,7 +34,7 @@ pub async fn load(catalog: Arc<Catalog>, storage: Arc<dyn Storage>) -> Result<()
     let (listed, consumed) = tokio::join!(listing, consume);
     listed?;
     consumed?;
-    catalog.loaded();
+    catalog.finish_load();
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! The catalog: what the cache holds, by name, for the page people read
 //! (`GET /`, `/path/<hash>`, `/api/...`).
 //!
-//! A compact in-memory index of the stored paths (about 100 bytes a path with its
-//! name and references, see [`Catalog::heap_bytes`]): built from a listing of the
-//! storage at start ([`load`]), updated when a narinfo is stored (ingest) and
-//! removed (retention). Every read is answered from memory, so the page and its
-//! search cost no storage request.
+//! A compact in-memory index of the stored paths (about 120 bytes a path with its
+//! name and five references, see [`Catalog::heap_bytes`]): built from a listing of
+//! the storage at start ([`load`], or retention's first pass, which reads every
+//! narinfo anyway), updated when a narinfo is stored (ingest), appears from another
+//! writer (the storage watch) and is removed (retention). Every read is answered
+//! from memory, so the page and its search cost no storage request.
 //!
 //! The API is five reads: [`Catalog::figures`], [`Catalog::latest`],
 //! [`Catalog::search`], [`Catalog::path`] and [`Catalog::signers`].
@@ -181,9 +182,11 @@ impl Catalog {
         self.read().heap_bytes()
     }
 
-    /// Marks the start-up listing as done, and gives back the memory it grew.
-    fn loaded(&self) {
-        self.write().shrink();
-        self.complete.store(true, Ordering::Release);
+    /// Marks the start-up listing as done, and gives back the memory it grew (once).
+    pub fn finish_load(&self) {
+        if !self.complete.load(Ordering::Acquire) {
+            self.write().shrink();
+            self.complete.store(true, Ordering::Release);
+        }
     }
 }

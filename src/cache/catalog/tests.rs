@@ -98,7 +98,7 @@ fn compaction_orders_names_by_time() {
     let c = Catalog::default();
     c.insert(&record(1, "late", &[], &[]), 50);
     c.insert(&record(2, "early", &[], &[]), 10);
-    c.loaded();
+    c.finish_load();
     assert_eq!(c.latest(1)[0].name, "late");
     assert_eq!(c.search("a", 10)[0].name, "late");
 }
@@ -153,7 +153,7 @@ fn a_million_catalogued() {
         );
         c.insert(&record(i, &name, &refs, &["cache.example.org-1"]), i);
     }
-    c.loaded();
+    c.finish_load();
     let built = started.elapsed();
     let time = |f: &dyn Fn() -> usize| {
         let t = Instant::now();
