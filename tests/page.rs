@@ -601,6 +601,13 @@ fn search_and_api_at_100k_paths() {
         sum["figures"]["complete"] == true
     });
     assert!(loaded, "catalog of {N} paths loaded: {}", s.log());
+    // The load's log line (reported, not asserted), written just after it completes.
+    eventually(Duration::from_secs(5), || s.log().contains("INFO catalog:"));
+    let log = s.log();
+    eprintln!(
+        "{}",
+        log.lines().find(|l| l.contains("catalog:")).unwrap_or(&log)
+    );
     let sum = json(&get(&s, "/api/summary"));
     assert_eq!(sum["figures"]["paths"], N);
     assert_eq!(sum["usage"]["signers"][0]["paths"], N);
