@@ -665,6 +665,7 @@ fn search_and_api_at_100k_paths() {
     // Paths reachable by steps of 5 to 15 down from 50000: every earlier one of the
     // same residue mod 5 (10001 of them, itself included).
     assert_eq!(p["closure"]["paths"], i / 5 + 1);
+    assert_eq!(p["closure"]["complete"], true);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

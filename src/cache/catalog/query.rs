@@ -5,7 +5,7 @@ use memchr::memmem;
 
 use super::record::valid_name;
 use super::table::{State, Table};
-use super::{PathDetail, PathLink, PathSummary};
+use super::{Closure, PathDetail, PathLink, PathSummary};
 use crate::cache::retention::graph::path_hash_str;
 
 impl Table {
@@ -75,8 +75,8 @@ impl Table {
     }
 
     /// One stored path: its references, up to `max_referrers` referrers (with their
-    /// number), and its closure's paths and NAR bytes.
-    pub(super) fn detail(&self, id: u32, max_referrers: usize) -> PathDetail {
+    /// number), and its closure's paths and NAR bytes (walked up to `closure_limit`).
+    pub(super) fn detail(&self, id: u32, max_referrers: usize, closure_limit: u64) -> PathDetail {
         let references = self.refs_of(id).iter().map(|r| self.link(*r)).collect();
         let mut referrers = Vec::new();
         let mut referrers_total = 0;
@@ -89,33 +89,41 @@ impl Table {
             }
         }
         referrers.sort_by_key(|r| std::cmp::Reverse(self.entry(*r).stored));
-        let (closure_paths, closure_nar_size, closure_missing) = self.closure(id);
+        let closure = self.closure(id, closure_limit);
         PathDetail {
             summary: self.summary(id),
             references,
             referrers: referrers.iter().map(|r| self.link(*r)).collect(),
             referrers_total,
-            closure_paths,
-            closure_nar_size,
-            closure_missing,
+            closure,
         }
     }
 
-    /// Paths in the closure of `id` (itself included), their NAR bytes, and how many
-    /// of them are not stored.
-    fn closure(&self, id: u32) -> (u64, u64, u64) {
+    /// The closure of `id` (itself included): its stored paths, their NAR bytes and
+    /// how many of its paths are not stored, walking at most `limit` paths (then
+    /// `complete` is false and the figures are lower bounds).
+    fn closure(&self, id: u32, limit: u64) -> Closure {
         let mut seen = vec![0u64; self.entries.len().div_ceil(64)];
         let mut stack = vec![id];
         seen[id as usize / 64] |= 1 << (id % 64);
-        let (mut paths, mut bytes, mut missing) = (0, 0, 0);
+        let mut c = Closure {
+            paths: 0,
+            nar_size: 0,
+            missing: 0,
+            complete: true,
+        };
         while let Some(next) = stack.pop() {
+            if c.paths + c.missing == limit {
+                c.complete = false;
+                break;
+            }
             let e = self.entry(next);
             if e.state != State::Stored {
-                missing += 1;
+                c.missing += 1;
                 continue;
             }
-            paths += 1;
-            bytes += e.nar_size;
+            c.paths += 1;
+            c.nar_size += e.nar_size;
             for r in self.refs_of(next) {
                 let (word, bit) = (*r as usize / 64, 1u64 << (r % 64));
                 if seen[word] & bit == 0 {
@@ -124,6 +132,6 @@ impl Table {
                 }
             }
         }
-        (paths, bytes, missing)
+        c
     }
 }

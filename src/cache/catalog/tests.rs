@@ -63,12 +63,12 @@ fn references_referrers_and_closure() {
     c.insert(&record(3, "c", &[2], &[]), 3);
     let p = c.path(&hex(3)).unwrap();
     assert_eq!(p.references[0].name.as_deref(), Some("b"));
-    assert_eq!((p.closure_paths, p.closure_missing), (2, 1));
+    assert_eq!((p.closure.paths, p.closure.missing), (2, 1));
     assert!(c.path(&hex(9)).is_none());
     c.insert(&record(9, "a", &[], &[]), 4);
     let p = c.path(&hex(3)).unwrap();
-    assert_eq!((p.closure_paths, p.closure_missing), (3, 0));
-    assert_eq!(p.closure_nar_size, 1002 + 1003 + 1009);
+    assert_eq!((p.closure.paths, p.closure.missing), (3, 0));
+    assert_eq!(p.closure.nar_size, 1002 + 1003 + 1009);
     let a = c.path(&hex(9)).unwrap();
     assert_eq!(a.referrers_total, 1);
     assert_eq!(a.referrers[0].name.as_deref(), Some("b"));
@@ -79,6 +79,22 @@ fn references_referrers_and_closure() {
     assert_eq!(c.path(&hex(3)).unwrap().references[0].name, None);
     assert_eq!(c.path(&hex(9)).unwrap().referrers_total, 0);
     assert_eq!(c.figures().paths, 2);
+}
+
+#[test]
+fn closures_are_walked_up_to_a_limit() {
+    let c = Catalog::default();
+    for i in 0..10u32 {
+        let refs: Vec<u32> = if i > 0 { vec![i - 1] } else { vec![] };
+        c.insert(&record(i, "chain", &refs, &[]), i);
+    }
+    let t = c.read();
+    let id = t.stored_id(&hash(9)).unwrap();
+    let whole = t.detail(id, 10, 100).closure;
+    assert_eq!((whole.paths, whole.complete), (10, true));
+    let cut = t.detail(id, 10, 4).closure;
+    assert_eq!((cut.paths, cut.complete), (4, false));
+    assert!(t.detail(id, 10, 10).closure.complete);
 }
 
 #[test]
@@ -201,6 +217,6 @@ fn churn_reuses_slots_and_compacts_without_stale_answers() {
     assert_eq!(c.latest(1)[0].name, "new-249999");
     let p = c.path(&hex(90_001)).unwrap();
     assert_eq!(p.references[0].name, None, "its reference was removed");
-    assert_eq!(p.closure_missing, 1);
+    assert_eq!(p.closure.missing, 1);
     assert_eq!(c.path(&hex(90_000)).unwrap().referrers_total, 1);
 }

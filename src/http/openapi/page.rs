@@ -137,7 +137,8 @@ pub(super) fn add(paths: &mut Map<String, Value>) {
                     "referrersTotal": { "type": "integer" },
                     "closure": { "type": "object", "properties": {
                         "paths": { "type": "integer" }, "narBytes": { "type": "integer" },
-                        "missing": { "type": "integer", "description": "Paths of the closure not in this cache" } } }
+                        "missing": { "type": "integer", "description": "Paths of the closure not in this cache" },
+                        "complete": { "type": "boolean", "description": "false when the closure was walked to 100,000 paths only: the figures are then lower bounds" } } }
                 } })),
                 &NOT_FOUND,
                 true,

@@ -324,18 +324,31 @@ pub fn path(v: &PathView, store_dir: &str) -> String {
     );
     figure(&mut out, &size(p.nar_size), "NAR size");
     figure(&mut out, &size(p.file_size), "file size");
-    figure(&mut out, &size(v.detail.closure_nar_size), "closure size");
+    let c = &v.detail.closure;
+    let at_least = if c.complete { "" } else { "≥ " };
     figure(
         &mut out,
-        &v.detail.closure_paths.to_string(),
+        &format!("{at_least}{}", size(c.nar_size)),
+        "closure size",
+    );
+    figure(
+        &mut out,
+        &format!("{at_least}{}", c.paths),
         "paths in its closure",
     );
     out.push_str("</div>");
-    if v.detail.closure_missing > 0 {
+    if !c.complete {
+        let _ = write!(
+            out,
+            "<p class=\"muted\">Its closure was walked to {} paths only: the figures are lower bounds.</p>",
+            crate::cache::catalog::CLOSURE_LIMIT
+        );
+    }
+    if c.missing > 0 {
         let _ = write!(
             out,
             "<p class=\"muted\">{} of its closure not in this cache.</p>",
-            count(v.detail.closure_missing, "path", "paths")
+            count(c.missing, "path", "paths")
         );
     }
     if let Some(nar) = &v.nar {

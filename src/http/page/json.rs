@@ -94,9 +94,10 @@ pub fn path(v: &PathView) -> Value {
         "referrers": links(&d.referrers),
         "referrersTotal": d.referrers_total,
         "closure": {
-            "paths": d.closure_paths,
-            "narBytes": d.closure_nar_size,
-            "missing": d.closure_missing,
+            "paths": d.closure.paths,
+            "narBytes": d.closure.nar_size,
+            "missing": d.closure.missing,
+            "complete": d.closure.complete,
         },
     })
 }
