@@ -78,17 +78,10 @@ impl Table {
     /// number), and its closure's paths and NAR bytes (walked up to `closure_limit`).
     pub(super) fn detail(&self, id: u32, max_referrers: usize, closure_limit: u64) -> PathDetail {
         let references = self.refs_of(id).iter().map(|r| self.link(*r)).collect();
-        let mut referrers = Vec::new();
-        let mut referrers_total = 0;
-        for (rid, e) in self.entries.iter().enumerate() {
-            if e.state == State::Stored && self.refs_of(rid as u32).contains(&id) {
-                referrers_total += 1;
-                if referrers.len() < max_referrers {
-                    referrers.push(rid as u32);
-                }
-            }
-        }
+        let mut referrers = self.referrers(id);
+        let referrers_total = referrers.len();
         referrers.sort_by_key(|r| std::cmp::Reverse(self.entry(*r).stored));
+        referrers.truncate(max_referrers);
         let closure = self.closure(id, closure_limit);
         PathDetail {
             summary: self.summary(id),

@@ -62,6 +62,10 @@ pub(super) struct Table {
     pub(super) order: Vec<(u32, u32)>,
     dead_names: usize,
     refs: Vec<u32>,
+    /// `(refs_at, id)` of every reference list in `refs`, in arena order: a match
+    /// of a scan of `refs` finds its path by binary search (stale pairs as in
+    /// `order`).
+    ref_owners: Vec<(u32, u32)>,
     dead_refs: usize,
     pub(super) signers: Signers,
     pub(super) totals: Totals,
@@ -166,8 +170,13 @@ impl Table {
         if was_stored {
             self.count(id, false);
             if self.refs_of(id) != refs.as_slice() {
-                self.drop_refs(id);
+                // The new references are counted before the old ones go, so that a
+                // placeholder in both is never released in between.
+                let old = self.refs_of(id).to_vec();
+                self.dead_refs += old.len();
                 self.add_refs(id, &refs);
+                self.unref(&old);
+                self.compact_refs();
             }
             if self.name(&self.entries[id as usize]) != record.name.as_bytes() {
                 self.dead_names += usize::from(self.entries[id as usize].name_len) + 1;
@@ -196,6 +205,9 @@ impl Table {
         }
         let at = self.refs.len() as u32;
         self.refs.extend_from_slice(refs);
+        if !refs.is_empty() {
+            self.ref_owners.push((at, id));
+        }
         let e = &mut self.entries[id as usize];
         e.refs_at = at;
         e.refs_len = refs.len() as u32;
@@ -220,17 +232,43 @@ impl Table {
 
     fn drop_refs(&mut self, id: u32) {
         let refs: Vec<u32> = self.refs_of(id).to_vec();
-        for r in refs {
-            let target = &mut self.entries[r as usize];
-            target.referrers -= 1;
-            if target.referrers == 0 && target.state == State::Absent {
-                self.release(r);
-            }
-        }
+        self.unref(&refs);
         let e = &mut self.entries[id as usize];
         self.dead_refs += e.refs_len as usize;
         e.refs_len = 0;
         self.compact_refs();
+    }
+
+    /// Takes away one referrer from each of `refs`, releasing placeholders left
+    /// without any.
+    fn unref(&mut self, refs: &[u32]) {
+        for r in refs {
+            let target = &mut self.entries[*r as usize];
+            target.referrers -= 1;
+            if target.referrers == 0 && target.state == State::Absent {
+                self.release(*r);
+            }
+        }
+    }
+
+    /// Stored paths that reference `id`: one scan of the reference arena, each
+    /// match found its owner by binary search.
+    pub(super) fn referrers(&self, id: u32) -> Vec<u32> {
+        let mut found: Vec<u32> = Vec::new();
+        for (pos, _) in self.refs.iter().enumerate().filter(|(_, r)| **r == id) {
+            let i = self
+                .ref_owners
+                .partition_point(|(at, _)| *at as usize <= pos);
+            let Some(&(at, owner)) = i.checked_sub(1).and_then(|i| self.ref_owners.get(i)) else {
+                continue;
+            };
+            let e = &self.entries[owner as usize];
+            let live = e.state == State::Stored && e.refs_at == at;
+            if live && pos < (at + e.refs_len) as usize && found.last() != Some(&owner) {
+                found.push(owner);
+            }
+        }
+        found
     }
 
     fn release(&mut self, id: u32) {
@@ -264,9 +302,13 @@ impl Table {
             return;
         }
         let mut packed = Vec::with_capacity(self.refs.len() - self.dead_refs);
-        for e in &mut self.entries {
+        self.ref_owners.clear();
+        for (id, e) in self.entries.iter_mut().enumerate() {
             let (at, len) = (e.refs_at as usize, e.refs_len as usize);
             e.refs_at = packed.len() as u32;
+            if len > 0 {
+                self.ref_owners.push((e.refs_at, id as u32));
+            }
             packed.extend_from_slice(&self.refs[at..at + len]);
         }
         self.refs = packed;
@@ -304,6 +346,7 @@ impl Table {
         self.compact_names(true);
         self.entries.shrink_to_fit();
         self.refs.shrink_to_fit();
+        self.ref_owners.shrink_to_fit();
         self.names.shrink_to_fit();
         self.order.shrink_to_fit();
         let entries = &self.entries;
@@ -320,6 +363,7 @@ impl Table {
             + self.names.capacity()
             + self.order.capacity() * 8
             + self.refs.capacity() * 4
+            + self.ref_owners.capacity() * 8
             + self.signers.heap_bytes()
     }
 }

@@ -220,3 +220,20 @@ fn churn_reuses_slots_and_compacts_without_stale_answers() {
     assert_eq!(p.closure.missing, 1);
     assert_eq!(c.path(&hex(90_000)).unwrap().referrers_total, 1);
 }
+
+#[test]
+fn references_rewritten_keep_a_placeholder_in_both() {
+    let c = Catalog::default();
+    c.insert(&record(1, "a", &[9], &[]), 1);
+    // Another writer rewrote it with one more reference: 9 stays known throughout.
+    c.insert(&record(1, "a", &[9, 8], &[]), 2);
+    // Would take the slot of 9, had it been freed in between.
+    c.insert(&record(5, "z", &[], &[]), 3);
+    c.insert(&record(9, "x", &[], &[]), 3);
+    assert_eq!(c.path(&hex(9)).unwrap().referrers_total, 1);
+    let a = c.path(&hex(1)).unwrap();
+    let names: Vec<Option<&str>> = a.references.iter().map(|r| r.name.as_deref()).collect();
+    assert_eq!(names, [Some("x"), None]);
+    assert_eq!((a.closure.paths, a.closure.missing), (2, 1));
+    assert_eq!(c.path(&hex(8)), None);
+}
