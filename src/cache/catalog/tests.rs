@@ -182,8 +182,13 @@ fn a_million_catalogued() {
     let (latest, _) = time(&|| c.latest(20).len());
     let (path, _) = time(&|| c.path(&hex(500_000)).map_or(0, |p| p.referrers_total));
     let (figures, _) = time(&|| c.signers().len() + c.figures().paths as usize);
+    let (referrers, n_referrers) = time(&|| {
+        let t = c.read();
+        t.referrers(t.stored_id(&hash(500_000)).unwrap()).len()
+    });
+    assert_eq!(n_referrers, 5);
     eprintln!(
-        "entry {} bytes; 1M paths (5M refs): {} MiB on the heap, built in {built:?}; search rare {rare:?} ({n_rare}), no match {none:?} ({n_none}), common {common:?} ({n_common}); latest(20) {latest:?}; path page (referrers scan, closure) {path:?}; figures+signers {figures:?}",
+        "entry {} bytes; 1M paths (5M refs): {} MiB on the heap, built in {built:?}; search rare {rare:?} ({n_rare}), no match {none:?} ({n_none}), common {common:?} ({n_common}); latest(20) {latest:?}; path page {path:?} (its referrers {referrers:?}, closure walked to the limit); figures+signers {figures:?}",
         std::mem::size_of::<table::Entry>(),
         c.heap_bytes() >> 20,
     );
