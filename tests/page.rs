@@ -179,6 +179,9 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
         "{none}"
     );
 
+    let h = head(&s, "/");
+    assert_eq!(h.status, 200);
+    assert!(h.body.is_empty());
     // The Host header names the URL shown.
     let raw = raw_request(
         s.addr,
@@ -190,17 +193,28 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
 }
 
 #[test]
-fn public_url_and_quota_are_shown() {
+fn public_url_trusted_keys_and_quota_are_shown() {
+    let key = public_key_line("cache.test-1", &signing_key(7));
     let s = ServerBuilder::new()
         .env("NIX_STORED_PUBLIC_URL", "https://cache.example.org/")
+        .env("NIX_STORED_TRUSTED_PUBLIC_KEYS", &key)
         .env("NIX_STORED_MAX_SIZE", "10M")
         .start();
-    upload(&s, "hello", "hello-2.12.2", &[], None);
+    upload(&s, "hello", "hello-2.12.2", &[], Some("cache.test-1"));
     let page = get(&s, "/").text();
     assert!(
         page.contains("extra-substituters = https://cache.example.org\n"),
         "{page}"
     );
+    // The configured keys, whole: what a client should trust.
+    assert!(
+        page.contains(&format!("extra-trusted-public-keys = {key}\n")),
+        "{page}"
+    );
+    assert!(!page.contains("&lt;public key&gt;"));
+    let sum = json(&get(&s, "/api/summary"));
+    assert_eq!(sum["usage"]["trustedPublicKeys"][0], key.as_str());
+    assert_eq!(sum["usage"]["url"], "https://cache.example.org");
     // The quota, once retention counted what is stored.
     let counted = eventually(Duration::from_secs(20), || {
         json(&get(&s, "/api/summary"))["figures"]["quota"]["maxBytes"] == 10 << 20
