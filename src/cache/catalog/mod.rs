@@ -29,10 +29,10 @@ use table::Table;
 /// Referrers listed by [`Catalog::path`] (all are counted).
 pub const MAX_REFERRERS: usize = 500;
 
-/// Paths a closure is walked to at most: about 12 ms. Real closures hold thousands
+/// Paths a closure is walked to at most: about 6 ms. Real closures hold thousands
 /// of paths; a graph whose closures hold most of the cache (the retention
 /// benchmark's: 577,000 paths took 70 ms) gets lower bounds instead.
-pub const CLOSURE_LIMIT: u64 = 100_000;
+pub const CLOSURE_LIMIT: u64 = 50_000;
 
 /// Totals over the stored paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

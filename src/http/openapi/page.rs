@@ -138,7 +138,7 @@ pub(super) fn add(paths: &mut Map<String, Value>) {
                     "closure": { "type": "object", "properties": {
                         "paths": { "type": "integer" }, "narBytes": { "type": "integer" },
                         "missing": { "type": "integer", "description": "Paths of the closure not in this cache" },
-                        "complete": { "type": "boolean", "description": "false when the closure was walked to 100,000 paths only: the figures are then lower bounds" } } }
+                        "complete": { "type": "boolean", "description": "false when the closure was walked to 50,000 paths only: the figures are then lower bounds" } } }
                 } })),
                 &NOT_FOUND,
                 true,
