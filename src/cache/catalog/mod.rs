@@ -174,9 +174,12 @@ impl Catalog {
         self.read().stored_id(hash).is_some()
     }
 
-    /// Records a stored narinfo, `stored` seconds since the epoch.
+    /// Records a stored narinfo, `stored` seconds since the epoch (one whose name
+    /// Nix would refuse is left out: the arena holds names of at most 211 bytes).
     pub fn insert(&self, record: &Record, stored: u32) {
-        self.write().insert(record, stored);
+        if record::valid_name(&record.name) {
+            self.write().insert(record, stored);
+        }
     }
 
     /// Records the narinfo `text` stored for store hash `hash` (nix32); one that
