@@ -341,6 +341,16 @@ fn path_page_links_references_referrers_and_the_nar() {
         404
     );
     assert_eq!(get(&s, "/path/not-a-hash").status, 404);
+    for odd in [
+        "/path/../../etc/passwd",
+        "/path/..%2F..%2Fetc%2Fpasswd",
+        "/api/path/%2e%2e",
+        "/path/",
+    ] {
+        let r = get(&s, odd);
+        assert_eq!(r.status, 404, "{odd}");
+        assert!(!r.text().contains("root:"), "{odd}");
+    }
     assert_eq!(put(&s, "/", b"x").status, 405);
 }
 
