@@ -20,15 +20,17 @@ for arg in "$@"; do
 done
 
 if ! command -v nix >/dev/null || [ ! -x /bin/busybox ] || ! command -v curl >/dev/null ||
-  ! command -v openssl >/dev/null || ! command -v nginx >/dev/null || ! command -v caddy >/dev/null; then
+  ! command -v openssl >/dev/null || ! command -v nginx >/dev/null || ! command -v caddy >/dev/null ||
+  ! command -v chromium >/dev/null; then
   apt-get update
   # --no-install-recommends: the recommended nix-setup-systemd brings a daemon and
   # build users the tests do not want; as root, Nix uses /nix/store directly.
   # curl and openssl: the HTTPS tests make certificates and speak HTTP/2 with them.
   # nginx-light and caddy: tests/proxy.rs runs deploy/nginx.conf and deploy/Caddyfile
   # in front of the server (each test starts its own; the packages' services are not used).
+  # chromium: tests/page.rs renders the cache's page headless and takes screenshots.
   DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nix-bin busybox-static \
-    curl openssl nginx-light caddy
+    curl openssl nginx-light caddy chromium
 fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"

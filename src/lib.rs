@@ -56,6 +56,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let budget = budget::Budget::new(config.memory_budget);
     let cache = open_cache(&config, budget).await?;
     cache.start_index();
+    cache.start_catalog();
     if config.metrics {
         cache.start_usage_count();
     }
@@ -116,6 +117,8 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         metrics_enabled: config.metrics,
         readiness: http::service::Readiness::default(),
         trusted_proxies: config.proxy.trusted.clone(),
+        public_url: config.proxy.public_url.clone(),
+        tls: scheme == "https",
     });
     let options = server::ServeOptions {
         header_timeout: config.header_timeout,

@@ -516,7 +516,7 @@ fn malformed_keys() -> Vec<Vec<u8>> {
         "/.tmp/x".into(),
         "/.tmp".into(),
         "/x".into(),
-        "/".into(),
+        // (`/` is the page for people: tests/page.rs.)
         "/nar/".into(),
         "/nar".into(),
         "/log/".into(),

@@ -151,10 +151,14 @@ impl Hasher for SpreadHasher {
     }
 }
 
+/// Called with the names of objects the watch saw appear (written by this server or
+/// another writer).
+pub type OnAdded = Box<dyn Fn(&[String]) + Send + Sync>;
+
 /// Builds the index from a full listing and keeps it complete from the backend's
 /// watch; returns when the backend cannot watch (the index then stays incomplete,
-/// so unused) or the watch ends.
-pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>) {
+/// so unused) or the watch ends. What the watch sees appear is also told `added`.
+pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>, added: OnAdded) {
     let (watch_tx, mut watch) = mpsc::channel(256);
     match storage.watch_top_level(watch_tx) {
         Ok(true) => {}
@@ -185,7 +189,10 @@ pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>) {
                     None => listing = false,
                 },
                 event = watch.recv() => match event {
-                    Some(TopLevelEvent::Added(names)) => index.insert_names(&names),
+                    Some(TopLevelEvent::Added(names)) => {
+                        index.insert_names(&names);
+                        added(&names);
+                    }
                     Some(TopLevelEvent::Lost) => lost = true,
                     None => return,
                 },
@@ -213,7 +220,10 @@ pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>) {
         );
         loop {
             match watch.recv().await {
-                Some(TopLevelEvent::Added(names)) => index.insert_names(&names),
+                Some(TopLevelEvent::Added(names)) => {
+                    index.insert_names(&names);
+                    added(&names);
+                }
                 Some(TopLevelEvent::Lost) => {
                     tracing::warn!("narinfo index: changes were missed; rebuilding it");
                     index.set_complete(false);

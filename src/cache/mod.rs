@@ -1,6 +1,7 @@
 //! Cache logic between the HTTP edge and storage: which keys exist, what an upload
 //! must satisfy before it becomes visible, and what `nix-cache-info` says.
 
+pub mod catalog;
 pub mod compression;
 pub mod index;
 pub mod ingest;
@@ -268,7 +269,47 @@ impl Cache {
     /// Starts building and maintaining the in-memory narinfo index in the background;
     /// until it is complete, every lookup goes to storage.
     pub fn start_index(&self) {
-        tokio::spawn(index::maintain(self.index.clone(), self.storage.clone()));
+        let (catalog, storage) = (self.catalog().clone(), self.storage.clone());
+        let added: index::OnAdded =
+            Box::new(move |names| catalog::load::added(&catalog, &storage, names));
+        tokio::spawn(index::maintain(
+            self.index.clone(),
+            self.storage.clone(),
+            added,
+        ));
+    }
+
+    /// Starts loading the catalog of stored paths (the page's) in the background.
+    /// With retention on, its first pass (at once) reads every narinfo and fills the
+    /// catalog as it goes: one read of each at start, not two.
+    pub fn start_catalog(&self) {
+        if !self.retention.enabled() {
+            catalog::load::spawn(self.catalog().clone(), self.storage.clone());
+        }
+    }
+
+    /// The catalog of stored paths.
+    pub fn catalog(&self) -> &Arc<catalog::Catalog> {
+        self.retention.catalog()
+    }
+
+    /// The stored narinfo of store hash `hash`, for the page (not a use of it, for
+    /// retention); `None` when absent or larger than a narinfo can be.
+    pub async fn narinfo_text(&self, hash: &str) -> Result<Option<Vec<u8>>, CacheError> {
+        use futures_util::StreamExt;
+        let key = format!("{hash}.narinfo");
+        let Some(reader) = self.storage.open(&key, 0).await? else {
+            return Ok(None);
+        };
+        let mut body = reader.body.into_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.next().await {
+            bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+            if bytes.len() > narinfo::MAX_NARINFO_SIZE {
+                return Ok(None);
+            }
+        }
+        Ok(Some(bytes))
     }
 
     /// Starts retention in the background: passes, when a quota or an age limit is

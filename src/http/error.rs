@@ -53,6 +53,9 @@ pub enum HttpError {
     /// The object does not exist (or the path names no object).
     #[error("{0}")]
     NotFound(String),
+    /// A query parameter of the page's API that is out of its range.
+    #[error("{0}")]
+    BadQuery(String),
     /// A method other than GET, HEAD and PUT.
     #[error("method not allowed; this cache supports GET, HEAD and PUT")]
     MethodNotAllowed,
@@ -83,6 +86,7 @@ impl HttpError {
             HttpError::TooManyConnections => StatusCode::SERVICE_UNAVAILABLE,
             HttpError::Auth(AuthError::Forbidden(_)) => StatusCode::FORBIDDEN,
             HttpError::NotFound(_) => StatusCode::NOT_FOUND,
+            HttpError::BadQuery(_) => StatusCode::BAD_REQUEST,
             HttpError::MethodNotAllowed | HttpError::ReadOnly => StatusCode::METHOD_NOT_ALLOWED,
             HttpError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             HttpError::UnsupportedEncoding => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -149,6 +153,7 @@ impl HttpError {
             )) => RejectReason::StorageError,
             HttpError::Cache(CacheError::BadKey(_))
             | HttpError::NotFound(_)
+            | HttpError::BadQuery(_)
             | HttpError::MethodNotAllowed
             | HttpError::ReadOnly
             | HttpError::RangeNotSatisfiable(_)

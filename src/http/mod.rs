@@ -10,6 +10,7 @@ pub mod head;
 pub mod metrics;
 pub mod objects;
 pub mod openapi;
+pub mod page;
 pub mod proxy;
 pub mod range;
 pub mod router;
@@ -51,6 +52,10 @@ pub struct AppState {
     pub readiness: service::Readiness,
     /// Reverse proxies whose forwarding headers name the client.
     pub trusted_proxies: forwarded::TrustedProxies,
+    /// The URL clients reach the server at from outside, if configured.
+    pub public_url: Option<String>,
+    /// Whether the server speaks HTTPS (for the URL the page shows).
+    pub tls: bool,
 }
 
 /// Answers one request, logged and counted; [`router`] says what its path names.
@@ -113,6 +118,8 @@ async fn route(
         Target::Healthz => service::healthz(&req),
         Target::Readyz => service::readyz(app, &req).await,
         Target::OpenApi => service::openapi(&req),
+        Target::Page(page) => page::handle(app, page, false, req).await,
+        Target::Api(page) => page::handle(app, page, true, req).await,
         Target::Object(key) => objects::handle(app, Ok(key), req).await,
         Target::Invalid(e) => objects::handle(app, Err(e), req).await,
     }

@@ -6,6 +6,8 @@
 //! | `/metrics`                             | [`Target::Metrics`]        |
 //! | `/healthz`, `/readyz`                  | [`Target::Healthz`], [`Target::Readyz`] |
 //! | `/openapi.json`                        | [`Target::OpenApi`]        |
+//! | `/`, `/path/<hash>`                    | [`Target::Page`]           |
+//! | `/api/summary`, `/api/search`, `/api/path/<hash>` | [`Target::Api`] |
 //! | anything `cache::key` accepts          | [`Target::Object`]         |
 //! | anything else                          | [`Target::Invalid`]: 404 to reads, 400 to uploads |
 
@@ -27,6 +29,21 @@ pub enum Target {
     Readyz,
     /// `/openapi.json`.
     OpenApi,
+    /// The page for people: `/` or a path's page.
+    Page(Page),
+    /// The page's data as JSON under `/api/`.
+    Api(Page),
+}
+
+/// What the page (or its JSON twin) shows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Page {
+    /// The cache's summary (`/`, `/api/summary`); `/` also searches.
+    Summary,
+    /// A search by name (`/api/search`).
+    Search,
+    /// One store path, by the hash as written in the request.
+    Path(String),
 }
 
 impl Target {
@@ -38,6 +55,11 @@ impl Target {
             "/healthz" => Target::Healthz,
             "/readyz" => Target::Readyz,
             "/openapi.json" => Target::OpenApi,
+            "/" => Target::Page(Page::Summary),
+            "/api/summary" => Target::Api(Page::Summary),
+            "/api/search" => Target::Api(Page::Search),
+            _ if path.starts_with("/path/") => Target::Page(Page::Path(path[6..].to_owned())),
+            _ if path.starts_with("/api/path/") => Target::Api(Page::Path(path[10..].to_owned())),
             _ => match ObjectKey::parse(path) {
                 Ok(key) => Target::Object(key),
                 Err(e) => Target::Invalid(e),
@@ -61,6 +83,8 @@ impl Target {
             Target::Metrics => Route::Metrics,
             Target::Healthz | Target::Readyz => Route::Health,
             Target::OpenApi => Route::OpenApi,
+            Target::Page(_) => Route::Page,
+            Target::Api(_) => Route::Api,
         }
     }
 }
@@ -84,7 +108,12 @@ mod tests {
             (&format!("/log/{H}-x.drv"), Route::Log),
             ("/nar/x.nar", Route::Other),
             ("/metrics/", Route::Other),
-            ("/", Route::Other),
+            ("/", Route::Page),
+            (&format!("/path/{H}"), Route::Page),
+            ("/api/summary", Route::Api),
+            ("/api/search", Route::Api),
+            (&format!("/api/path/{H}"), Route::Api),
+            ("/api/", Route::Other),
         ];
         for (path, label) in cases {
             assert_eq!(Target::parse(path).label(), label, "{path}");

@@ -147,6 +147,8 @@ pub struct Retention {
     journaling: AtomicBool,
     /// Pass counters.
     pub stats: PassStats,
+    /// What the page shows: kept here so that removals reach it.
+    catalog: Arc<crate::cache::catalog::Catalog>,
 }
 
 impl Retention {
@@ -182,7 +184,13 @@ impl Retention {
             doom: doom::Board::default(),
             journaling: AtomicBool::new(enabled),
             stats: PassStats::default(),
+            catalog: Arc::default(),
         }
+    }
+
+    /// The catalog of stored paths, which passes keep current as they remove.
+    pub fn catalog(&self) -> &Arc<crate::cache::catalog::Catalog> {
+        &self.catalog
     }
 
     /// The settings.

@@ -108,7 +108,12 @@ pub(super) async fn remove_narinfos<'a>(
     }
     .await;
     match removed {
-        Ok(intent) => Ok((going, intent)),
+        Ok(intent) => {
+            for (d, _) in &going {
+                r.catalog.remove(&d.hash);
+            }
+            Ok((going, intent))
+        }
         Err(e) => {
             let mut graph = r.graph();
             for (d, _) in &going {

@@ -53,6 +53,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     survey.objects += top.objects;
     let listings = top.listings;
     r.loaded.store(true, Ordering::Release);
+    r.catalog.finish_load();
     let intents = read_intents(r).await?;
     let interrupted: HashSet<String> = intents
         .iter()
@@ -245,6 +246,11 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, 
         .buffer_unordered(READS_IN_FLIGHT);
     while let Some(read) = reads.next().await {
         let Some((l, bytes)) = read? else { continue };
+        // The page's catalog learns from the same read (see `Cache::start_catalog`).
+        if let Some(hash) = l.key.strip_suffix(".narinfo") {
+            let modified = u32::try_from(l.modified).unwrap_or(u32::MAX);
+            r.catalog.insert_narinfo(hash, &bytes, modified);
+        }
         let hash = l.key.strip_suffix(".narinfo").and_then(path_hash);
         match (hash, parse_narinfo(&bytes)) {
             (Some(hash), Ok((nar, file_size, refs))) => {
@@ -319,6 +325,7 @@ fn forget_vanished(r: &Retention, seen: &[bool], started: u32) {
         .collect();
     for h in &gone {
         graph.remove(h);
+        r.catalog.remove(h);
     }
     if !gone.is_empty() {
         tracing::info!(

@@ -24,11 +24,15 @@ pub enum Route {
     Health,
     /// `/openapi.json`.
     OpenApi,
+    /// The page for people: `/` and `/path/…`.
+    Page,
+    /// The page's JSON: `/api/…`.
+    Api,
     /// Anything else (answered 404 or 405).
     Other,
 }
 
-pub(super) const ROUTES: [&str; 11] = [
+pub(super) const ROUTES: [&str; 13] = [
     "nix-cache-info",
     "narinfo",
     "nar",
@@ -39,6 +43,8 @@ pub(super) const ROUTES: [&str; 11] = [
     "metrics",
     "health",
     "openapi",
+    "page",
+    "api",
     "other",
 ];
 

@@ -2,6 +2,7 @@
 //! request costs a few relaxed increments and no lock, and rendered as the text
 //! exposition format on `GET /metrics`.
 
+pub mod activity;
 mod labels;
 mod render;
 
@@ -27,6 +28,8 @@ pub struct Metrics {
     in_flight: AtomicI64,
     connections_refused: AtomicU64,
     auth_throttled: AtomicU64,
+    /// The last day's uploads, downloads and hits, for the page.
+    pub activity: activity::Activity,
 }
 
 impl Default for Metrics {
@@ -42,6 +45,7 @@ impl Default for Metrics {
             in_flight: AtomicI64::new(0),
             connections_refused: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
+            activity: activity::Activity::default(),
         }
     }
 }
@@ -95,6 +99,16 @@ impl Metrics {
         }
         if o.bytes_out > 0 {
             self.bytes_out[r].fetch_add(o.bytes_out, Ordering::Relaxed);
+        }
+        let event = match (o.route, o.method, o.status) {
+            (Route::NarInfo, &hyper::Method::GET, 200) => Some(activity::Event::Hit),
+            (Route::NarInfo, &hyper::Method::GET, 404) => Some(activity::Event::Miss),
+            (Route::NarInfo, &hyper::Method::PUT, 201) => Some(activity::Event::Upload),
+            (Route::Nar, &hyper::Method::GET, 200 | 206 | 307) => Some(activity::Event::Download),
+            _ => None,
+        };
+        if let Some(event) = event {
+            self.activity.record(event);
         }
     }
 

@@ -12,6 +12,7 @@ use std::sync::OnceLock;
 use serde_json::{json, Map, Value};
 
 mod objects;
+mod page;
 
 use objects::{object_path, object_routes};
 
@@ -134,12 +135,13 @@ fn build() -> Value {
             false,
         ),
     );
+    page::add(&mut paths);
     json!({
         "openapi": "3.0.3",
         "info": {
             "title": "nix-stored",
             "version": env!("CARGO_PKG_VERSION"),
-            "description": "A Nix binary cache server: the binary cache protocol as Nix clients use it (GET, HEAD and PUT of cache objects), plus metrics, health and this document. Other methods are answered 405 with an Allow header."
+            "description": "A Nix binary cache server: the binary cache protocol as Nix clients use it (GET, HEAD and PUT of cache objects), plus metrics, health, this document, and a page for people (`/`) with its data as JSON (`/api/…`). Other methods are answered 405 with an Allow header."
         },
         "components": {
             "securitySchemes": { "basic": { "type": "http", "scheme": "basic" } }
@@ -178,7 +180,15 @@ mod tests {
     #[test]
     fn service_paths_are_routed_and_never_keys() {
         let doc: Value = serde_json::from_str(document()).unwrap();
-        for path in ["/metrics", "/healthz", "/readyz", "/openapi.json"] {
+        for path in [
+            "/metrics",
+            "/healthz",
+            "/readyz",
+            "/openapi.json",
+            "/",
+            "/api/summary",
+            "/api/search",
+        ] {
             assert!(doc["paths"][path].is_object(), "{path} undocumented");
             assert!(ObjectKey::parse(path).is_err(), "{path} would shadow a key");
             assert!(
@@ -186,6 +196,17 @@ mod tests {
                     Target::parse(path).label(),
                     Route::Other | Route::NarInfo | Route::Nar
                 ),
+                "{path}"
+            );
+        }
+        for template in ["/path/{hash}", "/api/path/{hash}"] {
+            assert!(
+                doc["paths"][template].is_object(),
+                "{template} undocumented"
+            );
+            let path = template.replace("{hash}", "nx73vzmbhpb3836sq4af0c7y7rlw5z6y");
+            assert!(
+                matches!(Target::parse(&path).label(), Route::Page | Route::Api),
                 "{path}"
             );
         }
