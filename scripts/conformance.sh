@@ -28,11 +28,12 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Starts the server with extra environment ($@), sets $pid and $url.
+# Starts the server with extra environment ($@), sets $pid and $url. The page is on:
+# the OpenAPI document describes its API too.
 start() {
   rm -rf "$work/cache" && mkdir -p "$work/cache"
   env -i PATH="$PATH" NIX_STORED_PATH="$work/cache" NIX_STORED_LISTEN_INTERFACE=127.0.0.1:0 \
-    NIX_STORED_LOG_LEVEL=warning "$@" "$BIN" 2>"$work/server.log" &
+    NIX_STORED_LOG_LEVEL=warning NIX_STORED_PAGE=true "$@" "$BIN" 2>"$work/server.log" &
   pid=$!
   url=
   for _ in $(seq 100); do

@@ -95,6 +95,13 @@ pub struct Args {
     #[arg(long, env = "NIX_STORED_METRICS", default_value = "true", value_parser = values::Switch, action = clap::ArgAction::Set)]
     pub metrics: bool,
 
+    /// Serve the page for people at / and /path/<hash>, and its data at /api/
+    /// (readable by whoever may read the cache). It keeps an index of every stored
+    /// path in memory: about 125 bytes a path (12 MiB at 100 000 paths, 124 MiB at a
+    /// million), hence off unless asked for.
+    #[arg(long, env = "NIX_STORED_PAGE", default_value = "false", value_parser = values::Switch, action = clap::ArgAction::Set)]
+    pub page: bool,
+
     /// Priority advertised in nix-cache-info (lower is preferred; cache.nixos.org uses 40).
     #[arg(long, env = "NIX_STORED_PRIORITY", default_value = "30", value_parser = values::priority)]
     pub priority: i64,
@@ -256,6 +263,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// Whether `/metrics` is served.
     pub metrics: bool,
+    /// Whether the page (`/`, `/path/…`, `/api/…`) is served, and its catalog kept.
+    pub page: bool,
     /// nix-cache-info priority.
     pub priority: i64,
     /// Upload size limit in bytes.
@@ -325,6 +334,7 @@ impl Config {
             log_level: args.log_level,
             log_format: args.log_format,
             metrics: args.metrics,
+            page: args.page,
             priority: args.priority,
             max_upload_size: args.max_upload_size,
             memory_budget: args.memory_budget,
@@ -364,13 +374,14 @@ impl Config {
         });
         let auto = |n: Option<usize>| n.map_or("auto".to_owned(), |n| n.to_string());
         format!(
-            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} page={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
             self.storage,
             self.listen,
             user(&self.read_user),
             user(&self.write_user),
             self.anonymous_writes(),
             self.metrics,
+            self.page,
             self.priority,
             self.max_upload_size,
             self.memory_budget,
@@ -514,6 +525,7 @@ mod tests {
         for flag in [
             "--anonymous-writes",
             "--metrics",
+            "--page",
             "--s3-path-style",
             "--s3-redirect",
         ] {
@@ -523,6 +535,7 @@ mod tests {
                 let value = match flag {
                     "--anonymous-writes" => args.anonymous_writes,
                     "--metrics" => args.metrics,
+                    "--page" => args.page,
                     "--s3-path-style" => args.storage.s3.s3_path_style,
                     _ => args.storage.s3.s3_redirect,
                 };

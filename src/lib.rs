@@ -185,6 +185,7 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
             trusted_keys: config.trusted_keys.clone(),
             retention: config.retention.clone(),
             narinfo_linger,
+            page: config.page,
         },
         budget,
     )

@@ -10,6 +10,32 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::*;
+
+/// A server with the page on (`NIX_STORED_PAGE`: off by default).
+fn page_server() -> ServerBuilder {
+    ServerBuilder::new().env("NIX_STORED_PAGE", "true")
+}
+
+/// Off by default: `/` and the API answer 404 saying how to turn the page on, and
+/// uploads do not fill a catalog nobody reads.
+#[test]
+fn the_page_is_off_unless_asked_for() {
+    let s = ServerBuilder::new().start();
+    for path in [
+        "/",
+        "/api/summary",
+        "/api/search?q=x",
+        "/path/00000000000000000000000000000000",
+    ] {
+        let r = get(&s, path);
+        assert_eq!(r.status, 404, "{path}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("NIX_STORED_PAGE=true"),
+            "{path}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+}
 use serde_json::Value;
 
 const STORE: &str = "/nix/store";
@@ -102,7 +128,7 @@ fn small_cache(s: &Server) -> (Uploaded, Uploaded, Uploaded) {
 
 #[test]
 fn page_shows_usage_figures_latest_uploads_and_search() {
-    let s = ServerBuilder::new().start();
+    let s = page_server().start();
     let (glibc, hello, tests) = small_cache(&s);
     // Two lookups, one found, one not: a 50 % hit rate.
     assert_eq!(get(&s, &format!("/{}.narinfo", hello.hash)).status, 200);
@@ -195,7 +221,7 @@ fn page_shows_usage_figures_latest_uploads_and_search() {
 #[test]
 fn public_url_trusted_keys_and_quota_are_shown() {
     let key = public_key_line("cache.test-1", &signing_key(7));
-    let s = ServerBuilder::new()
+    let s = page_server()
         .env("NIX_STORED_PUBLIC_URL", "https://cache.example.org/")
         .env("NIX_STORED_TRUSTED_PUBLIC_KEYS", &key)
         .env("NIX_STORED_MAX_SIZE", "10M")
@@ -228,7 +254,7 @@ fn narinfos_another_writer_stores_are_found() {
     if fs_only("the directory is written behind the server's back") {
         return;
     }
-    let s = ServerBuilder::new().start();
+    let s = page_server().start();
     upload(&s, "hello", "hello-2.12.2", &[], None);
     let hash = store_hash("other-writer");
     let text = format!(
@@ -247,7 +273,7 @@ fn narinfos_another_writer_stores_are_found() {
 
 #[test]
 fn paths_retention_removes_leave_the_page() {
-    let s = ServerBuilder::new()
+    let s = page_server()
         .env("NIX_STORED_GC_INTERVAL", "1")
         .env("NIX_STORED_MAX_SIZE", "100K")
         .start();
@@ -299,7 +325,7 @@ fn paths_retention_removes_leave_the_page() {
 
 #[test]
 fn path_page_links_references_referrers_and_the_nar() {
-    let s = ServerBuilder::new().start();
+    let s = page_server().start();
     let (glibc, hello, tests) = small_cache(&s);
     let r = get(&s, &format!("/path/{}", hello.hash));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -356,7 +382,7 @@ fn path_page_links_references_referrers_and_the_nar() {
 
 #[test]
 fn json_api_answers_summary_search_and_path() {
-    let s = ServerBuilder::new().start();
+    let s = page_server().start();
     let (glibc, hello, tests) = small_cache(&s);
     let sum = json(&get(&s, "/api/summary"));
     assert_eq!(sum["usage"]["url"], s.url());
@@ -414,7 +440,7 @@ fn json_api_answers_summary_search_and_path() {
 
 #[test]
 fn page_and_api_follow_read_auth() {
-    let s = ServerBuilder::new()
+    let s = page_server()
         .env("NIX_STORED_USER_READ", READ_USER)
         .env("NIX_STORED_USER_READ_PASS", READ_PASS)
         .start();
@@ -478,7 +504,7 @@ fn hostile_narinfos_inject_no_markup() {
         format!("StorePath: {STORE}/{bad}-<script>x</script>\nURL: nar/x.nar\nNarSize: 1\nReferences: \n"),
     )
     .unwrap();
-    let s = ServerBuilder::new().dir(&dir).start();
+    let s = page_server().dir(&dir).start();
     // And uploads through the server: an odd name it accepts, and a signature whose
     // key name is markup (accepted or not, depending on its checks).
     let up = upload(&s, "odd", "odd-name+x?y=z_", &[], None);
@@ -595,7 +621,7 @@ fn with_retention_its_first_pass_fills_the_catalog() {
     }
     let dir = temp_dir("page-retention-load");
     let hashes = generate(&dir, 50);
-    let s = ServerBuilder::new()
+    let s = page_server()
         .dir(&dir)
         .env("NIX_STORED_MAX_SIZE", "1G")
         .start();
@@ -619,7 +645,7 @@ fn search_and_api_at_100k_paths() {
     const N: usize = 100_000;
     let dir = temp_dir("page-100k");
     let hashes = generate(&dir, N);
-    let s = ServerBuilder::new().dir(&dir).start();
+    let s = page_server().dir(&dir).start();
     let loaded = eventually(Duration::from_secs(50), || {
         let sum = json(&get(&s, "/api/summary"));
         sum["figures"]["complete"] == true
@@ -743,7 +769,7 @@ fn chromium_renders_the_page_and_a_path_page() {
         );
         return;
     };
-    let s = ServerBuilder::new().start();
+    let s = page_server().start();
     let (_glibc, hello, _tests) = small_cache(&s);
     for i in 0..12 {
         upload(

@@ -59,6 +59,8 @@ pub struct CacheSettings {
     /// How long another server sharing the storage may still answer a narinfo from
     /// memory after it is removed (the S3 narinfo memo's TTL; zero otherwise).
     pub narinfo_linger: std::time::Duration,
+    /// Whether the catalog of stored paths (the page's) is kept.
+    pub page: bool,
 }
 
 /// Errors of the cache layer. `http::error` maps each to a status code.
@@ -189,6 +191,7 @@ impl Cache {
             storage.clone(),
             settings.retention.clone(),
             settings.narinfo_linger,
+            Arc::new(catalog::Catalog::new(settings.page)),
         ));
         Cache {
             retention,
@@ -283,7 +286,7 @@ impl Cache {
     /// With retention on, its first pass (at once) reads every narinfo and fills the
     /// catalog as it goes: one read of each at start, not two.
     pub fn start_catalog(&self) {
-        if !self.retention.enabled() {
+        if self.catalog().enabled() && !self.retention.enabled() {
             catalog::load::spawn(self.catalog().clone(), self.storage.clone());
         }
     }

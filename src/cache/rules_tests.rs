@@ -30,6 +30,7 @@ fn cache_with(storage: Arc<MemoryStorage>, settings: impl FnOnce(&mut CacheSetti
         trusted_keys: Vec::new(),
         retention: Default::default(),
         narinfo_linger: std::time::Duration::ZERO,
+        page: true,
     };
     settings(&mut s);
     Cache::new(storage, s, Budget::new(crate::budget::DEFAULT_BUDGET))

@@ -64,6 +64,9 @@ async fn read(
 /// catalog does not hold yet, in the background: what another writer stored. This
 /// server's own uploads are in the catalog already.
 pub fn added(catalog: &Arc<Catalog>, storage: &Arc<dyn Storage>, names: &[String]) {
+    if !catalog.enabled() {
+        return;
+    }
     let now = crate::cache::retention::now_secs();
     let unknown: Vec<Listed> = names
         .iter()

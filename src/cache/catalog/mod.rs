@@ -114,13 +114,29 @@ pub struct SignerCount {
 }
 
 /// The catalog of one cache.
-#[derive(Default)]
 pub struct Catalog {
+    /// Whether it is kept at all (`NIX_STORED_PAGE`): when not, every update is
+    /// ignored and it holds nothing.
+    enabled: bool,
     table: RwLock<Table>,
     complete: AtomicBool,
 }
 
 impl Catalog {
+    /// A catalog, empty; kept up to date only when `enabled`.
+    pub fn new(enabled: bool) -> Self {
+        Catalog {
+            enabled,
+            table: RwLock::default(),
+            complete: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the catalog is kept (the page is on).
+    pub fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
         // Every update leaves the table valid: a panic elsewhere cannot corrupt it.
         self.table.read().unwrap_or_else(|e| e.into_inner())
@@ -177,7 +193,7 @@ impl Catalog {
     /// Records a stored narinfo, `stored` seconds since the epoch (one whose name
     /// Nix would refuse is left out: the arena holds names of at most 211 bytes).
     pub fn insert(&self, record: &Record, stored: u32) {
-        if record::valid_name(&record.name) {
+        if self.enabled && record::valid_name(&record.name) {
             self.write().insert(record, stored);
         }
     }
@@ -185,6 +201,9 @@ impl Catalog {
     /// Records the narinfo `text` stored for store hash `hash` (nix32); one that
     /// cannot be read is left out.
     pub fn insert_narinfo(&self, hash: &str, text: &[u8], stored: u32) {
+        if !self.enabled {
+            return;
+        }
         if let Some(record) = path_hash(hash).and_then(|h| record::parse(&h, text)) {
             self.insert(&record, stored);
         }
@@ -192,7 +211,9 @@ impl Catalog {
 
     /// The narinfo of `hash` was removed from storage.
     pub fn remove(&self, hash: &PathHash) {
-        self.write().remove(hash);
+        if self.enabled {
+            self.write().remove(hash);
+        }
     }
 
     /// Bytes the catalog holds on the heap.
@@ -202,7 +223,7 @@ impl Catalog {
 
     /// Marks the start-up listing as done, and gives back the memory it grew (once).
     pub fn finish_load(&self) {
-        if !self.complete.load(Ordering::Acquire) {
+        if self.enabled && !self.complete.load(Ordering::Acquire) {
             self.write().shrink();
             self.complete.store(true, Ordering::Release);
         }

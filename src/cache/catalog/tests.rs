@@ -26,7 +26,7 @@ fn hex(i: u32) -> String {
 
 #[test]
 fn latest_search_and_figures() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     c.insert(&record(1, "glibc-2.40", &[], &["k-1"]), 10);
     c.insert(&record(2, "hello-2.12", &[1], &["k-1", "k-2"]), 20);
     c.insert(&record(3, "hello-world", &[1, 2], &[]), 30);
@@ -57,7 +57,7 @@ fn latest_search_and_figures() {
 
 #[test]
 fn references_referrers_and_closure() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     // 2 references 9, not stored yet: a placeholder until it is.
     c.insert(&record(2, "b", &[9], &[]), 2);
     c.insert(&record(3, "c", &[2], &[]), 3);
@@ -83,7 +83,7 @@ fn references_referrers_and_closure() {
 
 #[test]
 fn closures_are_walked_up_to_a_limit() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     for i in 0..10u32 {
         let refs: Vec<u32> = if i > 0 { vec![i - 1] } else { vec![] };
         c.insert(&record(i, "chain", &refs, &[]), i);
@@ -99,7 +99,7 @@ fn closures_are_walked_up_to_a_limit() {
 
 #[test]
 fn stored_again_keeps_one_entry() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     c.insert(&record(1, "x", &[], &["a"]), 5);
     c.insert(&record(1, "x", &[], &["a", "b"]), 6);
     assert_eq!(c.figures().paths, 1);
@@ -111,7 +111,7 @@ fn stored_again_keeps_one_entry() {
 
 #[test]
 fn compaction_orders_names_by_time() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     c.insert(&record(1, "late", &[], &[]), 50);
     c.insert(&record(2, "early", &[], &[]), 10);
     c.finish_load();
@@ -121,7 +121,7 @@ fn compaction_orders_names_by_time() {
 
 #[test]
 fn many_signers_share_the_last_bit() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     for i in 0..40u32 {
         c.insert(&record(i, "p", &[], &[&format!("key-{i}")]), i);
     }
@@ -158,7 +158,7 @@ fn narinfo_text_is_read() {
 #[test]
 #[ignore]
 fn a_million_catalogued() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     let started = Instant::now();
     for i in 0..1_000_000u32 {
         let refs: Vec<u32> = (1..=5).filter(|k| i >= *k * 7).map(|k| i - k * 7).collect();
@@ -199,7 +199,7 @@ fn a_million_catalogued() {
 
 #[test]
 fn churn_reuses_slots_and_compacts_without_stale_answers() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     for i in 0..100_000u32 {
         let refs: Vec<u32> = if i >= 3 { vec![i - 3] } else { vec![] };
         c.insert(&record(i, &format!("old-{i}"), &refs, &[]), i);
@@ -228,7 +228,7 @@ fn churn_reuses_slots_and_compacts_without_stale_answers() {
 
 #[test]
 fn references_rewritten_keep_a_placeholder_in_both() {
-    let c = Catalog::default();
+    let c = Catalog::new(true);
     c.insert(&record(1, "a", &[9], &[]), 1);
     // Another writer rewrote it with one more reference: 9 stays known throughout.
     c.insert(&record(1, "a", &[9, 8], &[]), 2);

@@ -153,11 +153,12 @@ pub struct Retention {
 
 impl Retention {
     /// Retention over `storage`. `narinfo_linger` is how long another server may still
-    /// serve a narinfo this one removed.
+    /// serve a narinfo this one removed; `catalog` is told what passes find and remove.
     pub fn new(
         storage: Arc<dyn Storage>,
         settings: RetentionSettings,
         narinfo_linger: Duration,
+        catalog: Arc<crate::cache::catalog::Catalog>,
     ) -> Self {
         let storage_shared = storage.shared();
         let enabled = settings.enabled();
@@ -184,7 +185,7 @@ impl Retention {
             doom: doom::Board::default(),
             journaling: AtomicBool::new(enabled),
             stats: PassStats::default(),
-            catalog: Arc::default(),
+            catalog,
         }
     }
 

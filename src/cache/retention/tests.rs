@@ -54,7 +54,12 @@ fn thirty_days(s: &Arc<MemoryStorage>) -> Retention {
 }
 
 fn retention(s: &Arc<MemoryStorage>, settings: RetentionSettings) -> Retention {
-    Retention::new(s.clone(), settings, Duration::ZERO)
+    Retention::new(
+        s.clone(),
+        settings,
+        Duration::ZERO,
+        Arc::new(crate::cache::catalog::Catalog::new(true)),
+    )
 }
 
 /// Every stored narinfo has its NAR and the narinfos of its references.

@@ -29,6 +29,14 @@ pub async fn handle(app: &AppState, page: Page, json: bool, req: Request<Incomin
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if !app.cache.catalog().enabled() {
+        let mut resp = HttpError::NotFound(
+            "the page is off on this server (NIX_STORED_PAGE=true turns it on)".into(),
+        )
+        .into_response();
+        resp.extensions_mut().insert(principal);
+        return resp;
+    }
     let mut resp = match answer(app, page, json, &parts).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
