@@ -153,11 +153,14 @@ impl Graph {
             node.bytes = bytes;
             return;
         }
-        if node.state != State::Absent {
-            self.drop_refs(id);
-        }
+        // The new references count before the old ones go: a placeholder in both
+        // lists must not be released (and its slot reused) in between.
+        let was_stored = node.state != State::Absent;
         for r in &ref_ids {
             self.nodes[*r as usize].referrers += 1;
+        }
+        if was_stored {
+            self.drop_refs(id);
         }
         let at = self.refs.len() as u32;
         self.refs.extend_from_slice(&ref_ids);

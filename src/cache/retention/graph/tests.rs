@@ -26,6 +26,22 @@ fn order(plan: &Plan) -> Vec<u8> {
 }
 
 #[test]
+fn a_rewritten_narinfo_keeps_a_placeholder_both_versions_reference() {
+    let mut g = Graph::default();
+    // 1 references 2, which is not stored: a placeholder.
+    g.insert(&h(1), nar(1), &[h(2)], 10, 10);
+    // Another writer rewrites 1's narinfo with one more reference.
+    g.insert(&h(1), nar(1), &[h(2), h(3)], 20, 10);
+    let two = g.id(&h(2)).expect("2 keeps its node");
+    assert_eq!(g.nodes[two as usize].state, State::Absent);
+    assert_eq!(g.nodes[two as usize].referrers, 1);
+    // A new path must not take 2's slot.
+    g.insert(&h(4), nar(4), &[], 30, 10);
+    assert_ne!(g.id(&h(4)), Some(two));
+    assert_eq!(g.id(&h(2)), Some(two));
+}
+
+#[test]
 fn effective_recency_flows_down_the_closure() {
     let g = sample();
     let eff = g.effective_recency();
