@@ -299,20 +299,9 @@ impl Cache {
     /// The stored narinfo of store hash `hash`, for the page (not a use of it, for
     /// retention); `None` when absent or larger than a narinfo can be.
     pub async fn narinfo_text(&self, hash: &str) -> Result<Option<Vec<u8>>, CacheError> {
-        use futures_util::StreamExt;
         let key = format!("{hash}.narinfo");
-        let Some(reader) = self.storage.open(&key, 0).await? else {
-            return Ok(None);
-        };
-        let mut body = reader.body.into_stream();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.next().await {
-            bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
-            if bytes.len() > narinfo::MAX_NARINFO_SIZE {
-                return Ok(None);
-            }
-        }
-        Ok(Some(bytes))
+        let limit = narinfo::MAX_NARINFO_SIZE;
+        Ok(crate::storage::read_whole(self.storage.as_ref(), &key, limit).await?)
     }
 
     /// Starts retention in the background: passes, when a quota or an age limit is

@@ -173,6 +173,24 @@ pub async fn for_each_listed(
     listed
 }
 
+/// The whole of a small object (a narinfo, an intent): `None` when it does not
+/// exist or holds more than `limit` bytes (then no more than that is read).
+pub async fn read_whole(storage: &dyn Storage, key: &str, limit: usize) -> Result<Option<Vec<u8>>> {
+    use futures_util::StreamExt;
+    let Some(reader) = storage.open(key, 0).await? else {
+        return Ok(None);
+    };
+    let mut body = reader.body.into_stream();
+    let mut bytes = Vec::with_capacity((reader.meta.size as usize).min(limit));
+    while let Some(chunk) = body.next().await {
+        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
+        if bytes.len() > limit {
+            return Ok(None);
+        }
+    }
+    Ok(Some(bytes))
+}
+
 /// A place to keep cache objects.
 #[async_trait]
 pub trait Storage: Send + Sync + 'static {

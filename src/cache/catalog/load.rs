@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 
 use super::{record, Catalog};
 use crate::cache::retention::graph::path_hash;
-use crate::storage::{Listed, Storage, StorageError};
+use crate::storage::{read_whole, Listed, Storage, StorageError};
 
 /// Narinfos read at once.
 const READS_IN_FLIGHT: usize = 32;
@@ -45,17 +45,10 @@ async fn read(
     let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) else {
         return Ok(None);
     };
-    let Some(reader) = storage.open(&l.key, 0).await? else {
+    let limit = crate::cache::narinfo::MAX_NARINFO_SIZE;
+    let Some(bytes) = read_whole(storage, &l.key, limit).await? else {
         return Ok(None);
     };
-    let mut body = reader.body.into_stream();
-    let mut bytes = Vec::with_capacity(reader.meta.size as usize);
-    while let Some(chunk) = body.next().await {
-        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
-        if bytes.len() > crate::cache::narinfo::MAX_NARINFO_SIZE {
-            return Ok(None);
-        }
-    }
     let modified = u32::try_from(l.modified).unwrap_or(u32::MAX);
     Ok(record::parse(&hash, &bytes).map(|r| (r, modified)))
 }

@@ -8,14 +8,12 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use futures_util::StreamExt;
-
 use super::graph::{path_hash, path_hash_str, Doomed, NarKey, NarPrint, NarUsers};
 use super::pass::{PassReport, Why, CHUNK};
 use super::survey::Survey;
 use super::uses::Used;
 use super::{Retention, ORPHAN_GRACE_SECS};
-use crate::storage::{for_each_listed, StorageError};
+use crate::storage::{for_each_listed, read_whole, StorageError};
 
 /// Where removal intents live: no cache key can name it.
 pub const INTENT_FOLDER: &str = "nix-stored/removing";
@@ -131,14 +129,10 @@ async fn nar_of(
     hash: &super::graph::PathHash,
 ) -> Result<Option<NarKey>, StorageError> {
     let key = format!("{}.narinfo", path_hash_str(hash));
-    let Some(reader) = r.storage.open(&key, 0).await? else {
+    let limit = crate::cache::narinfo::MAX_NARINFO_SIZE;
+    let Some(bytes) = read_whole(r.storage.as_ref(), &key, limit).await? else {
         return Ok(None);
     };
-    let mut body = reader.body.into_stream();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
-    }
     Ok(String::from_utf8_lossy(&bytes)
         .lines()
         .find_map(|l| l.strip_prefix("URL: "))
@@ -259,14 +253,9 @@ pub(super) async fn read_intent(
     r: &Retention,
     name: &str,
 ) -> Result<Option<Vec<String>>, StorageError> {
-    let Some(reader) = r.storage.open(name, 0).await? else {
+    let Some(bytes) = read_whole(r.storage.as_ref(), name, usize::MAX).await? else {
         return Ok(None);
     };
-    let mut body = reader.body.into_stream();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = body.next().await {
-        bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
-    }
     Ok(Some(
         String::from_utf8_lossy(&bytes)
             .lines()

@@ -11,7 +11,7 @@ use super::graph::{path_hash, NarKey, PathHash};
 use super::removal::read_intents;
 use super::uses::{self, Used};
 use super::{heavy, now_secs, Retention, ORPHAN_GRACE_SECS};
-use crate::storage::{for_each_listed, Listed, StorageError};
+use crate::storage::{for_each_listed, read_whole, Listed, StorageError};
 
 /// What the listings found that is not in the graph.
 #[derive(Default)]
@@ -229,18 +229,9 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, 
         .map(|l| {
             let storage = storage.clone();
             async move {
-                let Some(reader) = storage.open(&l.key, 0).await? else {
-                    return Ok::<_, StorageError>(None);
-                };
-                let mut body = reader.body.into_stream();
-                let mut bytes = Vec::with_capacity(reader.meta.size as usize);
-                while let Some(chunk) = body.next().await {
-                    bytes.extend_from_slice(&chunk.map_err(StorageError::from_io)?);
-                    if bytes.len() > crate::cache::narinfo::MAX_NARINFO_SIZE {
-                        return Ok(None);
-                    }
-                }
-                Ok(Some((l, bytes)))
+                let limit = crate::cache::narinfo::MAX_NARINFO_SIZE;
+                let bytes = read_whole(storage.as_ref(), &l.key, limit).await?;
+                Ok::<_, StorageError>(bytes.map(|b| (l, b)))
             }
         })
         .buffer_unordered(READS_IN_FLIGHT);
