@@ -169,14 +169,7 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
         StorageConfig::S3(s) => s.narinfo_ttl + std::time::Duration::from_secs(1),
         _ => std::time::Duration::ZERO,
     };
-    let upstreams = cache::upstream::Upstreams::new(config.upstream.clone()).map_err(StartError)?;
-    if let Some(up) = &upstreams {
-        tracing::info!(
-            "upstream caches: {}",
-            up.names().collect::<Vec<_>>().join(" ")
-        );
-    }
-    Ok(Cache::new(
+    let cache = Cache::new(
         storage,
         CacheSettings {
             store_dir: config.store_dir.clone(),
@@ -188,8 +181,20 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
             page: config.page,
         },
         budget,
-    )
-    .with_upstreams(upstreams))
+    );
+    #[cfg(feature = "upstream")]
+    let cache = {
+        let upstreams =
+            cache::upstream::Upstreams::new(config.upstream.clone()).map_err(StartError)?;
+        if let Some(up) = &upstreams {
+            tracing::info!(
+                "upstream caches: {}",
+                up.names().collect::<Vec<_>>().join(" ")
+            );
+        }
+        cache.with_upstreams(upstreams)
+    };
+    Ok(cache)
 }
 
 /// Re-reads the pins file on SIGHUP (changes to it are seen at each pass anyway).

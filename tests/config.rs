@@ -534,7 +534,7 @@ fn s3_credentials_from_a_file() {
 }
 
 // ---------------------------------------------------------------------------------
-// The lean build (`--no-default-features`): S3 and HTTPS settings are refused by
+// The lean build (`--no-default-features`): S3, HTTPS and upstream settings are refused by
 // name, never silently ignored.
 
 #[test]
@@ -569,6 +569,28 @@ fn tls_settings_are_refused_without_the_tls_feature() {
             .env("NIX_STORED_TLS_KEY", dir.join("k.pem").to_str().unwrap()),
     );
     assert!(stderr.contains("built without the tls feature"), "{stderr}");
+}
+
+#[test]
+#[cfg(not(feature = "upstream"))]
+fn upstream_settings_are_refused_without_the_upstream_feature() {
+    let stderr = refuses(
+        "an upstream",
+        ServerBuilder::new()
+            .env(
+                "NIX_STORED_UPSTREAMS",
+                "https://user:s3cret@cache.example.org",
+            )
+            .env(
+                "NIX_STORED_UPSTREAM_KEYS",
+                "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=",
+            ),
+    );
+    assert!(
+        stderr.contains("built without the upstream feature"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("s3cret"), "{stderr}");
 }
 
 #[test]

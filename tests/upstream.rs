@@ -6,6 +6,10 @@
 //! The Nix tests are skipped (with a message) when `nix` is missing, unless
 //! NIX_STORED_REQUIRE_NIX=1.
 
+// Pull-through needs the upstream feature (the lean build refuses its settings:
+// tests/config.rs).
+#![cfg(feature = "upstream")]
+
 mod common;
 
 use std::collections::{HashMap, HashSet};

@@ -146,6 +146,7 @@ pub struct Cache {
     verified: verified::VerifiedNars,
     retention: Arc<retention::Retention>,
     /// The pull-through upstream caches, if any.
+    #[cfg(feature = "upstream")]
     upstreams: Option<upstream::Upstreams>,
 }
 
@@ -205,19 +206,28 @@ impl Cache {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             budget,
+            #[cfg(feature = "upstream")]
             upstreams: None,
         }
     }
 
+    #[cfg(feature = "upstream")]
     /// The cache with pull-through `upstreams`: narinfos storage lacks are asked of them.
     pub fn with_upstreams(mut self, upstreams: Option<upstream::Upstreams>) -> Self {
         self.upstreams = upstreams;
         self
     }
 
+    #[cfg(feature = "upstream")]
     /// The pull-through upstreams, for metrics.
     pub fn upstreams(&self) -> Option<&upstream::Upstreams> {
         self.upstreams.as_ref()
+    }
+
+    /// Without the upstream feature nothing is ever pulled: a miss stays a miss.
+    #[cfg(not(feature = "upstream"))]
+    async fn pull_detached(self: &Arc<Self>, _key: &ObjectKey) -> bool {
+        false
     }
 
     /// The memory budget shared by everything that holds client data in memory.

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use nix_narinfo::TrustedPublicKey;
+#[cfg(feature = "upstream")]
 use reqwest::Url;
 
 use crate::config::values::{self, TrustedKeys};
@@ -38,6 +39,7 @@ pub struct UpstreamArgs {
 #[derive(Clone)]
 pub struct UpstreamUrl {
     /// The URL requests are made from, with its credentials, without a trailing slash.
+    #[cfg(feature = "upstream")]
     pub(super) base: Url,
     /// The URL without credentials, for logs and metrics.
     pub name: String,
@@ -66,11 +68,13 @@ pub struct UpstreamSettings {
 impl UpstreamSettings {
     /// Checks the settings; the error is a one-line message naming the variable.
     pub fn from_args(args: &UpstreamArgs) -> Result<Self, String> {
-        let upstreams = args
-            .upstreams
-            .as_deref()
-            .unwrap_or("")
-            .split_whitespace()
+        let listed = args.upstreams.as_deref().unwrap_or("").split_whitespace();
+        if cfg!(not(feature = "upstream")) && listed.clone().next().is_some() {
+            return Err(
+                "upstream caches are configured (NIX_STORED_UPSTREAMS) but this binary was built without the upstream feature".into(),
+            );
+        }
+        let upstreams = listed
             .map(|u| parse_url(u).map_err(|e| format!("NIX_STORED_UPSTREAMS: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         if !upstreams.is_empty() && args.upstream_keys.0.is_empty() {
@@ -93,6 +97,7 @@ impl UpstreamSettings {
 }
 
 /// An http(s) URL with a host and no query or fragment.
+#[cfg(feature = "upstream")]
 fn parse_url(text: &str) -> Result<UpstreamUrl, String> {
     // The text may hold a password: errors name the redacted form only.
     let redacted = redact(text);
@@ -114,6 +119,15 @@ fn parse_url(text: &str) -> Result<UpstreamUrl, String> {
     Ok(UpstreamUrl { base: url, name })
 }
 
+/// Never called: the lean build refuses upstreams before parsing them.
+#[cfg(not(feature = "upstream"))]
+fn parse_url(text: &str) -> Result<UpstreamUrl, String> {
+    Err(format!(
+        "{:?}: this binary has no upstream client",
+        redact(text)
+    ))
+}
+
 /// `text` with anything between `://` and `@` replaced.
 fn redact(text: &str) -> String {
     match text.split_once("://") {
@@ -128,6 +142,7 @@ fn redact(text: &str) -> String {
     }
 }
 
+#[cfg(feature = "upstream")]
 impl UpstreamUrl {
     /// The URL of `path` (relative, e.g. `<hash>.narinfo`) on this upstream.
     pub(super) fn join(&self, path: &str) -> Url {
@@ -138,7 +153,7 @@ impl UpstreamUrl {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "upstream"))]
 mod tests {
     use super::*;
 
