@@ -22,13 +22,25 @@ use escape::query_param;
 /// Answers `GET /`, `/path/<hash>` (`json == false`) or `/api/…` (`json == true`).
 pub async fn handle(app: &AppState, page: Page, json: bool, req: Request<Incoming>) -> Response {
     let (parts, _body) = req.into_parts();
-    if !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD) {
+    // As on every route: methods the server has no use for are refused outright;
+    // GET, HEAD and PUT check credentials first, so that a wrong password gets 401
+    // whatever the route, and only then is a PUT refused here.
+    let known = matches!(
+        parts.method,
+        hyper::Method::GET | hyper::Method::HEAD | hyper::Method::PUT
+    );
+    if !known {
         return HttpError::ReadOnly.into_response();
     }
     let principal = match app.authenticate(&parts.headers, &parts.extensions, Access::Read) {
         Ok(p) => p,
         Err(e) => return e.into_response(),
     };
+    if !matches!(parts.method, hyper::Method::GET | hyper::Method::HEAD) {
+        let mut resp = HttpError::ReadOnly.into_response();
+        resp.extensions_mut().insert(principal);
+        return resp;
+    }
     if !app.cache.catalog().enabled() {
         let mut resp = HttpError::NotFound(
             "the page is off on this server (NIX_STORED_PAGE=true turns it on)".into(),
