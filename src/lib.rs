@@ -113,7 +113,7 @@ pub async fn run(config: Config) -> Result<(), StartError> {
         throttle: http::throttle::AuthThrottle::new(config.max_auth_failures),
         body_timeout: config.body_timeout,
         cache_policy,
-        metrics: http::metrics::Metrics::default(),
+        metrics: http::metrics::Metrics::new(config.page),
         metrics_enabled: config.metrics,
         readiness: http::service::Readiness::default(),
         trusted_proxies: config.proxy.trusted.clone(),

@@ -136,7 +136,7 @@ fn read_only(method: &Method) -> Result<(), HttpError> {
 }
 
 /// A generated answer; its body is dropped for HEAD by [`super::head`].
-fn answer(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
+pub(super) fn answer(status: StatusCode, content_type: &'static str, body: Vec<u8>) -> Response {
     let len = body.len();
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;

@@ -28,8 +28,9 @@ pub struct Metrics {
     in_flight: AtomicI64,
     connections_refused: AtomicU64,
     auth_throttled: AtomicU64,
-    /// The last day's uploads, downloads and hits, for the page.
-    pub activity: activity::Activity,
+    /// The last day's uploads, downloads and hits, for the page; only kept while the
+    /// page is on (a lock per narinfo request for figures nobody reads otherwise).
+    pub activity: Option<activity::Activity>,
 }
 
 impl Default for Metrics {
@@ -45,7 +46,17 @@ impl Default for Metrics {
             in_flight: AtomicI64::new(0),
             connections_refused: AtomicU64::new(0),
             auth_throttled: AtomicU64::new(0),
-            activity: activity::Activity::default(),
+            activity: None,
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters, and the page's activity figures when `page` is on.
+    pub fn new(page: bool) -> Self {
+        Metrics {
+            activity: page.then(activity::Activity::default),
+            ..Metrics::default()
         }
     }
 }
@@ -100,6 +111,9 @@ impl Metrics {
         if o.bytes_out > 0 {
             self.bytes_out[r].fetch_add(o.bytes_out, Ordering::Relaxed);
         }
+        let Some(activity) = &self.activity else {
+            return;
+        };
         let event = match (o.route, o.method, o.status) {
             (Route::NarInfo, &hyper::Method::GET, 200) => Some(activity::Event::Hit),
             (Route::NarInfo, &hyper::Method::GET, 404) => Some(activity::Event::Miss),
@@ -108,7 +122,7 @@ impl Metrics {
             _ => None,
         };
         if let Some(event) = event {
-            self.activity.record(event);
+            activity.record(event);
         }
     }
 

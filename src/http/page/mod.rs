@@ -13,7 +13,6 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use super::auth::Access;
-use super::body::Body;
 use super::error::HttpError;
 use super::router::Page;
 use super::{AppState, Response};
@@ -117,15 +116,10 @@ async fn answer(
 /// browser too, should an escape ever be missed.
 const CSP: &str = "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
+/// A generated answer that browsers must not sniff into another type.
 fn answer_with(content_type: &'static str, body: Vec<u8>) -> Response {
-    let len = body.len();
-    let mut resp = Response::new(Body::from(body));
-    *resp.status_mut() = StatusCode::OK;
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(
+    let mut resp = super::service::answer(StatusCode::OK, content_type, body);
+    resp.headers_mut().insert(
         "x-content-type-options",
         HeaderValue::from_static("nosniff"),
     );

@@ -131,13 +131,20 @@ pub fn summary(app: &AppState, parts: &Parts) -> Summary {
         .settings()
         .max_size
         .and_then(|max| retention.stored().map(|(_, bytes)| (bytes, max)));
-    let activity = &app.metrics.activity;
+    // Kept whenever the page is on, which is the only way here.
+    let last = |minutes| {
+        app.metrics
+            .activity
+            .as_ref()
+            .map(|a| a.last(minutes))
+            .unwrap_or_default()
+    };
     Summary {
         usage: usage(app, parts),
         figures: catalog.figures(),
         quota,
-        hour: activity.last(60),
-        day: activity.last(24 * 60),
+        hour: last(60),
+        day: last(24 * 60),
         latest: catalog.latest(LATEST),
     }
 }
