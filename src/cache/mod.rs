@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod compression;
+pub mod graph;
 pub mod index;
 pub mod ingest;
 pub mod json_check;

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 
-use super::{record, Catalog};
-use crate::cache::retention::graph::path_hash;
+use super::Catalog;
+use crate::cache::graph::{path_hash, record, PathHash, Record};
 use crate::storage::{read_whole, Listed, Storage, StorageError};
 
 /// Narinfos read at once.
@@ -24,8 +24,8 @@ pub async fn load(catalog: Arc<Catalog>, storage: Arc<dyn Storage>) -> Result<()
                 .map(|l| read(storage.as_ref(), l))
                 .buffer_unordered(READS_IN_FLIGHT);
             while let Some(read) = reads.next().await {
-                if let Some((record, modified)) = read? {
-                    catalog.insert(&record, modified);
+                if let Some(read) = read? {
+                    read.insert_into(&catalog);
                 }
             }
         }
@@ -34,23 +34,42 @@ pub async fn load(catalog: Arc<Catalog>, storage: Arc<dyn Storage>) -> Result<()
     let (listed, consumed) = tokio::join!(listing, consume);
     listed?;
     consumed?;
+    catalog.shrink();
     catalog.finish_load();
     Ok(())
 }
 
-async fn read(
-    storage: &dyn Storage,
-    l: Listed,
-) -> Result<Option<(record::Record, u32)>, StorageError> {
+/// One stored narinfo, read.
+struct Read {
+    hash: PathHash,
+    record: Record,
+    modified: u32,
+    bytes: u64,
+}
+
+impl Read {
+    fn insert_into(&self, catalog: &Catalog) {
+        catalog.insert(&self.hash, &self.record, self.modified, self.bytes);
+    }
+}
+
+async fn read(storage: &dyn Storage, l: Listed) -> Result<Option<Read>, StorageError> {
     let Some(hash) = l.key.strip_suffix(".narinfo").and_then(path_hash) else {
         return Ok(None);
     };
     let limit = crate::cache::narinfo::MAX_NARINFO_SIZE;
-    let Some(bytes) = read_whole(storage, &l.key, limit).await? else {
+    let Some(text) = read_whole(storage, &l.key, limit).await? else {
         return Ok(None);
     };
-    let modified = u32::try_from(l.modified).unwrap_or(u32::MAX);
-    Ok(record::parse(&hash, &bytes).map(|r| (r, modified)))
+    let Ok(record) = record::parse(&hash, &text) else {
+        return Ok(None);
+    };
+    Ok(Some(Read {
+        hash,
+        modified: u32::try_from(l.modified).unwrap_or(u32::MAX),
+        bytes: text.len() as u64 + record.file_size,
+        record,
+    }))
 }
 
 /// Reads the narinfos among `names` (objects that appeared in storage) that the
@@ -81,7 +100,7 @@ pub fn added(catalog: &Arc<Catalog>, storage: &Arc<dyn Storage>, names: &[String
     tokio::spawn(async move {
         for l in unknown {
             match read(storage.as_ref(), l).await {
-                Ok(Some((record, modified))) => catalog.insert(&record, modified),
+                Ok(Some(read)) => read.insert_into(&catalog),
                 Ok(None) => {}
                 Err(e) => {
                     tracing::warn!("catalog: cannot read a narinfo another writer stored: {e}")

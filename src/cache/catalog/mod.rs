@@ -1,30 +1,28 @@
 //! The catalog: what the cache holds, by name, for the page people read
 //! (`GET /`, `/path/<hash>`, `/api/...`).
 //!
-//! A compact in-memory index of the stored paths (about 120 bytes a path with its
-//! name and five references, see [`Catalog::heap_bytes`]): built from a listing of
-//! the storage at start ([`load`], or retention's first pass, which reads every
-//! narinfo anyway), updated when a narinfo is stored (ingest), appears from another
-//! writer (the storage watch) and is removed (retention). Every read is answered
-//! from memory, so the page and its search cost no storage request.
+//! The page reads the graph of stored paths that retention keeps (`cache::graph`),
+//! with its labels (name, sizes, signers: about 24 bytes a path plus its name). One
+//! index, not two: it is built from a listing of the storage at start ([`load`], or
+//! retention's first pass, which reads every narinfo anyway), updated when a
+//! narinfo is stored (ingest), appears from another writer (the storage watch) and
+//! is removed (retention). Every read is answered from memory, so the page and its
+//! search cost no storage request.
 //!
 //! The API is five reads: [`Catalog::figures`], [`Catalog::latest`],
 //! [`Catalog::search`], [`Catalog::path`] and [`Catalog::signers`].
 
 pub mod load;
-mod query;
-pub mod record;
-mod signers;
-mod table;
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::cache::retention::graph::{path_hash, PathHash};
-pub use record::Record;
-use table::Table;
+pub use crate::cache::graph::query::{
+    Closure, Figures, PathDetail, PathLink, PathSummary, SignerCount,
+};
+use crate::cache::graph::{Graph, PathHash, Record};
 
 /// Referrers listed by [`Catalog::path`] (all are counted).
 pub const MAX_REFERRERS: usize = 500;
@@ -34,102 +32,28 @@ pub const MAX_REFERRERS: usize = 500;
 /// benchmark's: 577,000 paths took 70 ms) gets lower bounds instead.
 pub const CLOSURE_LIMIT: u64 = 50_000;
 
-/// Totals over the stored paths.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Figures {
-    /// Stored paths (narinfos).
-    pub paths: u64,
-    /// Their NarSize, summed.
-    pub nar_bytes: u64,
-    /// Their FileSize (the NAR files as stored), summed.
-    pub file_bytes: u64,
-    /// Whether the start-up listing is done (before, the figures are partial).
-    pub complete: bool,
-}
-
-/// One stored path, as lists show it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathSummary {
-    /// Its store hash (nix32).
-    pub hash: String,
-    /// The name after the hash.
-    pub name: String,
-    /// `NarSize`.
-    pub nar_size: u64,
-    /// `FileSize`.
-    pub file_size: u64,
-    /// When its narinfo was first stored, in seconds since the epoch.
-    pub stored: u32,
-    /// The key names of its signatures; `None` for one of the keys beyond the
-    /// catalog's table of names.
-    pub signers: Vec<Option<String>>,
-}
-
-/// A path another path points at, or is pointed at by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathLink {
-    /// Its store hash (nix32).
-    pub hash: String,
-    /// Its name, when its narinfo is stored.
-    pub name: Option<String>,
-}
-
-/// One stored path with its neighbours.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathDetail {
-    /// The path.
-    pub summary: PathSummary,
-    /// Its references (itself left out).
-    pub references: Vec<PathLink>,
-    /// Stored paths that reference it, newest first, at most [`MAX_REFERRERS`].
-    pub referrers: Vec<PathLink>,
-    /// How many stored paths reference it.
-    pub referrers_total: usize,
-    /// Its closure.
-    pub closure: Closure,
-}
-
-/// The closure of a path, itself included.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closure {
-    /// Its stored paths.
-    pub paths: u64,
-    /// Their NarSize, summed.
-    pub nar_size: u64,
-    /// Its paths whose narinfo is not stored.
-    pub missing: u64,
-    /// Whether it was walked whole; if not (past [`CLOSURE_LIMIT`] paths), the
-    /// figures are lower bounds.
-    pub complete: bool,
-}
-
-/// A key name with the number of stored paths it signed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SignerCount {
-    /// The key's name (before the colon of `Sig`); `None` for all keys beyond the
-    /// catalog's table of names.
-    pub name: Option<String>,
-    /// Stored paths it signed.
-    pub paths: u64,
-}
-
-/// The catalog of one cache.
+/// The catalog of one cache: the page's view of the graph it shares with retention.
 pub struct Catalog {
-    /// Whether it is kept at all (`NIX_STORED_PAGE`): when not, every update is
-    /// ignored and it holds nothing.
+    /// Whether it is kept at all (`NIX_STORED_PAGE`): when not, the graph keeps no
+    /// labels and every read is empty.
     enabled: bool,
-    table: RwLock<Table>,
+    graph: Arc<RwLock<Graph>>,
     complete: AtomicBool,
 }
 
 impl Catalog {
-    /// A catalog, empty; kept up to date only when `enabled`.
+    /// A catalog over a new, empty graph, which keeps labels only when `enabled`.
     pub fn new(enabled: bool) -> Self {
         Catalog {
             enabled,
-            table: RwLock::default(),
+            graph: Arc::new(RwLock::new(Graph::new(enabled))),
             complete: AtomicBool::new(false),
         }
+    }
+
+    /// The graph it reads, for retention to share.
+    pub fn graph(&self) -> &Arc<RwLock<Graph>> {
+        &self.graph
     }
 
     /// Whether the catalog is kept (the page is on).
@@ -137,24 +61,18 @@ impl Catalog {
         self.enabled
     }
 
-    fn read(&self) -> std::sync::RwLockReadGuard<'_, Table> {
-        // Every update leaves the table valid: a panic elsewhere cannot corrupt it.
-        self.table.read().unwrap_or_else(|e| e.into_inner())
+    fn read(&self) -> RwLockReadGuard<'_, Graph> {
+        // Every update leaves the graph valid: a panic elsewhere cannot corrupt it.
+        self.graph.read().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
-        self.table.write().unwrap_or_else(|e| e.into_inner())
+    fn write(&self) -> RwLockWriteGuard<'_, Graph> {
+        self.graph.write().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Paths and bytes stored.
     pub fn figures(&self) -> Figures {
-        let t = self.read().totals;
-        Figures {
-            paths: t.paths,
-            nar_bytes: t.nar_bytes,
-            file_bytes: t.file_bytes,
-            complete: self.complete.load(Ordering::Acquire),
-        }
+        self.read().figures(self.complete.load(Ordering::Acquire))
     }
 
     /// The `n` paths stored last, newest first.
@@ -169,43 +87,24 @@ impl Catalog {
 
     /// The stored path of store hash `hash` (nix32), if any.
     pub fn path(&self, hash: &str) -> Option<PathDetail> {
-        let hash = path_hash(hash)?;
-        let table = self.read();
-        let id = table.stored_id(&hash)?;
-        Some(table.detail(id, MAX_REFERRERS, CLOSURE_LIMIT))
+        self.read().path(hash, MAX_REFERRERS, CLOSURE_LIMIT)
     }
 
     /// The key names that signed stored paths, with how many each signed, most first.
     pub fn signers(&self) -> Vec<SignerCount> {
-        self.read()
-            .signers
-            .counted()
-            .into_iter()
-            .map(|(name, paths)| SignerCount { name, paths })
-            .collect()
+        self.read().signers()
     }
 
-    /// Whether the narinfo of `hash` is in the catalog.
+    /// Whether the narinfo of `hash` is in the graph.
     pub fn holds(&self, hash: &PathHash) -> bool {
         self.read().stored_id(hash).is_some()
     }
 
-    /// Records a stored narinfo, `stored` seconds since the epoch (one whose name
-    /// Nix would refuse is left out: the arena holds names of at most 211 bytes).
-    pub fn insert(&self, record: &Record, stored: u32) {
-        if self.enabled && record::valid_name(&record.name) {
-            self.write().insert(record, stored);
-        }
-    }
-
-    /// Records the narinfo `text` stored for store hash `hash` (nix32); one that
-    /// cannot be read is left out.
-    pub fn insert_narinfo(&self, hash: &str, text: &[u8], stored: u32) {
-        if !self.enabled {
-            return;
-        }
-        if let Some(record) = path_hash(hash).and_then(|h| record::parse(&h, text)) {
-            self.insert(&record, stored);
+    /// Records the stored narinfo `record` of `hash`: `bytes` of narinfo and NAR,
+    /// `stored` seconds since the epoch.
+    pub fn insert(&self, hash: &PathHash, record: &Record, stored: u32, bytes: u64) {
+        if self.enabled {
+            self.write().insert_record(hash, record, stored, bytes);
         }
     }
 
@@ -216,16 +115,20 @@ impl Catalog {
         }
     }
 
-    /// Bytes the catalog holds on the heap.
+    /// Bytes the graph holds on the heap (with retention's share of it).
     pub fn heap_bytes(&self) -> usize {
         self.read().heap_bytes()
     }
 
-    /// Marks the start-up listing as done, and gives back the memory it grew (once).
-    pub fn finish_load(&self) {
-        if self.enabled && !self.complete.load(Ordering::Acquire) {
+    /// Gives back the memory a load grew, and orders the names by time.
+    pub fn shrink(&self) {
+        if self.enabled {
             self.write().shrink();
-            self.complete.store(true, Ordering::Release);
         }
+    }
+
+    /// Marks the start-up listing as done: the figures are whole from now on.
+    pub fn finish_load(&self) {
+        self.complete.store(true, Ordering::Release);
     }
 }

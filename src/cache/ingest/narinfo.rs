@@ -86,11 +86,7 @@ impl Cache {
             .await?;
         // Once it stays: a narinfo stored too late for another server's pass was
         // withdrawn just above.
-        if let Some(hash) = key.store_hash() {
-            let now = crate::cache::retention::now_secs();
-            self.retention.catalog().insert_narinfo(hash, &bytes, now);
-        }
-        hold.stored(bytes.len() as u64 + checked.file_size);
+        hold.stored(&bytes, bytes.len() as u64 + checked.file_size);
         Ok(outcome)
     }
 

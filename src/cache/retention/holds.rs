@@ -1,8 +1,8 @@
 //! Holds: what uploads in flight reference cannot be removed, and what a pass removes
 //! cannot be referenced.
 
-use super::graph::{path_hash, FileHash, NarKey, PathHash};
 use super::{now_secs, Retention, RetentionError};
+use crate::cache::graph::{path_hash, FileHash, NarKey, PathHash};
 
 /// In-flight work on a NAR file, so that a pass never removes one that an upload is
 /// about to reference, and uploads never reference one a pass is removing.
@@ -17,9 +17,12 @@ pub(super) struct NarActivity {
 /// them can be removed. [`Hold::stored`] records the narinfo once it is committed.
 pub struct Hold<'a> {
     retention: &'a Retention,
+    /// References held in the graph.
     refs: Vec<PathHash>,
     nar: Option<NarKey>,
     path: Option<PathHash>,
+    /// Whether anything is held (retention runs passes).
+    held: bool,
 }
 
 impl Retention {
@@ -34,9 +37,10 @@ impl Retention {
     ) -> Result<Hold<'_>, RetentionError> {
         let mut hold = Hold {
             retention: self,
-            refs: Vec::with_capacity(refs.len()),
+            refs: Vec::new(),
             nar: None,
             path: path_hash(path),
+            held: false,
         };
         if !self.enabled() {
             return Ok(hold);
@@ -50,6 +54,7 @@ impl Retention {
         if hold.path.is_some_and(|h| graph.is_removing(&h)) {
             return Err(refused(&format!("path {path}")));
         }
+        hold.held = true;
         for r in refs {
             let Some(h) = path_hash(r) else { continue };
             if !graph.hold(&h) {
@@ -74,10 +79,12 @@ impl Retention {
             refs: Vec::new(),
             nar: None,
             path: None,
+            held: false,
         };
         if !self.enabled() {
             return Ok(hold);
         }
+        hold.held = true;
         if let Some(key) = NarKey::parse(nar) {
             self.hold_nar_key(&key).map_err(|()| {
                 RetentionError::Removing(format!(
@@ -124,24 +131,26 @@ impl Retention {
 }
 
 impl Hold<'_> {
-    /// The narinfo was committed: the graph learns it (as used now), with `bytes` for
-    /// the narinfo and its NAR.
-    pub fn stored(&self, bytes: u64) {
-        let (Some(path), Some(nar)) = (self.path, self.nar) else {
+    /// The narinfo `text` was committed: the graph learns it (as used now), with
+    /// `bytes` for the narinfo and its NAR.
+    pub fn stored(&self, text: &[u8], bytes: u64) {
+        let Some(path) = self.path else {
             return;
         };
-        if !self.retention.enabled() {
+        if !self.retention.indexing() {
             return;
         }
-        self.retention
-            .graph()
-            .insert(&path, nar.print(), &self.refs, now_secs(), bytes);
+        if let Ok(record) = crate::cache::graph::record::parse(&path, text) {
+            self.retention
+                .graph()
+                .insert_record(&path, &record, now_secs(), bytes);
+        }
     }
 }
 
 impl Drop for Hold<'_> {
     fn drop(&mut self) {
-        if !self.retention.enabled() {
+        if !self.held {
             return;
         }
         if !self.refs.is_empty() {

@@ -16,7 +16,6 @@
 //! path whose closure holds it, so a client that fetches a closure keeps all of it.
 
 pub mod doom;
-pub mod graph;
 mod holds;
 mod metrics;
 mod pass;
@@ -31,10 +30,10 @@ pub mod uses;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use graph::{FileHash, Graph};
+use crate::cache::graph::{FileHash, Graph};
 pub use holds::Hold;
 use holds::NarActivity;
 pub use pass::{PassReport, Why};
@@ -115,7 +114,8 @@ pub enum RetentionError {
 pub struct Retention {
     storage: Arc<dyn Storage>,
     settings: RetentionSettings,
-    graph: Mutex<Graph>,
+    /// The graph of stored paths, shared with the page (the catalog).
+    graph: Arc<RwLock<Graph>>,
     nars: Mutex<HashMap<FileHash, NarActivity>>,
     uses: Uses,
     /// Latest uses of objects without references (logs, …), by key, as merged from
@@ -147,13 +147,13 @@ pub struct Retention {
     journaling: AtomicBool,
     /// Pass counters.
     pub stats: PassStats,
-    /// What the page shows: kept here so that removals reach it.
+    /// What the page shows, from the same graph: told when the first listing is done.
     catalog: Arc<crate::cache::catalog::Catalog>,
 }
 
 impl Retention {
     /// Retention over `storage`. `narinfo_linger` is how long another server may still
-    /// serve a narinfo this one removed; `catalog` is told what passes find and remove.
+    /// serve a narinfo this one removed; `catalog` holds the graph passes share with the page.
     pub fn new(
         storage: Arc<dyn Storage>,
         settings: RetentionSettings,
@@ -167,7 +167,7 @@ impl Retention {
             pins: Mutex::new(Pins::new(settings.pins.clone())),
             foreign_urls: Mutex::default(),
             settings,
-            graph: Mutex::new(Graph::default()),
+            graph: catalog.graph().clone(),
             nars: Mutex::default(),
             uses: Uses::default(),
             loose_uses: Mutex::default(),
@@ -204,8 +204,13 @@ impl Retention {
         self.settings.enabled()
     }
 
-    fn graph(&self) -> std::sync::MutexGuard<'_, Graph> {
-        self.graph.lock().unwrap_or_else(|e| e.into_inner())
+    fn graph(&self) -> std::sync::RwLockWriteGuard<'_, Graph> {
+        self.graph.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether the graph is kept: for passes, or for the page.
+    fn indexing(&self) -> bool {
+        self.enabled() || self.catalog.enabled()
     }
 
     fn nars(&self) -> std::sync::MutexGuard<'_, HashMap<FileHash, NarActivity>> {

@@ -3,10 +3,10 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use super::graph::{path_hash_str, Doomed, NarKey, NarPrint, PathHash};
 use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
 use super::survey::{survey, top_level};
 use super::{heavy, now_secs, Retention};
+use crate::cache::graph::{path_hash_str, Doomed, NarKey, NarPrint, PathHash};
 use crate::storage::StorageError;
 
 /// Why an object goes.

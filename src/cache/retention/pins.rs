@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::graph::{path_hash, PathHash};
+use crate::cache::graph::{path_hash, PathHash};
 
 /// The pinned paths, re-read when the file changes.
 pub struct Pins {
@@ -101,7 +101,7 @@ mod tests {
         let pins = parse(text, Path::new("pins"));
         assert_eq!(pins.len(), 2);
         assert_eq!(
-            super::super::graph::path_hash_str(&pins[0]),
+            crate::cache::graph::path_hash_str(&pins[0]),
             "0b4h5q6nbxjkgq7kmzrjxwpqv1yhzfa1"
         );
     }

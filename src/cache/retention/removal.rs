@@ -8,11 +8,11 @@
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 
-use super::graph::{path_hash, path_hash_str, Doomed, NarKey, NarPrint, NarUsers};
 use super::pass::{PassReport, Why, CHUNK};
 use super::survey::Survey;
 use super::uses::Used;
 use super::{Retention, ORPHAN_GRACE_SECS};
+use crate::cache::graph::{path_hash, path_hash_str, Doomed, NarKey, NarPrint, NarUsers};
 use crate::storage::{for_each_listed, read_whole, StorageError};
 
 /// Where removal intents live: no cache key can name it.
@@ -106,12 +106,7 @@ pub(super) async fn remove_narinfos<'a>(
     }
     .await;
     match removed {
-        Ok(intent) => {
-            for (d, _) in &going {
-                r.catalog.remove(&d.hash);
-            }
-            Ok((going, intent))
-        }
+        Ok(intent) => Ok((going, intent)),
         Err(e) => {
             let mut graph = r.graph();
             for (d, _) in &going {
@@ -126,7 +121,7 @@ pub(super) async fn remove_narinfos<'a>(
 /// server can parse: the file is then left for the orphans' check).
 async fn nar_of(
     r: &Retention,
-    hash: &super::graph::PathHash,
+    hash: &crate::cache::graph::PathHash,
 ) -> Result<Option<NarKey>, StorageError> {
     let key = format!("{}.narinfo", path_hash_str(hash));
     let limit = crate::cache::narinfo::MAX_NARINFO_SIZE;

@@ -7,10 +7,10 @@ use std::sync::atomic::Ordering;
 
 use futures_util::StreamExt;
 
-use super::graph::{path_hash, NarKey, PathHash};
 use super::removal::read_intents;
 use super::uses::{self, Used};
 use super::{heavy, now_secs, Retention, ORPHAN_GRACE_SECS};
+use crate::cache::graph::{path_hash, record, NarKey, PathHash};
 use crate::storage::{for_each_listed, read_whole, Listed, StorageError};
 
 /// What the listings found that is not in the graph.
@@ -237,26 +237,17 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, 
         .buffer_unordered(READS_IN_FLIGHT);
     while let Some(read) = reads.next().await {
         let Some((l, bytes)) = read? else { continue };
-        // The page's catalog learns from the same read (see `Cache::start_catalog`).
-        if let Some(hash) = l.key.strip_suffix(".narinfo") {
-            let modified = u32::try_from(l.modified).unwrap_or(u32::MAX);
-            r.catalog.insert_narinfo(hash, &bytes, modified);
-        }
         let hash = l.key.strip_suffix(".narinfo").and_then(path_hash);
-        match (hash, parse_narinfo(&bytes)) {
-            (Some(hash), Ok((nar, file_size, refs))) => {
-                let refs: Vec<PathHash> = refs.into_iter().filter(|h| *h != hash).collect();
+        // The page's labels come from the same read (see `Cache::start_catalog`).
+        match record::parse(&hash.unwrap_or_default(), &bytes) {
+            Ok(record) => {
+                let Some(hash) = hash else { continue };
                 let mut graph = r.graph();
-                graph.insert(
-                    &hash,
-                    nar.print(),
-                    &refs,
-                    l.modified as u32,
-                    l.size + file_size,
-                );
+                let bytes = l.size + record.file_size;
+                graph.insert_record(&hash, &record, l.modified as u32, bytes);
                 loaded.extend(graph.stored_id(&hash));
             }
-            (_, Err(url)) => {
+            Err(url) => {
                 // Never removed, and neither is the file its URL names, if any.
                 tracing::warn!(
                     "retention: {} cannot be read as a narinfo; it and its NAR are never removed",
@@ -269,40 +260,9 @@ async fn load_narinfos(r: &Retention, unknown: Vec<Listed>) -> Result<Vec<u32>, 
                         .insert(url);
                 }
             }
-            (None, Ok(_)) => {}
         }
     }
     Ok(loaded)
-}
-
-/// The fields retention needs from a stored narinfo: its NAR, the NAR's size and
-/// its references. Stored narinfos were checked on upload (or come from another
-/// writer of the cache): only these lines are read.
-/// `Err` carries the URL, when there is one.
-fn parse_narinfo(bytes: &[u8]) -> Result<(NarKey, u64, Vec<PathHash>), Option<String>> {
-    let text = std::str::from_utf8(bytes).map_err(|_| None)?;
-    let url = text
-        .lines()
-        .find_map(|l| l.strip_prefix("URL: "))
-        .map(|u| u.trim().to_owned());
-    let fail = || url.clone();
-    let nar = url.as_deref().and_then(NarKey::parse).ok_or_else(fail)?;
-    let (mut size, mut refs) = (0, Vec::new());
-    for line in text.lines() {
-        let Some((name, value)) = line.split_once(": ") else {
-            continue;
-        };
-        match name {
-            "FileSize" => size = value.trim().parse().map_err(|_| fail())?,
-            "References" => {
-                for r in value.split_whitespace() {
-                    refs.push(r.get(..32).and_then(path_hash).ok_or_else(fail)?);
-                }
-            }
-            _ => {}
-        }
-    }
-    Ok((nar, size, refs))
 }
 
 /// Narinfos the graph knows that were not listed, and not stored since the listing
@@ -316,7 +276,6 @@ fn forget_vanished(r: &Retention, seen: &[bool], started: u32) {
         .collect();
     for h in &gone {
         graph.remove(h);
-        r.catalog.remove(h);
     }
     if !gone.is_empty() {
         tracing::info!(
@@ -364,18 +323,4 @@ async fn compact_journals(
     }
     journal.commit().await?;
     r.storage.delete(&journals).await
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn narinfo_fields() {
-        let text = format!(
-            "StorePath: /nix/store/{h}-p\nURL: nar/{n}.nar.xz\nCompression: xz\nFileSize: 12\nReferences: {h}-p {h}-q\n",
-            h = super::super::graph::path_hash_str(&[1; 20]),
-            n = nix_derivation::nixbase32::encode(&[2; 32])
-        );
-        let (nar, size, refs) = super::parse_narinfo(text.as_bytes()).unwrap();
-        assert_eq!((nar.hash, size, refs.len()), ([2; 32], 12, 2));
-    }
 }

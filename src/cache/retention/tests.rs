@@ -5,9 +5,9 @@ use std::time::Duration;
 
 use nix_derivation::nixbase32;
 
-use super::graph::path_hash_str;
 use super::settings::RetentionSettings;
 use super::{now_secs, Retention};
+use crate::cache::graph::path_hash_str;
 use crate::storage::memory::MemoryStorage;
 
 const DAY: u64 = 86_400;

@@ -14,7 +14,7 @@ use std::sync::Mutex;
 
 use futures_util::StreamExt;
 
-use super::graph::{path_hash, NarKey, PathHash};
+use crate::cache::graph::{path_hash, NarKey, PathHash};
 use crate::storage::{for_each_listed, Storage, StorageError};
 
 /// Where journals live, relative to the cache root.
@@ -59,7 +59,7 @@ impl Used {
     /// The key written in a journal.
     fn key(&self) -> String {
         match self {
-            Used::Path(h) => format!("{}.narinfo", super::graph::path_hash_str(h)),
+            Used::Path(h) => format!("{}.narinfo", crate::cache::graph::path_hash_str(h)),
             Used::Nar(n) => n.key(),
             Used::Other(k) => k.to_string(),
         }

@@ -172,7 +172,7 @@ pub async fn path(
         .iter()
         .find(|(k, _)| k == "URL")
         .map(|(_, v)| v.clone())
-        .filter(|u| crate::cache::retention::graph::NarKey::parse(u).is_some());
+        .filter(|u| crate::cache::graph::NarKey::parse(u).is_some());
     Ok(Some(PathView {
         detail,
         fields,

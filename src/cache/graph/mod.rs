@@ -1,5 +1,7 @@
 //! The reference graph of the stored paths, compact enough for a million of them
-//! (about 120 bytes a path): what a pass may remove without breaking a closure.
+//! (about 120 bytes a path): what a retention pass may remove without breaking a
+//! closure, and, with [`labels`] beside it, what the page shows (names, sizes,
+//! signers, references and referrers), from the one index.
 //!
 //! A path's node counts its *referrers*: stored narinfos that list it among their
 //! References, plus uploads in flight that will ([`Graph::hold`]). A path is removable
@@ -8,14 +10,20 @@
 //! without a narinfo: a placeholder that keeps the count until the path arrives.
 
 mod keys;
+mod labels;
 mod plan;
+pub mod query;
+pub mod record;
+mod signers;
 #[cfg(test)]
 mod tests;
 
 use hashbrown::HashTable;
 
 pub use keys::{path_hash, path_hash_str, FileHash, NarKey, NarPrint, PathHash};
+use labels::Labels;
 pub use plan::{Doomed, Plan};
+pub use record::Record;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum State {
@@ -66,9 +74,69 @@ pub struct Graph {
     refs: Vec<u32>,
     /// Entries of `refs` no node points at any more.
     dead_refs: usize,
+    /// What the page shows of each node, when the page is on.
+    labels: Option<Labels>,
 }
 
 impl Graph {
+    /// An empty graph; with `labelled`, it keeps what the page shows too.
+    pub fn new(labelled: bool) -> Self {
+        Graph {
+            labels: labelled.then(Labels::default),
+            ..Graph::default()
+        }
+    }
+
+    /// Whether it keeps what the page shows.
+    pub fn labelled(&self) -> bool {
+        self.labels.is_some()
+    }
+
+    /// Records the stored narinfo `record` of `hash` (see [`Graph::insert`]), with
+    /// its label when the graph keeps them.
+    pub fn insert_record(&mut self, hash: &PathHash, record: &Record, modified: u32, bytes: u64) {
+        self.insert(
+            hash,
+            record.nar.print(),
+            &record.references,
+            modified,
+            bytes,
+        );
+        self.label(hash, record);
+    }
+
+    /// Labels the stored path `hash` with what `record` says, when the graph keeps
+    /// labels.
+    pub fn label(&mut self, hash: &PathHash, record: &Record) {
+        let Some(id) = self.stored_id(hash) else {
+            return;
+        };
+        if let Some(labels) = &mut self.labels {
+            labels.set(id, record);
+            let nodes = &self.nodes;
+            labels.compact(false, |id| nodes[id as usize].modified);
+        }
+    }
+
+    /// Node `id` is no longer a stored path: its label goes.
+    fn unlabel(&mut self, id: u32) {
+        if let Some(labels) = &mut self.labels {
+            labels.unset(id);
+            let nodes = &self.nodes;
+            labels.compact(false, |id| nodes[id as usize].modified);
+        }
+    }
+
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.nodes.capacity() * size_of::<Node>()
+            + self.free.capacity() * 4
+            + self.ids.capacity() * (size_of::<u32>() + 1)
+            + self.refs.capacity() * 4
+            + self.labels.as_ref().map_or(0, Labels::heap_bytes)
+    }
+
     /// Number of paths whose narinfo is stored.
     pub fn stored(&self) -> usize {
         self.nodes
@@ -87,6 +155,10 @@ impl Graph {
     /// Gives back memory grown for a load: a first pass inserts a million paths.
     pub fn shrink(&mut self) {
         self.compact_refs();
+        if let Some(labels) = &mut self.labels {
+            let nodes = &self.nodes;
+            labels.shrink(|id| nodes[id as usize].modified);
+        }
         self.nodes.shrink_to_fit();
         self.refs.shrink_to_fit();
         let nodes = &self.nodes;
@@ -197,6 +269,7 @@ impl Graph {
         }
         self.nodes[id as usize].state = State::Free;
         self.free.push(id);
+        self.unlabel(id);
     }
 
     /// Rewrites the reference arena once most of it is dead.
@@ -223,6 +296,7 @@ impl Graph {
         if matches!(self.nodes[id as usize].state, State::Stored) {
             self.drop_refs(id);
         }
+        self.unlabel(id);
         let node = &mut self.nodes[id as usize];
         if node.referrers == 0 {
             self.release(id);

@@ -1,10 +1,11 @@
 //! The key names that signed stored paths: a small table, so that an entry keeps
 //! its signers as a bit mask.
 
-/// Named keys the table holds; the last bit stands for every other key, so that
-/// uploads signed by made-up names cannot grow it without bound.
-pub(super) const NAMED: usize = 31;
-const OTHER_BIT: u32 = 1 << NAMED;
+/// Named keys the table holds (a cache sees a handful: its builders' and its
+/// upstreams'); the last bit stands for every other key, so that uploads signed by
+/// made-up names cannot grow it without bound.
+pub(super) const NAMED: usize = 15;
+const OTHER_BIT: u16 = 1 << NAMED;
 /// Longer key names are cut (Nix's own are a host name and a number).
 const MAX_NAME: usize = 128;
 
@@ -17,7 +18,7 @@ pub(super) struct Signers {
 
 impl Signers {
     /// The mask of `names`, adding names the table has room for.
-    pub(super) fn mask(&mut self, names: &[String]) -> u32 {
+    pub(super) fn mask(&mut self, names: &[String]) -> u16 {
         let mut mask = 0;
         for name in names {
             let name = cut(name);
@@ -35,7 +36,7 @@ impl Signers {
     }
 
     /// Counts (or uncounts) a stored path signed by `mask`.
-    pub(super) fn count(&mut self, mask: u32, add: bool) {
+    pub(super) fn count(&mut self, mask: u16, add: bool) {
         for (i, c) in self.counts.iter_mut().enumerate() {
             if mask & (1 << i) != 0 {
                 if add {
@@ -48,7 +49,7 @@ impl Signers {
     }
 
     /// The names in `mask`; others as `None`.
-    pub(super) fn names_of(&self, mask: u32) -> Vec<Option<String>> {
+    pub(super) fn names_of(&self, mask: u16) -> Vec<Option<String>> {
         (0..=NAMED)
             .filter(|i| mask & (1 << i) != 0)
             .map(|i| self.names.get(i).map(|n| n.to_string()))

@@ -196,6 +196,7 @@ impl Graph {
                 self.release(r);
             }
         }
+        self.unlabel(id);
         let node = &mut self.nodes[id as usize];
         self.dead_refs += node.refs_len as usize;
         node.refs_len = 0;
