@@ -56,7 +56,6 @@ pub async fn run(config: Config) -> Result<(), StartError> {
     let budget = budget::Budget::new(config.memory_budget);
     let cache = open_cache(&config, budget).await?;
     cache.start_index();
-    cache.start_catalog();
     if config.metrics {
         cache.start_usage_count();
     }

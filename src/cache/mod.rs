@@ -293,11 +293,10 @@ impl Cache {
         ));
     }
 
-    /// Starts loading the catalog of stored paths (the page's) in the background.
-    /// With retention on, its first pass (at once) reads every narinfo and fills the
-    /// catalog as it goes: one read of each at start, not two.
-    pub fn start_catalog(&self) {
-        if self.catalog().enabled() && !self.retention.enabled() {
+    /// Opens the catalog of stored paths (the page's) at the page's first visit:
+    /// it is loaded in the background, and kept from then on.
+    pub fn open_catalog(&self) {
+        if self.catalog().start_keeping() {
             catalog::load::spawn(self.catalog().clone(), self.storage.clone());
         }
     }

@@ -76,7 +76,7 @@ async fn read(storage: &dyn Storage, l: Listed) -> Result<Option<Read>, StorageE
 /// catalog does not hold yet, in the background: what another writer stored. This
 /// server's own uploads are in the catalog already.
 pub fn added(catalog: &Arc<Catalog>, storage: &Arc<dyn Storage>, names: &[String]) {
-    if !catalog.enabled() {
+    if !catalog.kept() {
         return;
     }
     let now = crate::cache::retention::now_secs();

@@ -34,19 +34,22 @@ pub const CLOSURE_LIMIT: u64 = 50_000;
 
 /// The catalog of one cache: the page's view of the graph it shares with retention.
 pub struct Catalog {
-    /// Whether it is kept at all (`NIX_STORED_PAGE`): when not, the graph keeps no
-    /// labels and every read is empty.
+    /// Whether the page is served at all (`NIX_STORED_PAGE`).
     enabled: bool,
+    /// Whether the graph keeps labels: from the page's first visit on, so that a
+    /// server whose page nobody opens spends nothing on it.
+    kept: AtomicBool,
     graph: Arc<RwLock<Graph>>,
     complete: AtomicBool,
 }
 
 impl Catalog {
-    /// A catalog over a new, empty graph, which keeps labels only when `enabled`.
+    /// A catalog over a new, empty graph; `enabled` when the page is served.
     pub fn new(enabled: bool) -> Self {
         Catalog {
             enabled,
-            graph: Arc::new(RwLock::new(Graph::new(enabled))),
+            kept: AtomicBool::new(false),
+            graph: Arc::new(RwLock::new(Graph::default())),
             complete: AtomicBool::new(false),
         }
     }
@@ -56,9 +59,29 @@ impl Catalog {
         &self.graph
     }
 
-    /// Whether the catalog is kept (the page is on).
+    /// Whether the page is served.
     pub fn enabled(&self) -> bool {
         self.enabled
+    }
+
+    /// Whether the catalog is kept (the page was opened).
+    pub fn kept(&self) -> bool {
+        self.kept.load(Ordering::Acquire)
+    }
+
+    /// Starts keeping the catalog, once, when the page is served: `true` for the
+    /// caller that must now load it (see [`load::spawn`]). From here on, uploads,
+    /// retention and the storage watch label what they record.
+    pub fn start_keeping(&self) -> bool {
+        if !self.enabled || self.kept() {
+            return false;
+        }
+        let mut graph = self.write();
+        if self.kept.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        graph.keep_labels();
+        true
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Graph> {
@@ -103,14 +126,14 @@ impl Catalog {
     /// Records the stored narinfo `record` of `hash`: `bytes` of narinfo and NAR,
     /// `stored` seconds since the epoch.
     pub fn insert(&self, hash: &PathHash, record: &Record, stored: u32, bytes: u64) {
-        if self.enabled {
+        if self.kept() {
             self.write().insert_record(hash, record, stored, bytes);
         }
     }
 
     /// The narinfo of `hash` was removed from storage.
     pub fn remove(&self, hash: &PathHash) {
-        if self.enabled {
+        if self.kept() {
             self.write().remove(hash);
         }
     }
@@ -122,7 +145,7 @@ impl Catalog {
 
     /// Gives back the memory a load grew, and orders the names by time.
     pub fn shrink(&self) {
-        if self.enabled {
+        if self.kept() {
             self.write().shrink();
         }
     }

@@ -23,13 +23,34 @@ fn record(i: u32, name: &str, refs: &[u32], signers: &[&str]) -> Record {
     }
 }
 
+/// A catalog whose page was opened.
+fn kept() -> Catalog {
+    let c = Catalog::new(true);
+    assert!(c.start_keeping());
+    assert!(!c.start_keeping(), "once");
+    c
+}
+
 fn hex(i: u32) -> String {
     crate::cache::graph::path_hash_str(&hash(i))
 }
 
 #[test]
-fn latest_search_and_figures() {
+fn nothing_is_kept_until_the_page_is_opened() {
     let c = Catalog::new(true);
+    c.insert(&hash(1), &record(1, "glibc-2.40", &[], &["k-1"]), 10, 500);
+    assert_eq!(c.figures().paths, 0);
+    assert_eq!(c.heap_bytes(), 0);
+    assert!(c.start_keeping());
+    c.insert(&hash(1), &record(1, "glibc-2.40", &[], &["k-1"]), 10, 500);
+    assert_eq!(c.latest(5)[0].name, "glibc-2.40");
+    // Off: never kept.
+    assert!(!Catalog::new(false).start_keeping());
+}
+
+#[test]
+fn latest_search_and_figures() {
+    let c = kept();
     c.insert(&hash(1), &record(1, "glibc-2.40", &[], &["k-1"]), 10, 500);
     c.insert(
         &hash(2),
@@ -65,7 +86,7 @@ fn latest_search_and_figures() {
 
 #[test]
 fn references_referrers_and_closure() {
-    let c = Catalog::new(true);
+    let c = kept();
     // 2 references 9, not stored yet: a placeholder until it is.
     c.insert(&hash(2), &record(2, "b", &[9], &[]), 2, 500);
     c.insert(&hash(3), &record(3, "c", &[2], &[]), 3, 500);
@@ -91,7 +112,7 @@ fn references_referrers_and_closure() {
 
 #[test]
 fn closures_are_walked_up_to_a_limit() {
-    let c = Catalog::new(true);
+    let c = kept();
     for i in 0..10u32 {
         let refs: Vec<u32> = if i > 0 { vec![i - 1] } else { vec![] };
         c.insert(&hash(i), &record(i, "chain", &refs, &[]), i, 500);
@@ -107,7 +128,7 @@ fn closures_are_walked_up_to_a_limit() {
 
 #[test]
 fn stored_again_keeps_one_entry() {
-    let c = Catalog::new(true);
+    let c = kept();
     c.insert(&hash(1), &record(1, "x", &[], &["a"]), 5, 500);
     c.insert(&hash(1), &record(1, "x", &[], &["a", "b"]), 6, 500);
     assert_eq!(c.figures().paths, 1);
@@ -120,7 +141,7 @@ fn stored_again_keeps_one_entry() {
 
 #[test]
 fn compaction_orders_names_by_time() {
-    let c = Catalog::new(true);
+    let c = kept();
     c.insert(&hash(1), &record(1, "late", &[], &[]), 50, 500);
     c.insert(&hash(2), &record(2, "early", &[], &[]), 10, 500);
     c.shrink();
@@ -130,7 +151,7 @@ fn compaction_orders_names_by_time() {
 
 #[test]
 fn many_signers_share_the_last_bit() {
-    let c = Catalog::new(true);
+    let c = kept();
     for i in 0..40u32 {
         c.insert(
             &hash(i),
@@ -154,7 +175,7 @@ fn many_signers_share_the_last_bit() {
 #[test]
 #[ignore]
 fn a_million_catalogued() {
-    let c = Catalog::new(true);
+    let c = kept();
     let started = Instant::now();
     for i in 0..1_000_000u32 {
         let refs: Vec<u32> = (1..=5).filter(|k| i >= *k * 7).map(|k| i - k * 7).collect();
@@ -197,7 +218,7 @@ fn a_million_catalogued() {
 
 #[test]
 fn churn_reuses_slots_and_compacts_without_stale_answers() {
-    let c = Catalog::new(true);
+    let c = kept();
     for i in 0..100_000u32 {
         let refs: Vec<u32> = if i >= 3 { vec![i - 3] } else { vec![] };
         c.insert(
@@ -231,7 +252,7 @@ fn churn_reuses_slots_and_compacts_without_stale_answers() {
 
 #[test]
 fn references_rewritten_keep_a_placeholder_in_both() {
-    let c = Catalog::new(true);
+    let c = kept();
     c.insert(&hash(1), &record(1, "a", &[9], &[]), 1, 500);
     // Another writer rewrote it with one more reference: 9 stays known throughout.
     c.insert(&hash(1), &record(1, "a", &[9, 8], &[]), 2, 500);

@@ -62,6 +62,10 @@ impl Node {
     }
 }
 
+/// Marks an owner's id in the reference arena (ids stay below 2³¹): the page finds
+/// who references a path from where its id appears, for 4 bytes a path.
+const OWNER: u32 = 1 << 31;
+
 /// The graph. Ids are slots, reused once free.
 #[derive(Default)]
 pub struct Graph {
@@ -70,7 +74,8 @@ pub struct Graph {
     /// Node ids by path hash: the hash itself lives in the node, so an entry is four
     /// bytes (a map of hash to id took 50 MB at a million paths).
     ids: HashTable<u32>,
-    /// References of every node, back to back; a node's slice is `refs_at..+refs_len`.
+    /// References of every node, back to back, each list after its owner's id
+    /// marked with [`OWNER`]; a node's slice is `refs_at..+refs_len`.
     refs: Vec<u32>,
     /// Entries of `refs` no node points at any more.
     dead_refs: usize,
@@ -79,12 +84,10 @@ pub struct Graph {
 }
 
 impl Graph {
-    /// An empty graph; with `labelled`, it keeps what the page shows too.
-    pub fn new(labelled: bool) -> Self {
-        Graph {
-            labels: labelled.then(Labels::default),
-            ..Graph::default()
-        }
+    /// Keeps what the page shows too, from now on (for paths recorded from now on,
+    /// or recorded again).
+    pub fn keep_labels(&mut self) {
+        self.labels.get_or_insert_with(Labels::default);
     }
 
     /// Whether it keeps what the page shows.
@@ -234,8 +237,7 @@ impl Graph {
         if was_stored {
             self.drop_refs(id);
         }
-        let at = self.refs.len() as u32;
-        self.refs.extend_from_slice(&ref_ids);
+        let at = self.push_refs(id, &ref_ids);
         let node = &mut self.nodes[id as usize];
         node.nar = nar;
         node.state = State::Stored;
@@ -256,10 +258,28 @@ impl Graph {
                 self.release(r);
             }
         }
-        let node = &mut self.nodes[id as usize];
-        self.dead_refs += node.refs_len as usize;
-        node.refs_len = 0;
+        self.kill_refs(id);
         self.compact_refs();
+    }
+
+    /// Appends the references `refs` of `id` to the arena, after their owner (see
+    /// [`OWNER`]); where they start.
+    fn push_refs(&mut self, id: u32, refs: &[u32]) -> u32 {
+        if !refs.is_empty() {
+            self.refs.push(id | OWNER);
+        }
+        let at = self.refs.len() as u32;
+        self.refs.extend_from_slice(refs);
+        at
+    }
+
+    /// The slice of `id` in the arena is dead (with its owner's mark).
+    fn kill_refs(&mut self, id: u32) {
+        let node = &mut self.nodes[id as usize];
+        if node.refs_len > 0 {
+            self.dead_refs += node.refs_len as usize + 1;
+        }
+        node.refs_len = 0;
     }
 
     fn release(&mut self, id: u32) {
@@ -278,8 +298,11 @@ impl Graph {
             return;
         }
         let mut packed = Vec::with_capacity(self.refs.len() - self.dead_refs);
-        for node in &mut self.nodes {
+        for (id, node) in self.nodes.iter_mut().enumerate() {
             let (at, len) = (node.refs_at as usize, node.refs_len as usize);
+            if len > 0 {
+                packed.push(id as u32 | OWNER);
+            }
             node.refs_at = packed.len() as u32;
             packed.extend_from_slice(&self.refs[at..at + len]);
         }

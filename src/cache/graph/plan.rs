@@ -197,9 +197,8 @@ impl Graph {
             }
         }
         self.unlabel(id);
+        self.kill_refs(id);
         let node = &mut self.nodes[id as usize];
-        self.dead_refs += node.refs_len as usize;
-        node.refs_len = 0;
         node.state = State::Absent;
         node.bytes = 0;
         node.listing = 0;

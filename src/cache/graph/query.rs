@@ -6,7 +6,7 @@ use memchr::memmem;
 
 use super::labels::Labels;
 use super::record::{valid_name, MAX_NAME};
-use super::{path_hash_str, Graph, State};
+use super::{path_hash_str, Graph, State, OWNER};
 
 /// Totals over the stored paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -220,30 +220,26 @@ impl Graph {
         })
     }
 
-    /// Shown paths that reference `id`. Most paths have few: a node that nothing
-    /// references costs nothing, and otherwise one scan of the reference arena finds
-    /// where `id` appears, and one scan of the nodes whose slices hold those places.
+    /// Shown paths that reference `id`: one scan of the reference arena, each place
+    /// `id` appears found its owner by the mark before its list.
     fn referrers(&self, id: u32) -> Vec<u32> {
         if self.nodes[id as usize].referrers == 0 {
             return Vec::new();
         }
-        let places: Vec<u32> = (self.refs.iter().enumerate())
-            .filter(|(_, r)| **r == id)
-            .map(|(at, _)| at as u32)
-            .collect();
-        if places.is_empty() {
-            return Vec::new();
+        let mut found = Vec::new();
+        for (at, _) in self.refs.iter().enumerate().filter(|(_, r)| **r == id) {
+            let Some(owner) = self.refs[..at].iter().rev().find(|r| *r & OWNER != 0) else {
+                continue;
+            };
+            let owner = owner & !OWNER;
+            let n = &self.nodes[owner as usize];
+            // Dead lists keep their marks until the arena is compacted.
+            let live = n.refs_at as usize <= at && at < (n.refs_at + n.refs_len) as usize;
+            if live && self.shown(owner) {
+                found.push(owner);
+            }
         }
-        (self.nodes.iter().enumerate())
-            .filter(|(_, n)| {
-                n.refs_len > 0 && {
-                    let i = places.partition_point(|p| *p < n.refs_at);
-                    places.get(i).is_some_and(|p| *p < n.refs_at + n.refs_len)
-                }
-            })
-            .map(|(owner, _)| owner as u32)
-            .filter(|owner| self.shown(*owner))
-            .collect()
+        found
     }
 
     /// The closure of `id` (itself included): its stored paths, their NAR bytes and

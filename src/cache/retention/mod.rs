@@ -210,7 +210,7 @@ impl Retention {
 
     /// Whether the graph is kept: for passes, or for the page.
     fn indexing(&self) -> bool {
-        self.enabled() || self.catalog.enabled()
+        self.enabled() || self.catalog.kept()
     }
 
     fn nars(&self) -> std::sync::MutexGuard<'_, HashMap<FileHash, NarActivity>> {

@@ -53,7 +53,6 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     survey.objects += top.objects;
     let listings = top.listings;
     r.loaded.store(true, Ordering::Release);
-    r.catalog.finish_load();
     let intents = read_intents(r).await?;
     let interrupted: HashSet<String> = intents
         .iter()

@@ -1,7 +1,7 @@
 //! Uploads, downloads and narinfo hits of the last day, in minute buckets, for the
 //! page's figures (the Prometheus counters have no window).
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Minutes kept: one day.
 const MINUTES: usize = 24 * 60;
@@ -38,26 +38,39 @@ impl Counts {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
     /// A narinfo stored for the first time.
-    Upload,
+    Upload = 0,
     /// A NAR served.
-    Download,
+    Download = 1,
     /// A narinfo found.
-    Hit,
+    Hit = 2,
     /// A narinfo not found.
-    Miss,
+    Miss = 3,
 }
 
-/// The buckets: a ring indexed by minute, each stamped with its minute so that a
-/// bucket of a day ago is recognised as stale.
+/// One minute's counts, stamped with its minute so that a bucket of a day ago is
+/// recognised as stale.
+#[derive(Default)]
+struct Bucket {
+    minute: AtomicU64,
+    /// By [`Event`]: uploads, downloads, hits, misses.
+    counts: [AtomicU64; 4],
+}
+
+/// The buckets: a ring indexed by minute. Lock-free, so that counting costs a
+/// narinfo request no more than a Prometheus counter does: an event that races the
+/// reset of its bucket at a minute's start may be lost, which a figure of the last
+/// hour does not show.
 pub struct Activity {
-    ring: Mutex<Vec<(u64, Counts)>>,
+    ring: Vec<Bucket>,
 }
 
 impl Default for Activity {
     fn default() -> Self {
-        Activity {
-            ring: Mutex::new(vec![(u64::MAX, Counts::default()); MINUTES]),
+        let ring: Vec<Bucket> = (0..MINUTES).map(|_| Bucket::default()).collect();
+        for b in &ring {
+            b.minute.store(u64::MAX, Ordering::Relaxed);
         }
+        Activity { ring }
     }
 }
 
@@ -74,18 +87,18 @@ impl Activity {
     }
 
     fn record_at(&self, event: Event, minute: u64) {
-        let mut ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = &mut ring[(minute % MINUTES as u64) as usize];
-        if slot.0 != minute {
-            *slot = (minute, Counts::default());
+        let b = &self.ring[(minute % MINUTES as u64) as usize];
+        let seen = b.minute.load(Ordering::Acquire);
+        if seen != minute
+            && b.minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            for c in &b.counts {
+                c.store(0, Ordering::Relaxed);
+            }
         }
-        let c = &mut slot.1;
-        match event {
-            Event::Upload => c.uploads += 1,
-            Event::Download => c.downloads += 1,
-            Event::Hit => c.hits += 1,
-            Event::Miss => c.misses += 1,
-        }
+        b.counts[event as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     /// What happened in the last `minutes` minutes (this one included).
@@ -94,11 +107,18 @@ impl Activity {
     }
 
     fn last_at(&self, minutes: u64, now: u64) -> Counts {
-        let ring = self.ring.lock().unwrap_or_else(|e| e.into_inner());
         let mut total = Counts::default();
-        for (minute, c) in ring.iter() {
-            if *minute <= now && now - *minute < minutes {
-                total.add(c);
+        for b in &self.ring {
+            let minute = b.minute.load(Ordering::Acquire);
+            if minute <= now && now - minute < minutes {
+                let [uploads, downloads, hits, misses] =
+                    b.counts.each_ref().map(|c| c.load(Ordering::Relaxed));
+                total.add(&Counts {
+                    uploads,
+                    downloads,
+                    hits,
+                    misses,
+                });
             }
         }
         total

@@ -29,7 +29,7 @@ pub struct Metrics {
     connections_refused: AtomicU64,
     auth_throttled: AtomicU64,
     /// The last day's uploads, downloads and hits, for the page; only kept while the
-    /// page is on (a lock per narinfo request for figures nobody reads otherwise).
+    /// page is on (an atomic add per request, like the counters above).
     pub activity: Option<activity::Activity>,
 }
 

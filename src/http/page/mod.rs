@@ -48,6 +48,7 @@ pub async fn handle(app: &AppState, page: Page, json: bool, req: Request<Incomin
         resp.extensions_mut().insert(principal);
         return resp;
     }
+    app.cache.open_catalog();
     let mut resp = match answer(app, page, json, &parts).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
