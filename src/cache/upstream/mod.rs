@@ -39,8 +39,12 @@ mod flight;
 #[cfg(feature = "upstream")]
 mod misses;
 #[cfg(feature = "upstream")]
+mod pending;
+#[cfg(feature = "upstream")]
 mod pull;
 pub mod settings;
+#[cfg(feature = "upstream")]
+mod spool;
 #[cfg(feature = "upstream")]
 mod stats;
 
