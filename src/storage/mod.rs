@@ -6,11 +6,11 @@
 //! anything that is not a plain relative path.
 
 pub mod fs;
-pub mod scratch;
 #[cfg(test)]
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod scratch;
 /// Without the `s3` feature, only the S3 settings: their flags are still parsed, so
 /// that a configuration naming S3 is refused by name instead of ignored.
 #[cfg(not(feature = "s3"))]

@@ -113,9 +113,7 @@ impl Cache {
                 Found::Missing => Ok(None),
             },
             (Kind::Nar, _) => match up.pending.by_nar(key.as_str()) {
-                Some(p) if !p.nar_failed() => {
-                    Ok(Some(pending_meta(p.checked.file_size, &p)))
-                }
+                Some(p) if !p.nar_failed() => Ok(Some(pending_meta(p.checked.file_size, &p))),
                 Some(_) => Ok(None),
                 // Stored meanwhile, perhaps.
                 None => Ok(self.storage.stat(key.as_str()).await?),
@@ -168,7 +166,10 @@ impl Cache {
 
     /// For an upload's closure check: whether the reference `hash`, which storage
     /// lacks, is stored once its pending pull ends (`false` when it is not pending).
-    pub(in crate::cache) async fn upstream_reference(&self, hash: &str) -> Result<bool, CacheError> {
+    pub(in crate::cache) async fn upstream_reference(
+        &self,
+        hash: &str,
+    ) -> Result<bool, CacheError> {
         let Some(p) = self.upstreams.as_ref().and_then(|up| up.pending.get(hash)) else {
             return Ok(false);
         };
@@ -293,7 +294,11 @@ impl Cache {
     /// Stores a pending path as a `nix copy --to` would: its references (each
     /// pulled by its own pending path), its NAR, then its narinfo, through the
     /// upload checks.
-    async fn commit(self: &Arc<Self>, up: &Upstreams, p: &Arc<PendingPath>) -> Result<(), PullError> {
+    async fn commit(
+        self: &Arc<Self>,
+        up: &Upstreams,
+        p: &Arc<PendingPath>,
+    ) -> Result<(), PullError> {
         for reference in &p.checked.references {
             if self.has_narinfo(reference).await {
                 continue;
@@ -323,7 +328,9 @@ impl Cache {
         if !self.nar_stored(&p.checked).await? {
             let spool = self.nar_spool(p)?;
             if !spool.wait().await {
-                return Err(UpstreamError::Unreachable("its NAR could not be stored".into()).into());
+                return Err(
+                    UpstreamError::Unreachable("its NAR could not be stored".into()).into(),
+                );
             }
         }
         let key = ObjectKey::parse(&format!("{}.narinfo", p.hash)).map_err(CacheError::from)?;
@@ -369,11 +376,20 @@ impl Cache {
     /// The NAR file `p` names, from its upstream, through the NAR upload checks (its
     /// FileHash checked as it streams, the NAR inside decoded), each piece appended
     /// to `spool` before it goes on.
-    async fn fetch_nar(&self, up: &Upstreams, p: &PendingPath, spool: &Spool) -> Result<(), PullError> {
+    async fn fetch_nar(
+        &self,
+        up: &Upstreams,
+        p: &PendingPath,
+        spool: &Spool,
+    ) -> Result<(), PullError> {
         let (checked, i) = (&p.checked, p.upstream);
         let nar = &checked.nar;
         let stats = &up.stats[i];
-        let Some(body) = up.client.get(up.settings.upstreams[i].join(nar.as_str())).await? else {
+        let Some(body) = up
+            .client
+            .get(up.settings.upstreams[i].join(nar.as_str()))
+            .await?
+        else {
             return Err(UpstreamError::Refused(format!(
                 "its narinfo names {}, which it does not have",
                 nar.as_str()

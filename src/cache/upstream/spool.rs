@@ -175,7 +175,10 @@ mod tests {
     use futures_util::StreamExt;
 
     fn spool(size: u64) -> Arc<Spool> {
-        Arc::new(Spool::new(crate::storage::scratch::anonymous().unwrap(), size))
+        Arc::new(Spool::new(
+            crate::storage::scratch::anonymous().unwrap(),
+            size,
+        ))
     }
 
     #[tokio::test]
@@ -188,7 +191,10 @@ mod tests {
         s.append(Bytes::from_static(b"ef")).await.unwrap();
         assert_eq!(tail.next().await.unwrap().unwrap(), &b"e"[..]);
         let pending = tokio::time::timeout(std::time::Duration::from_millis(20), tail.next());
-        assert!(pending.await.is_err(), "the last byte came before the verdict");
+        assert!(
+            pending.await.is_err(),
+            "the last byte came before the verdict"
+        );
         s.finish(true);
         assert_eq!(tail.next().await.unwrap().unwrap(), &b"f"[..]);
         assert!(tail.next().await.is_none());
