@@ -1002,3 +1002,55 @@ fn a_tampered_nar_streamed_to_a_client_fails_its_download_and_is_not_stored() {
     assert_eq!(up.count(&format!("GET /{}", wrong.url)), 1);
     assert_eq!(up.count(&format!("GET /{}", short.url)), 1);
 }
+
+/// An upload whose narinfo refers to a path this server answered as present and is
+/// still pulling (its NAR held by the upstream) waits for that pull instead of being
+/// refused for a missing reference, and is stored once the reference is.
+#[test]
+fn an_upload_referring_to_a_pending_path_waits_for_its_pull() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(12);
+    let (lib_hash, lib, _) = upstream_path(&up_dir, &key, "lib", 1 << 20);
+    let up = FileServer::serve(&up_dir);
+    up.gate.hold(&format!("/{}", lib.url));
+    let s = pulling_patiently(&up, &key);
+
+    // What `nix copy --to` asks before it uploads: the reference is reported present.
+    assert_eq!(get(&s, &format!("/{lib_hash}.narinfo")).status, 200);
+    let hash = store_hash("app");
+    let nar = nar_of(b"app");
+    let info = NarInfo::uncompressed(
+        "/nix/store",
+        &hash,
+        "app",
+        &nar,
+        &[&format!("{lib_hash}-lib")],
+    );
+    assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
+    let addr = s.addr;
+    let upload = {
+        let body = info.render();
+        std::thread::spawn(move || {
+            send(
+                addr,
+                "PUT",
+                &format!("/{hash}.narinfo"),
+                &[],
+                body.as_bytes(),
+            )
+        })
+    };
+    assert!(eventually(Duration::from_secs(30), || up
+        .count(&format!("GET /{}", lib.url))
+        == 1));
+    // The upload is in progress (with this request for the figure).
+    assert!(eventually(Duration::from_secs(30), || metric(
+        &s,
+        "nix_stored_requests_in_flight"
+    ) == 2));
+    assert!(!s.store.exists(&format!("{lib_hash}.narinfo")));
+    up.gate.release();
+    let r = upload.join().unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(s.store.exists(&format!("{lib_hash}.narinfo")));
+}
