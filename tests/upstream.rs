@@ -373,7 +373,8 @@ fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
 
 /// An upstream narinfo with a broken signature, a NAR file with other contents than its
 /// FileHash, one cut short in transfer and one cut short on the upstream's disk: each
-/// path is a 404, nothing of it is stored, and neither is a path referring to them.
+/// path is a 404 (at once for the signature, once its NAR is refused for the others),
+/// nothing of it is stored, and neither is a path referring to them.
 /// An untouched path of the same upstream is pulled (the setup itself works).
 fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
@@ -620,10 +621,10 @@ fn upstreams_without_keys_are_refused_at_start() {
     assert!(!err.contains("secret"), "{err}");
 }
 
-/// A client that gives up while its request pulls a path (a slow upstream NAR) does
-/// not stop the pull: the path ends up stored, and the next request finds it. Over
-/// HTTPS with HTTP/2 (curl, killed mid-request), where the closed connection drops the
-/// request's handler.
+/// A client that gives up while it downloads the NAR of a path being pulled (a slow
+/// upstream NAR) does not stop the pull: the path ends up stored, and the next request
+/// finds it. Over HTTPS with HTTP/2 (curl, killed mid-download), where the closed
+/// connection drops the request's handler and its body.
 #[cfg(feature = "tls")]
 #[test]
 fn a_pull_finishes_when_its_client_gives_up() {
@@ -649,13 +650,16 @@ fn a_pull_finishes_when_its_client_gives_up() {
         .start();
 
     let url = format!("https://127.0.0.1:{}/{hash}.narinfo", s.addr.port());
+    // Answered while the path is pulled.
+    assert_eq!(curl_get(&cert, &url), info.render().into_bytes());
+    let nar_url = format!("https://127.0.0.1:{}/{}", s.addr.port(), info.url);
     let mut curl = Command::new("curl")
         .args([
             "-sS",
             "--http2",
             "--cacert",
             cert.cert.to_str().unwrap(),
-            &url,
+            &nar_url,
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
