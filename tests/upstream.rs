@@ -13,12 +13,12 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use common::nix::{Client, Nix};
@@ -38,6 +38,39 @@ struct FileServer {
     slow: Arc<AtomicBool>,
     /// The `Authorization` header of every request that had one.
     auth: Arc<Mutex<Vec<String>>>,
+    /// Paths whose bodies stop halfway until the test releases them.
+    gate: Arc<Gate>,
+}
+
+/// Holds the second half of some answers until released.
+#[derive(Default)]
+struct Gate {
+    paths: Mutex<HashSet<String>>,
+    open: Mutex<bool>,
+    opened: Condvar,
+}
+
+impl Gate {
+    /// Sends only the first half of `path` until [`Gate::release`].
+    fn hold(&self, path: &str) {
+        self.paths.lock().unwrap().insert(path.to_owned());
+    }
+
+    fn release(&self) {
+        *self.open.lock().unwrap() = true;
+        self.opened.notify_all();
+    }
+
+    fn holds(&self, path: &str) -> bool {
+        self.paths.lock().unwrap().contains(path)
+    }
+
+    fn wait(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.opened.wait(open).unwrap();
+        }
+    }
 }
 
 impl FileServer {
@@ -50,26 +83,29 @@ impl FileServer {
             truncate: Arc::default(),
             slow: Arc::default(),
             auth: Arc::default(),
+            gate: Arc::default(),
         };
-        let (dir, requests, truncate, slow, auth) = (
+        let (dir, requests, truncate, slow, auth, gate) = (
             dir.to_path_buf(),
             server.requests.clone(),
             server.truncate.clone(),
             server.slow.clone(),
             server.auth.clone(),
+            server.gate.clone(),
         );
         std::thread::spawn(move || {
             for conn in listener.incoming() {
                 let Ok(conn) = conn else { continue };
-                let (dir, requests, truncate, slow, auth) = (
+                let (dir, requests, truncate, slow, auth, gate) = (
                     dir.clone(),
                     requests.clone(),
                     truncate.clone(),
                     slow.clone(),
                     auth.clone(),
+                    gate.clone(),
                 );
                 std::thread::spawn(move || {
-                    let _ = answer(conn, &dir, &requests, &truncate, &slow, &auth);
+                    let _ = answer(conn, &dir, &requests, &truncate, &slow, &auth, &gate);
                 });
             }
         });
@@ -98,6 +134,7 @@ fn answer(
     truncate: &Mutex<HashSet<String>>,
     slow: &AtomicBool,
     auth: &Mutex<Vec<String>>,
+    gate: &Gate,
 ) -> std::io::Result<()> {
     let mut reader = BufReader::new(conn.try_clone()?);
     let mut line = String::new();
@@ -139,7 +176,13 @@ fn answer(
     } else {
         &body[..]
     };
-    if slow.load(Ordering::Relaxed) {
+    if gate.holds(&path) {
+        let half = body.len() / 2;
+        conn.write_all(&sent[..half.min(sent.len())])?;
+        conn.flush()?;
+        gate.wait();
+        conn.write_all(&sent[half.min(sent.len())..])?;
+    } else if slow.load(Ordering::Relaxed) {
         for piece in sent.chunks(64 << 10) {
             conn.write_all(piece)?;
             std::thread::sleep(Duration::from_millis(5));
@@ -230,6 +273,18 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
     assert!(app.starts_with("uses /nix/store/"), "{app:?}");
 
     assert_eq!(c.paths.len(), 3);
+    // Narinfos are answered while their paths are pulled, and committed once their
+    // NAR and references are stored: Nix may be done a moment before the last.
+    let committed = || {
+        c.paths
+            .iter()
+            .all(|p| s.store.exists(&format!("{}.narinfo", hash_of(p))))
+    };
+    assert!(
+        eventually(Duration::from_secs(30), committed),
+        "{}",
+        s.log()
+    );
     for p in &c.paths {
         let key = format!("{}.narinfo", hash_of(p));
         let stored = s.store.read(&key).expect("pulled narinfo is stored");
@@ -318,7 +373,8 @@ fn a_builder_uploads_only_what_the_upstream_lacks(client: Client) {
 
 /// An upstream narinfo with a broken signature, a NAR file with other contents than its
 /// FileHash, one cut short in transfer and one cut short on the upstream's disk: each
-/// path is a 404, nothing of it is stored, and neither is a path referring to them.
+/// path is a 404 (at once for the signature, once its NAR is refused for the others),
+/// nothing of it is stored, and neither is a path referring to them.
 /// An untouched path of the same upstream is pulled (the setup itself works).
 fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client) {
     let Some(nix) = Nix::new(client) else { return };
@@ -366,12 +422,20 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client
     std::fs::write(&nar4, &bytes[..bytes.len() - 16]).unwrap();
 
     let s = pulling(&up.url(), &pk);
-    for key in [&key1, &key2, &key3, &key4] {
-        assert_eq!(get(&s, &format!("/{key}")).status, 404, "{key}");
-        assert_eq!(head(&s, &format!("/{key}")).status, 404, "{key}");
-    }
+    // A bad signature is refused at once; a bad NAR once its download is checked (the
+    // narinfo is answered meanwhile), and then so is a path that refers to it.
+    assert_eq!(get(&s, &format!("/{key1}")).status, 404);
     let wide = format!("/{}.narinfo", hash_of(&c.app));
-    assert_eq!(get(&s, &wide).status, 404);
+    for path in [
+        format!("/{key2}"),
+        format!("/{key3}"),
+        format!("/{key4}"),
+        wide,
+    ] {
+        let gone = eventually(Duration::from_secs(60), || get(&s, &path).status == 404);
+        assert!(gone, "{path}: {}", s.log());
+        assert_eq!(head(&s, &path).status, 404, "{path}");
+    }
     // Nothing but the untouched leaves 5 and 6, which the pull of `wide` may have
     // fetched before it met a tampered one.
     let (key5, text5) = leaf(5);
@@ -402,6 +466,9 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client
     assert!(s.log().contains("signature"), "{}", s.log());
 
     assert_eq!(get(&s, &format!("/{key5}")).status, 200);
+    assert!(eventually(Duration::from_secs(30), || s
+        .store
+        .exists(&key5)));
     assert!(s.store.exists(&url_of(&text5)));
 }
 
@@ -554,10 +621,10 @@ fn upstreams_without_keys_are_refused_at_start() {
     assert!(!err.contains("secret"), "{err}");
 }
 
-/// A client that gives up while its request pulls a path (a slow upstream NAR) does
-/// not stop the pull: the path ends up stored, and the next request finds it. Over
-/// HTTPS with HTTP/2 (curl, killed mid-request), where the closed connection drops the
-/// request's handler.
+/// A client that gives up while it downloads the NAR of a path being pulled (a slow
+/// upstream NAR) does not stop the pull: the path ends up stored, and the next request
+/// finds it. Over HTTPS with HTTP/2 (curl, killed mid-download), where the closed
+/// connection drops the request's handler and its body.
 #[cfg(feature = "tls")]
 #[test]
 fn a_pull_finishes_when_its_client_gives_up() {
@@ -583,13 +650,16 @@ fn a_pull_finishes_when_its_client_gives_up() {
         .start();
 
     let url = format!("https://127.0.0.1:{}/{hash}.narinfo", s.addr.port());
+    // Answered while the path is pulled.
+    assert_eq!(curl_get(&cert, &url), info.render().into_bytes());
+    let nar_url = format!("https://127.0.0.1:{}/{}", s.addr.port(), info.url);
     let mut curl = Command::new("curl")
         .args([
             "-sS",
             "--http2",
             "--cacert",
             cert.cert.to_str().unwrap(),
-            &url,
+            &nar_url,
         ])
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -651,16 +721,22 @@ fn upstream_credentials_are_sent_and_never_shown() {
         get(&s, &format!("/{}.narinfo", store_hash("absent"))).status,
         404
     );
+    let hits = format!(
+        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
+        up.url()
+    );
+    // Counted once the pull (the NAR's request too) is done, which the narinfo's
+    // answer does not wait for.
+    assert!(
+        eventually(Duration::from_secs(30), || metric(&s, &hits) == 1),
+        "{}",
+        get(&s, "/metrics").text()
+    );
     let expected = basic("cache-user", "s3cret-pw");
     let auth = up.auth.lock().unwrap().clone();
     assert_eq!(auth.len(), up.total(), "{auth:?}");
     assert!(auth.iter().all(|a| *a == expected), "{auth:?}");
     let metrics = get(&s, "/metrics").text();
-    let hits = format!(
-        "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
-        up.url()
-    );
-    assert_eq!(metric(&s, &hits), 1, "{metrics}");
     assert!(!metrics.contains("s3cret"), "{metrics}");
     assert!(!s.log().contains("s3cret"), "{}", s.log());
     // Nor in --help, which shows the values of the variables it documents.
@@ -672,4 +748,313 @@ fn upstream_credentials_are_sent_and_never_shown() {
     let help = String::from_utf8_lossy(&help.stdout);
     assert!(help.contains("NIX_STORED_UPSTREAMS"), "{help}");
     assert!(!help.contains("s3cret"), "{help}");
+}
+
+// ---------------------------------------------------------------------------------
+// Paths answered while they are pulled: NARs streamed as they arrive.
+
+/// A GET read by hand: the head at once, the body piece by piece.
+struct Download {
+    reader: BufReader<TcpStream>,
+    status: u16,
+    length: usize,
+    body: Vec<u8>,
+}
+
+impl Download {
+    fn start(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> Download {
+        let mut stream = connect(addr);
+        stream
+            .write_all(&request_head(addr, "GET", path, headers, None))
+            .unwrap();
+        let mut reader = BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        let status = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let mut length = 0;
+        loop {
+            let mut header = String::new();
+            reader.read_line(&mut header).unwrap();
+            if header.trim().is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap();
+                }
+            }
+        }
+        Download {
+            reader,
+            status,
+            length,
+            body: Vec::new(),
+        }
+    }
+
+    /// Reads what arrives next (at least a byte, or the end).
+    fn read_some(&mut self) -> usize {
+        let mut buf = vec![0u8; 64 << 10];
+        let n = self.reader.read(&mut buf).unwrap();
+        self.body.extend_from_slice(&buf[..n]);
+        n
+    }
+
+    /// Reads to the end of the connection; whether the whole Content-Length came.
+    fn finish(&mut self) -> bool {
+        let mut rest = Vec::new();
+        let _ = self.reader.read_to_end(&mut rest);
+        self.body.extend_from_slice(&rest);
+        self.body.len() == self.length
+    }
+}
+
+/// An upstream cache directory holding one signed path with an uncompressed NAR of
+/// `size` bytes of contents: its hash, narinfo and NAR file.
+fn upstream_path(
+    dir: &Path,
+    key: &ed25519_dalek::SigningKey,
+    name: &str,
+    size: u32,
+) -> (String, NarInfo, Vec<u8>) {
+    let hash = store_hash(name);
+    let salt = name
+        .bytes()
+        .fold(0u8, |a, b| a.wrapping_mul(31).wrapping_add(b));
+    let contents: Vec<u8> = (0..size).map(|i| (i % 239) as u8 ^ salt).collect();
+    let nar = nar_of(&contents);
+    let mut info = NarInfo::uncompressed("/nix/store", &hash, name, &nar, &[]);
+    info.sign("/nix/store", "up-1", key);
+    std::fs::write(dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    std::fs::create_dir_all(dir.join("nar")).unwrap();
+    std::fs::write(dir.join(&info.url), &nar).unwrap();
+    (hash, info, nar)
+}
+
+/// A server pulling from `up` with a timeout longer than any hold of these tests.
+fn pulling_patiently(up: &FileServer, key: &ed25519_dalek::SigningKey) -> Server {
+    ServerBuilder::new()
+        .env("NIX_STORED_UPSTREAMS", &up.url())
+        .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", key))
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "50")
+        .start()
+}
+
+/// While the upstream holds back the second half of a NAR: the narinfo is answered
+/// (from memory, not yet stored), HEAD of the NAR gives its FileSize, a Range within
+/// the first half is served, and a client receives the NAR's first bytes. Once the
+/// upstream sends the rest, the client gets the whole file, a suffix Range asked
+/// meanwhile completes, and the NAR and narinfo are stored, from one upstream download.
+#[test]
+fn a_pending_narinfo_is_answered_and_its_nar_streams_while_the_upstream_sends_it() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(9);
+    let (hash, info, nar) = upstream_path(&up_dir, &key, "streamed", 4 << 20);
+    let up = FileServer::serve(&up_dir);
+    let nar_path = format!("/{}", info.url);
+    up.gate.hold(&nar_path);
+    let s = pulling_patiently(&up, &key);
+
+    let narinfo = format!("/{hash}.narinfo");
+    let r = get(&s, &narinfo);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), info.render());
+    assert_eq!(head(&s, &narinfo).status, 200);
+
+    let mut download = Download::start(s.addr, &nar_path, &[]);
+    assert_eq!(download.status, 200);
+    assert_eq!(download.length, nar.len());
+    download.read_some();
+    assert!(!download.body.is_empty());
+    assert_eq!(download.body[..], nar[..download.body.len()]);
+    let h = head(&s, &nar_path);
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some(nar.len().to_string().as_str())
+    );
+    // Ranges are served from the download too, their last byte (like a whole
+    // file's) sent once the file is verified.
+    let addr = s.addr;
+    let range = |range: &'static str| {
+        let nar_path = nar_path.clone();
+        std::thread::spawn(move || send(addr, "GET", &nar_path, &[("Range", range)], b""))
+    };
+    let (prefix, suffix) = (range("bytes=0-99"), range("bytes=-100"));
+    // The upstream still holds the rest: nothing is committed yet.
+    assert_eq!(up.count(&format!("GET {nar_path}")), 1);
+    assert!(!s.store.exists(&format!("{hash}.narinfo")));
+    assert!(!s.store.exists(&info.url));
+
+    up.gate.release();
+    assert!(
+        download.finish(),
+        "{} of {} bytes",
+        download.body.len(),
+        nar.len()
+    );
+    assert!(download.body == nar);
+    let r = prefix.join().unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, nar[..100]);
+    let r = suffix.join().unwrap();
+    assert_eq!(r.status, 206);
+    assert_eq!(r.body, nar[nar.len() - 100..]);
+    assert!(
+        eventually(Duration::from_secs(30), || s
+            .store
+            .exists(&format!("{hash}.narinfo"))),
+        "{}",
+        s.log()
+    );
+    assert_eq!(s.store.read(&info.url).unwrap(), nar);
+    assert_eq!(get(&s, &nar_path).body, nar);
+    assert_eq!(up.count(&format!("GET {nar_path}")), 1);
+    assert_eq!(up.count(&format!("GET {narinfo}")), 1);
+    assert_eq!(s.store.pending(), Vec::<String>::new());
+}
+
+/// Twenty clients receiving one pending NAR at the same time, each with its first
+/// bytes before the upstream sent the rest: one upstream download, and every client
+/// gets the whole file.
+#[test]
+fn clients_of_one_pending_nar_share_one_upstream_download() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(10);
+    let (hash, info, nar) = upstream_path(&up_dir, &key, "shared", 8 << 20);
+    let up = FileServer::serve(&up_dir);
+    let nar_path = format!("/{}", info.url);
+    up.gate.hold(&nar_path);
+    let s = pulling_patiently(&up, &key);
+
+    assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+    let mut downloads: Vec<Download> = (0..20)
+        .map(|_| Download::start(s.addr, &nar_path, &[]))
+        .collect();
+    for d in &mut downloads {
+        assert_eq!((d.status, d.length), (200, nar.len()));
+        d.read_some();
+    }
+    assert!(!s.store.exists(&info.url));
+    up.gate.release();
+    let readers: Vec<_> = downloads
+        .into_iter()
+        .map(|mut d| std::thread::spawn(move || (d.finish(), d.body)))
+        .collect();
+    for r in readers {
+        let (complete, body) = r.join().unwrap();
+        assert!(complete && body == nar, "a client got {} bytes", body.len());
+    }
+    assert_eq!(up.count(&format!("GET {nar_path}")), 1);
+    assert!(eventually(Duration::from_secs(30), || s
+        .store
+        .exists(&format!("{hash}.narinfo"))));
+}
+
+/// A NAR streamed to a client whose file turns out wrong (other bytes than its
+/// FileHash, same length) or cut short: the client's download fails instead of
+/// ending complete, nothing is stored, the narinfo is not committed, and later
+/// requests get 404 for both.
+#[test]
+fn a_tampered_nar_streamed_to_a_client_fails_its_download_and_is_not_stored() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(11);
+    let (wrong_hash, wrong, mut wrong_nar) = upstream_path(&up_dir, &key, "wrong", 2 << 20);
+    let (short_hash, short, short_nar) = upstream_path(&up_dir, &key, "short", 2 << 20);
+    // One byte of the file's contents changed, in the second half.
+    let at = wrong_nar.len() * 3 / 4;
+    wrong_nar[at] ^= 0xff;
+    std::fs::write(up_dir.join(&wrong.url), &wrong_nar).unwrap();
+    let up = FileServer::serve(&up_dir);
+    up.truncate
+        .lock()
+        .unwrap()
+        .insert(format!("/{}", short.url));
+    for info in [&wrong, &short] {
+        up.gate.hold(&format!("/{}", info.url));
+    }
+    let s = pulling_patiently(&up, &key);
+
+    let mut downloads = Vec::new();
+    for (hash, info, nar) in [
+        (&wrong_hash, &wrong, &wrong_nar),
+        (&short_hash, &short, &short_nar),
+    ] {
+        assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
+        let mut d = Download::start(s.addr, &format!("/{}", info.url), &[]);
+        assert_eq!((d.status, d.length), (200, nar.len()));
+        d.read_some();
+        downloads.push(d);
+    }
+    up.gate.release();
+    for mut d in downloads {
+        assert!(!d.finish(), "a tampered NAR was served complete");
+    }
+    for (hash, info) in [(&wrong_hash, &wrong), (&short_hash, &short)] {
+        let narinfo = format!("/{hash}.narinfo");
+        assert!(
+            eventually(Duration::from_secs(30), || get(&s, &narinfo).status == 404),
+            "{}",
+            s.log()
+        );
+        assert_eq!(get(&s, &format!("/{}", info.url)).status, 404);
+        assert_eq!(head(&s, &format!("/{}", info.url)).status, 404);
+    }
+    assert!(narinfos(&s.store).is_empty(), "{:?}", s.store.files());
+    assert!(s.store.nars().is_empty(), "{:?}", s.store.files());
+    assert_eq!(s.store.pending(), Vec::<String>::new());
+    assert_eq!(up.count(&format!("GET /{}", wrong.url)), 1);
+    assert_eq!(up.count(&format!("GET /{}", short.url)), 1);
+}
+
+/// An upload whose narinfo refers to a path this server answered as present and is
+/// still pulling (its NAR held by the upstream) waits for that pull instead of being
+/// refused for a missing reference, and is stored once the reference is.
+#[test]
+fn an_upload_referring_to_a_pending_path_waits_for_its_pull() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(12);
+    let (lib_hash, lib, _) = upstream_path(&up_dir, &key, "lib", 1 << 20);
+    let up = FileServer::serve(&up_dir);
+    up.gate.hold(&format!("/{}", lib.url));
+    let s = pulling_patiently(&up, &key);
+
+    // What `nix copy --to` asks before it uploads: the reference is reported present.
+    assert_eq!(get(&s, &format!("/{lib_hash}.narinfo")).status, 200);
+    let hash = store_hash("app");
+    let nar = nar_of(b"app");
+    let info = NarInfo::uncompressed(
+        "/nix/store",
+        &hash,
+        "app",
+        &nar,
+        &[&format!("{lib_hash}-lib")],
+    );
+    assert_eq!(put(&s, &format!("/{}", info.url), &nar).status, 201);
+    let addr = s.addr;
+    let upload = {
+        let body = info.render();
+        std::thread::spawn(move || {
+            send(
+                addr,
+                "PUT",
+                &format!("/{hash}.narinfo"),
+                &[],
+                body.as_bytes(),
+            )
+        })
+    };
+    assert!(eventually(Duration::from_secs(30), || up
+        .count(&format!("GET /{}", lib.url))
+        == 1));
+    // The upload is in progress (with this request for the figure).
+    assert!(eventually(Duration::from_secs(30), || metric(
+        &s,
+        "nix_stored_requests_in_flight"
+    ) == 2));
+    assert!(!s.store.exists(&format!("{lib_hash}.narinfo")));
+    up.gate.release();
+    let r = upload.join().unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(s.store.exists(&format!("{lib_hash}.narinfo")));
 }

@@ -104,6 +104,10 @@ pub enum CacheError {
     /// cannot fit in the quota).
     #[error(transparent)]
     Retention(#[from] retention::RetentionError),
+    /// The upload references a path this server is still pulling from an upstream,
+    /// and the pull did not end within the wait: the same upload succeeds later.
+    #[error("reference {0} is still being fetched from an upstream; retry later")]
+    ReferencePending(String),
     /// The storage backend failed.
     #[error(transparent)]
     Storage(#[from] StorageError),
@@ -227,8 +231,26 @@ impl Cache {
 
     /// Without the upstream feature nothing is ever pulled: a miss stays a miss.
     #[cfg(not(feature = "upstream"))]
-    async fn pull_detached(self: &Arc<Self>, _key: &ObjectKey) -> bool {
-        false
+    async fn upstream_stat(
+        self: &Arc<Self>,
+        _key: &ObjectKey,
+    ) -> Result<Option<ObjectMeta>, CacheError> {
+        Ok(None)
+    }
+
+    #[cfg(not(feature = "upstream"))]
+    async fn upstream_open(
+        self: &Arc<Self>,
+        _key: &ObjectKey,
+        _offset: u64,
+        _end: Option<u64>,
+    ) -> Result<Option<ObjectReader>, CacheError> {
+        Ok(None)
+    }
+
+    #[cfg(not(feature = "upstream"))]
+    async fn upstream_reference(&self, _hash: &str) -> Result<bool, CacheError> {
+        Ok(false)
     }
 
     /// The memory budget shared by everything that holds client data in memory.
@@ -348,38 +370,35 @@ impl Cache {
         &self.settings
     }
 
-    /// Metadata of an object, `None` when absent.
+    /// Metadata of an object, `None` when absent. With upstreams, a narinfo storage
+    /// lacks is looked up in them, and a path being pulled is answered from memory.
     pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
-        let mut meta = None;
         if self.may_exist(key) {
-            meta = self.storage.stat(key.as_str()).await?;
+            if let Some(meta) = self.storage.stat(key.as_str()).await? {
+                self.retention.record_use(key.as_str());
+                return Ok(Some(meta));
+            }
         }
-        if meta.is_none() && self.pull_detached(key).await {
-            meta = self.storage.stat(key.as_str()).await?;
-        }
-        if meta.is_some() {
-            self.retention.record_use(key.as_str());
-        }
-        Ok(meta)
+        // A path being pulled is no use of a stored one, for retention.
+        self.upstream_stat(key).await
     }
 
-    /// Opens an object from `offset`, `None` when absent.
+    /// Opens an object from `offset`, `None` when absent. `end` (inclusive) is where
+    /// the caller stops reading, if not at the end: a NAR still arriving from an
+    /// upstream then holds its last byte back only until the file is verified.
     pub async fn open(
         self: &Arc<Self>,
         key: &ObjectKey,
         offset: u64,
+        end: Option<u64>,
     ) -> Result<Option<ObjectReader>, CacheError> {
-        let mut reader = None;
         if self.may_exist(key) {
-            reader = self.storage.open(key.as_str(), offset).await?;
+            if let Some(reader) = self.storage.open(key.as_str(), offset).await? {
+                self.retention.record_use(key.as_str());
+                return Ok(Some(reader));
+            }
         }
-        if reader.is_none() && self.pull_detached(key).await {
-            reader = self.storage.open(key.as_str(), offset).await?;
-        }
-        if reader.is_some() {
-            self.retention.record_use(key.as_str());
-        }
-        Ok(reader)
+        self.upstream_open(key, offset, end).await
     }
 
     /// Where a client can download `key` directly: a presigned URL, for NARs only and

@@ -31,6 +31,9 @@ pub struct ErrorDetail {
 /// is a guess that spares a retry storm.
 const TOO_MANY_CONNECTIONS_RETRY_SECS: u64 = 2;
 
+/// `Retry-After` of an upload refused while a reference is pulled from an upstream.
+const REFERENCE_RETRY_AFTER_SECS: u64 = 30;
+
 /// `Retry-After` of an answer for an unavailable storage: object_store has already
 /// retried for a while; a few seconds more spares it a storm of retries.
 const STORAGE_RETRY_AFTER_SECS: u64 = 5;
@@ -108,6 +111,8 @@ impl HttpError {
                 // get without a server fault (old Nix clients do not retry a PUT, so
                 // bodies are streamed wherever possible to make it rare).
                 CacheError::MemoryBudget { .. } => StatusCode::SERVICE_UNAVAILABLE,
+                // Temporary too: the reference is on its way from an upstream.
+                CacheError::ReferencePending(_) => StatusCode::SERVICE_UNAVAILABLE,
                 CacheError::Storage(StorageError::Full) => StatusCode::INSUFFICIENT_STORAGE,
                 CacheError::Storage(StorageError::Io(_)) => StatusCode::INTERNAL_SERVER_ERROR,
                 // The storage, this server's upstream, refused it or is away.
@@ -133,7 +138,9 @@ impl HttpError {
             HttpError::Throttled(_) => RejectReason::Throttled,
             HttpError::Auth(AuthError::Forbidden(_)) => RejectReason::Forbidden,
             HttpError::UnsupportedEncoding => RejectReason::ContentEncoding,
-            HttpError::Cache(CacheError::Rejected(_)) => RejectReason::Verification,
+            HttpError::Cache(CacheError::Rejected(_) | CacheError::ReferencePending(_)) => {
+                RejectReason::Verification
+            }
             HttpError::Cache(
                 CacheError::Conflict(_) | CacheError::Retention(RetentionError::Removing(_)),
             ) => RejectReason::Conflict,
@@ -259,6 +266,12 @@ impl HttpError {
                 h.insert(
                     header::RETRY_AFTER,
                     HeaderValue::from(STORAGE_RETRY_AFTER_SECS),
+                );
+            }
+            HttpError::Cache(CacheError::ReferencePending(_)) => {
+                h.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(REFERENCE_RETRY_AFTER_SECS),
                 );
             }
             HttpError::Cache(CacheError::MemoryBudget { retry_after, .. }) => {

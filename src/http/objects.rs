@@ -235,7 +235,7 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
     };
     let reader = app
         .cache
-        .open(key, offset)
+        .open(key, offset, end)
         .await?
         .ok_or_else(|| not_found(key))?;
     let size = reader.meta.size;

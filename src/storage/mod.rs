@@ -10,6 +10,7 @@ pub mod fs;
 pub mod memory;
 #[cfg(feature = "s3")]
 pub mod s3;
+pub mod scratch;
 /// Without the `s3` feature, only the S3 settings: their flags are still parsed, so
 /// that a configuration naming S3 is refused by name instead of ignored.
 #[cfg(not(feature = "s3"))]
@@ -253,6 +254,12 @@ pub trait Storage: Send + Sync + 'static {
     /// lock on the others.
     fn shared(&self) -> bool {
         false
+    }
+    /// An unnamed scratch file (see [`scratch`]) for data held while the server works
+    /// on it: by default in the system's temporary directory; a backend with a local
+    /// area of its own puts it there.
+    fn scratch_file(&self) -> std::io::Result<std::fs::File> {
+        scratch::anonymous()
     }
     /// A short human description for the startup log.
     fn describe(&self) -> String;

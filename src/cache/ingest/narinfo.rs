@@ -164,6 +164,8 @@ impl Cache {
                 .stat(&format!("{reference}.narinfo"))
                 .await?
                 .is_none()
+                // Reported present by this server, and being pulled from upstream.
+                && !self.upstream_reference(reference).await?
             {
                 return Err(CacheError::Rejected(format!(
                     "reference {reference} is not in this cache; upload it first"

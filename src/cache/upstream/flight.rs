@@ -1,16 +1,17 @@
-//! One fetch per store path at a time: concurrent requests for a path wait for the
-//! first one's fetch and then find the path stored (or its miss remembered).
+//! One narinfo lookup per store path at a time: concurrent requests for a path wait
+//! for the first one's lookup and then find the path pending (or stored, or its miss
+//! remembered).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-/// Store hash -> the lock its fetch holds; entries go when their last user leaves.
+/// Store hash -> the lock its lookup holds; entries go when their last user leaves.
 #[derive(Default)]
 pub struct Flights {
     map: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
-/// Held while a path is fetched; dropping it lets the next waiter in.
+/// Held while a path is looked up; dropping it lets the next waiter in.
 pub struct Flight<'a> {
     flights: &'a Flights,
     hash: String,
@@ -18,7 +19,7 @@ pub struct Flight<'a> {
 }
 
 impl Flights {
-    /// Waits until no other fetch of `hash` runs, and holds it.
+    /// Waits until no other lookup of `hash` runs, and holds it.
     pub async fn join(&self, hash: &str) -> Flight<'_> {
         let lock = {
             let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());

@@ -1,4 +1,5 @@
-//! Pulling a path from the upstreams into storage (see the module above).
+//! Pulling a path from the upstreams into storage (see the module above): the
+//! narinfo lookup a request waits for, and the pull that runs after it.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -8,16 +9,20 @@ use bytes::Bytes;
 use futures_util::stream;
 
 use super::client::{Client, UpstreamError};
+use super::pending::{Pending, PendingPath};
+use super::spool::Spool;
 use super::stats::UpstreamStats;
 use super::{flight, misses, stats, UpstreamSettings};
 use crate::cache::ingest::BodyError;
 use crate::cache::key::{Kind, ObjectKey};
 use crate::cache::narinfo::{self, CheckedNarInfo, NarInfoPolicy};
 use crate::cache::{Cache, CacheError};
+use crate::storage::{ObjectBody, ObjectMeta, ObjectReader, StorageError};
 
-/// References followed from one requested path at most: a real closure is far
-/// shallower; the bound stops a signed but circular chain.
-const MAX_DEPTH: usize = 1000;
+/// How long an upload waits for a reference that is being pulled before it is
+/// refused with a retry hint: below Nix's default `stalled-download-timeout` (300 s),
+/// after which the client would give up on its own.
+const REFERENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// The upstream caches and what is known about them.
 pub struct Upstreams {
@@ -25,7 +30,9 @@ pub struct Upstreams {
     client: Client,
     stats: Vec<UpstreamStats>,
     misses: misses::Misses,
-    flights: flight::Flights,
+    /// One narinfo lookup per path at a time.
+    lookups: flight::Flights,
+    pending: Pending,
 }
 
 impl Upstreams {
@@ -42,7 +49,8 @@ impl Upstreams {
                 .map(|_| UpstreamStats::default())
                 .collect(),
             misses: misses::Misses::new(settings.negative_ttl),
-            flights: flight::Flights::default(),
+            lookups: flight::Flights::default(),
+            pending: Pending::default(),
             settings,
         }))
     }
@@ -67,29 +75,107 @@ enum PullError {
     Cache(#[from] CacheError),
 }
 
-type Pull<'a> = Pin<Box<dyn Future<Output = bool> + Send + 'a>>;
+/// What the upstreams say about a path storage lacked.
+enum Found {
+    /// It is stored now (another request pulled it meanwhile).
+    Stored,
+    /// Its narinfo is verified and its pull runs.
+    Pending(Arc<PendingPath>),
+    /// No upstream delivers it.
+    Missing,
+}
+
+/// A lookup in the upstreams.
+type Lookup<'a> = Pin<Box<dyn Future<Output = Found> + Send + 'a>>;
+
+/// The metadata of an object answered from a pending path.
+fn pending_meta(size: u64, p: &PendingPath) -> ObjectMeta {
+    ObjectMeta {
+        size,
+        version: format!("upstream-{}", p.checked.nar.nar_file_hash().unwrap_or("")),
+    }
+}
 
 impl Cache {
-    /// Fetches the narinfo `key` (and its NAR and references) from the upstreams
-    /// into storage; `true` when it is stored now. Only for narinfos, and only when
-    /// storage lacks it. The pull runs in a task of its own: a client that gives up
-    /// (its handler dropped with its connection) does not stop it, so a large NAR
-    /// still arrives for the next request instead of starting over each time.
-    pub(in crate::cache) async fn pull_detached(self: &Arc<Self>, key: &ObjectKey) -> bool {
-        if self.upstreams.is_none() || key.kind() != Kind::NarInfo {
-            return false;
+    /// The metadata of `key`, which storage lacks, from the upstreams: a narinfo is
+    /// looked up (and its pull started), a NAR is one of a pending path.
+    pub(in crate::cache) async fn upstream_stat(
+        self: &Arc<Self>,
+        key: &ObjectKey,
+    ) -> Result<Option<ObjectMeta>, CacheError> {
+        let Some(up) = &self.upstreams else {
+            return Ok(None);
+        };
+        match (key.kind(), key.store_hash()) {
+            (Kind::NarInfo, Some(hash)) => match self.find(up, hash).await {
+                Found::Stored => Ok(self.storage.stat(key.as_str()).await?),
+                Found::Pending(p) => Ok(Some(pending_meta(p.narinfo.len() as u64, &p))),
+                Found::Missing => Ok(None),
+            },
+            (Kind::Nar, _) => match up.pending.by_nar(key.as_str()) {
+                Some(p) if !p.nar_failed() => Ok(Some(pending_meta(p.checked.file_size, &p))),
+                Some(_) => Ok(None),
+                // Stored meanwhile, perhaps.
+                None => Ok(self.storage.stat(key.as_str()).await?),
+            },
+            _ => Ok(None),
         }
-        let (cache, key) = (self.clone(), key.clone());
-        tokio::spawn(async move { cache.pull_upstream(&key).await })
-            .await
-            .unwrap_or(false)
     }
 
-    /// [`Cache::pull_detached`], in the caller's task.
-    async fn pull_upstream(&self, key: &ObjectKey) -> bool {
-        match (&self.upstreams, key.kind(), key.store_hash()) {
-            (Some(up), Kind::NarInfo, Some(hash)) => self.pull(up, hash, Vec::new()).await,
-            _ => false,
+    /// `key`, which storage lacks, from `offset` (to `end`, inclusive, if given)
+    /// from the upstreams: a pending narinfo from memory, a pending NAR as its
+    /// download arrives (the request starts the download if the pull has not yet).
+    pub(in crate::cache) async fn upstream_open(
+        self: &Arc<Self>,
+        key: &ObjectKey,
+        offset: u64,
+        end: Option<u64>,
+    ) -> Result<Option<ObjectReader>, CacheError> {
+        let Some(up) = &self.upstreams else {
+            return Ok(None);
+        };
+        match (key.kind(), key.store_hash()) {
+            (Kind::NarInfo, Some(hash)) => match self.find(up, hash).await {
+                Found::Stored => Ok(self.storage.open(key.as_str(), offset).await?),
+                Found::Pending(p) => {
+                    let from = (offset as usize).min(p.narinfo.len());
+                    Ok(Some(ObjectReader {
+                        meta: pending_meta(p.narinfo.len() as u64, &p),
+                        body: ObjectBody::Bytes(p.narinfo.slice(from..)),
+                    }))
+                }
+                Found::Missing => Ok(None),
+            },
+            (Kind::Nar, _) => {
+                let Some(p) = up.pending.by_nar(key.as_str()) else {
+                    return Ok(self.storage.open(key.as_str(), offset).await?);
+                };
+                let spool = self.nar_spool(&p)?;
+                if spool.failed() {
+                    return Ok(None);
+                }
+                let end = end.map_or(u64::MAX, |e| e.saturating_add(1));
+                Ok(Some(ObjectReader {
+                    meta: pending_meta(spool.size(), &p),
+                    body: ObjectBody::Stream(spool.reader(offset, end)),
+                }))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// For an upload's closure check: whether the reference `hash`, which storage
+    /// lacks, is stored once its pending pull ends (`false` when it is not pending).
+    pub(in crate::cache) async fn upstream_reference(
+        &self,
+        hash: &str,
+    ) -> Result<bool, CacheError> {
+        let Some(p) = self.upstreams.as_ref().and_then(|up| up.pending.get(hash)) else {
+            return Ok(false);
+        };
+        match tokio::time::timeout(REFERENCE_WAIT, p.wait()).await {
+            Ok(stored) => Ok(stored),
+            Err(_) => Err(CacheError::ReferencePending(hash.to_owned())),
         }
     }
 
@@ -104,30 +190,47 @@ impl Cache {
         )
     }
 
-    /// Pulls `hash` from the first upstream that delivers it; `chain` holds the
-    /// paths whose references led here.
-    fn pull<'a>(&'a self, up: &'a Upstreams, hash: &'a str, chain: Vec<&'a str>) -> Pull<'a> {
+    /// Looks `hash` up in the upstreams, in priority order, each given the timeout for
+    /// the whole of its narinfo; a verified hit becomes pending and its pull starts.
+    /// (Boxed: it starts pulls, which call it.)
+    fn find<'a>(self: &'a Arc<Self>, up: &'a Upstreams, hash: &'a str) -> Lookup<'a> {
         Box::pin(async move {
-            if chain.len() > MAX_DEPTH || chain.contains(&hash) || up.misses.contains(hash) {
-                return false;
-            }
-            let _flight = up.flights.join(hash).await;
-            // Another request may have fetched it (or failed to) while this one waited.
-            if self.has_narinfo(hash).await {
-                return true;
+            if let Some(p) = up.pending.get(hash) {
+                return Found::Pending(p);
             }
             if up.misses.contains(hash) {
-                return false;
+                return Found::Missing;
+            }
+            let _lookup = up.lookups.join(hash).await;
+            // Another request may have looked it up while this one waited.
+            if let Some(p) = up.pending.get(hash) {
+                return Found::Pending(p);
+            }
+            if self.has_narinfo(hash).await {
+                return Found::Stored;
+            }
+            if up.misses.contains(hash) {
+                return Found::Missing;
             }
             for (i, upstream) in up.settings.upstreams.iter().enumerate() {
                 let stats = &up.stats[i];
-                match self.pull_from(up, i, hash, &chain).await {
-                    Ok(true) => {
-                        UpstreamStats::add(&stats.hits, 1);
-                        tracing::info!("{hash}: fetched from upstream {}", upstream.name);
-                        return true;
+                let fetch = self.fetch_narinfo(up, i, hash);
+                let result = match tokio::time::timeout(up.settings.timeout, fetch).await {
+                    Ok(r) => r,
+                    Err(_) => Err(UpstreamError::Timeout(up.settings.timeout.as_secs()).into()),
+                };
+                match result {
+                    Ok(Some((bytes, checked))) => {
+                        let Some(memory) = self.budget.try_reserve(bytes.len() as u64) else {
+                            // Not remembered as a miss: the memory comes back soon.
+                            tracing::warn!("{hash}: no memory left to hold its upstream narinfo");
+                            return Found::Missing;
+                        };
+                        let p = up.pending.insert(hash, bytes, checked, i, memory);
+                        tokio::spawn(self.clone().pull(p.clone()));
+                        return Found::Pending(p);
                     }
-                    Ok(false) => UpstreamStats::add(&stats.misses, 1),
+                    Ok(None) => UpstreamStats::add(&stats.misses, 1),
                     Err(e) => {
                         UpstreamStats::add(&stats.errors, 1);
                         tracing::warn!("{hash}: upstream {}: {e}", upstream.name);
@@ -135,75 +238,158 @@ impl Cache {
                 }
             }
             up.misses.insert(hash);
-            false
+            Found::Missing
         })
     }
 
-    /// Pulls `hash` from upstream `i`: `Ok(false)` when it does not have it.
-    async fn pull_from(
+    fn upstream_policy<'a>(&'a self, up: &'a Upstreams) -> NarInfoPolicy<'a> {
+        NarInfoPolicy {
+            store_dir: &self.settings.store_dir,
+            trusted_keys: &up.settings.keys,
+            content_addressed_unsigned: false,
+        }
+    }
+
+    /// The narinfo of `hash` from upstream `i`, verified: `Ok(None)` when it does not
+    /// have it.
+    async fn fetch_narinfo(
         &self,
         up: &Upstreams,
         i: usize,
         hash: &str,
-        chain: &[&str],
-    ) -> Result<bool, PullError> {
-        let upstream = &up.settings.upstreams[i];
-        let stats = &up.stats[i];
+    ) -> Result<Option<(Vec<u8>, CheckedNarInfo)>, PullError> {
         let name = format!("{hash}.narinfo");
-        let Some(body) = up.client.get(upstream.join(&name)).await? else {
-            return Ok(false);
+        let Some(body) = up.client.get(up.settings.upstreams[i].join(&name)).await? else {
+            return Ok(None);
         };
         let bytes = body.read_all(narinfo::MAX_NARINFO_SIZE).await?;
-        UpstreamStats::add(&stats.bytes, bytes.len() as u64);
-        let key = ObjectKey::parse(&name).map_err(CacheError::from)?;
-        let policy = NarInfoPolicy {
-            store_dir: &self.settings.store_dir,
-            trusted_keys: &up.settings.keys,
-            content_addressed_unsigned: false,
-        };
-        let checked = narinfo::check(&bytes, hash, &policy).map_err(UpstreamError::Refused)?;
-        let mut below = chain.to_vec();
-        below.push(hash);
-        for reference in &checked.references {
-            if !self.has_narinfo(reference).await && !self.pull(up, reference, below.clone()).await
-            {
+        UpstreamStats::add(&up.stats[i].bytes, bytes.len() as u64);
+        let checked = narinfo::check(&bytes, hash, &self.upstream_policy(up))
+            .map_err(UpstreamError::Refused)?;
+        Ok(Some((bytes, checked)))
+    }
+
+    /// The pull of a pending path, in a task of its own (a client that gives up does
+    /// not stop it): it ends with the path stored, or its miss remembered.
+    async fn pull(self: Arc<Self>, p: Arc<PendingPath>) {
+        let Some(up) = &self.upstreams else { return };
+        let result = self.commit(up, &p).await;
+        let stats = &up.stats[p.upstream];
+        let name = &up.settings.upstreams[p.upstream].name;
+        match &result {
+            Ok(()) => {
+                UpstreamStats::add(&stats.hits, 1);
+                tracing::info!("{}: fetched from upstream {name}", p.hash);
+            }
+            Err(e) => {
+                UpstreamStats::add(&stats.errors, 1);
+                tracing::warn!("{}: upstream {name}: {e}", p.hash);
+                // Before it stops being pending, so that no request asks again.
+                up.misses.insert(&p.hash);
+            }
+        }
+        up.pending.remove(&p, result.is_ok());
+    }
+
+    /// Stores a pending path as a `nix copy --to` would: its references (each
+    /// pulled by its own pending path), its NAR, then its narinfo, through the
+    /// upload checks.
+    async fn commit(
+        self: &Arc<Self>,
+        up: &Upstreams,
+        p: &Arc<PendingPath>,
+    ) -> Result<(), PullError> {
+        for reference in &p.checked.references {
+            if self.has_narinfo(reference).await {
+                continue;
+            }
+            let stored = match self.find(up, reference).await {
+                Found::Stored => true,
+                Found::Missing => false,
+                Found::Pending(r) => {
+                    if !up.pending.start_wait(&p.hash, reference) {
+                        return Err(UpstreamError::Refused(format!(
+                            "its references lead back to it through {reference}"
+                        ))
+                        .into());
+                    }
+                    let stored = r.wait().await;
+                    up.pending.end_wait(&p.hash);
+                    stored
+                }
+            };
+            if !stored {
                 return Err(UpstreamError::Refused(format!(
                     "its reference {reference} could not be fetched from any upstream"
                 ))
                 .into());
             }
         }
-        self.pull_nar(up, i, &checked).await?;
-        let _memory = self
-            .budget
-            .try_reserve(bytes.len() as u64)
-            .ok_or_else(|| self.out_of_memory())?;
-        self.store_narinfo(&key, bytes, &policy).await?;
-        Ok(true)
-    }
-
-    /// Downloads the NAR file `checked` names into storage, through the NAR upload
-    /// checks, unless storage has it already.
-    async fn pull_nar(
-        &self,
-        up: &Upstreams,
-        i: usize,
-        checked: &CheckedNarInfo,
-    ) -> Result<(), PullError> {
-        let nar = &checked.nar;
-        if let Some(meta) = self
-            .storage
-            .stat(nar.as_str())
-            .await
-            .map_err(CacheError::from)?
-        {
-            if meta.size == checked.file_size {
-                return Ok(());
+        if !self.nar_stored(&p.checked).await? {
+            let spool = self.nar_spool(p)?;
+            if !spool.wait().await {
+                return Err(
+                    UpstreamError::Unreachable("its NAR could not be stored".into()).into(),
+                );
             }
         }
-        let upstream = &up.settings.upstreams[i];
+        let key = ObjectKey::parse(&format!("{}.narinfo", p.hash)).map_err(CacheError::from)?;
+        let _memory = self
+            .budget
+            .try_reserve(p.narinfo.len() as u64)
+            .ok_or_else(|| self.out_of_memory())?;
+        let policy = self.upstream_policy(up);
+        self.store_narinfo(&key, p.narinfo.to_vec(), &policy)
+            .await?;
+        Ok(())
+    }
+
+    /// Whether storage holds the NAR file `checked` names, with its FileSize.
+    async fn nar_stored(&self, checked: &CheckedNarInfo) -> Result<bool, CacheError> {
+        let meta = self.storage.stat(checked.nar.as_str()).await?;
+        Ok(meta.is_some_and(|m| m.size == checked.file_size))
+    }
+
+    /// The download of `p`'s NAR, started (in a task of its own) if it was not.
+    fn nar_spool(self: &Arc<Self>, p: &Arc<PendingPath>) -> Result<Arc<Spool>, CacheError> {
+        p.spool_or_start(|| {
+            let file = self.storage.scratch_file().map_err(StorageError::from_io)?;
+            let spool = Arc::new(Spool::new(file, p.checked.file_size));
+            let (cache, p, s) = (self.clone(), p.clone(), spool.clone());
+            tokio::spawn(async move { cache.download_nar(p, s).await });
+            Ok(spool)
+        })
+    }
+
+    /// Downloads `p`'s NAR into storage, through `spool` for the readers.
+    async fn download_nar(self: Arc<Self>, p: Arc<PendingPath>, spool: Arc<Spool>) {
+        let _unfinished = spool.fail_unless_finished();
+        let Some(up) = &self.upstreams else { return };
+        let result = self.fetch_nar(up, &p, &spool).await;
+        if let Err(e) = &result {
+            let name = &up.settings.upstreams[p.upstream].name;
+            tracing::warn!("{}: upstream {name}: {e}", p.checked.nar.as_str());
+        }
+        spool.finish(result.is_ok());
+    }
+
+    /// The NAR file `p` names, from its upstream, through the NAR upload checks (its
+    /// FileHash checked as it streams, the NAR inside decoded), each piece appended
+    /// to `spool` before it goes on.
+    async fn fetch_nar(
+        &self,
+        up: &Upstreams,
+        p: &PendingPath,
+        spool: &Spool,
+    ) -> Result<(), PullError> {
+        let (checked, i) = (&p.checked, p.upstream);
+        let nar = &checked.nar;
         let stats = &up.stats[i];
-        let Some(body) = up.client.get(upstream.join(nar.as_str())).await? else {
+        let Some(body) = up
+            .client
+            .get(up.settings.upstreams[i].join(nar.as_str()))
+            .await?
+        else {
             return Err(UpstreamError::Refused(format!(
                 "its narinfo names {}, which it does not have",
                 nar.as_str()
@@ -212,23 +398,29 @@ impl Cache {
         };
         let permit = self.precheck_upload(nar, Some(checked.file_size))?;
         let file_size = checked.file_size;
-        // State: the body (gone after an error) and the bytes received so far.
+        // State: the body (gone after an error or the end) and the bytes received.
         let chunks = stream::unfold((Some(body), 0u64), move |(body, received)| async move {
             let mut body = body?;
+            let broken = |e: String| Some((Err(BodyError::Broken(e)), (None, received)));
             match body.chunk().await {
                 // Not a byte beyond the signed FileSize: the file would be refused
                 // anyway, and an upstream must not make this server read without end.
                 Ok(Some(chunk)) if received + chunk.len() as u64 > file_size => {
-                    let e = format!("more than its FileSize of {file_size} bytes");
-                    Some((Err(BodyError::Broken(e)), (None, received)))
+                    broken(format!("more than its FileSize of {file_size} bytes"))
                 }
                 Ok(Some(chunk)) => {
                     UpstreamStats::add(&stats.bytes, chunk.len() as u64);
+                    if let Err(e) = spool.append(chunk.clone()).await {
+                        return broken(format!("cannot spool it: {e}"));
+                    }
                     let received = received + chunk.len() as u64;
                     Some((Ok::<Bytes, BodyError>(chunk), (Some(body), received)))
                 }
+                Ok(None) if received < file_size => broken(format!(
+                    "it ended after {received} of its FileSize of {file_size} bytes"
+                )),
                 Ok(None) => None,
-                Err(e) => Some((Err(BodyError::Broken(e.to_string())), (None, received))),
+                Err(e) => broken(e.to_string()),
             }
         });
         match self.put(nar, permit, Box::pin(chunks)).await {

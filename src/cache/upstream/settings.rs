@@ -24,8 +24,9 @@ pub struct UpstreamArgs {
     #[arg(long, env = "NIX_STORED_UPSTREAM_KEYS", default_value = "", value_parser = values::trusted_keys)]
     pub upstream_keys: TrustedKeys,
 
-    /// Seconds an upstream gets to answer a request (to connect and send its headers,
-    /// and between two pieces of a body) before it counts as down for that request.
+    /// Seconds an upstream gets to deliver a whole narinfo (connect, headers and body:
+    /// a narinfo request waits at most this per upstream), and, for a NAR, to answer
+    /// and to send each next piece; then it counts as down for that request.
     #[arg(long, env = "NIX_STORED_UPSTREAM_TIMEOUT", default_value = "10", value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_timeout: u64,
 
@@ -59,7 +60,7 @@ pub struct UpstreamSettings {
     pub upstreams: Vec<UpstreamUrl>,
     /// Keys an upstream narinfo must be signed with.
     pub keys: Vec<TrustedPublicKey>,
-    /// Per-request timeout.
+    /// The time for a whole narinfo, and for each answer and body piece of a NAR.
     pub timeout: Duration,
     /// How long a miss is remembered.
     pub negative_ttl: Duration,

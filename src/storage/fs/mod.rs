@@ -327,6 +327,13 @@ impl Storage for FsStorage {
         }
     }
 
+    /// In `.tmp`, on the cache's own filesystem (which the server's room checks
+    /// watch), falling back to the system's when that filesystem has no `O_TMPFILE`.
+    fn scratch_file(&self) -> std::io::Result<File> {
+        crate::storage::scratch::anonymous_at(&self.tmp)
+            .or_else(|_| crate::storage::scratch::anonymous())
+    }
+
     fn describe(&self) -> String {
         format!("directory {}", self.root.path().display())
     }
