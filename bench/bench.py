@@ -264,27 +264,40 @@ class S3Bucket:
         self.key_id = self.env["NIX_STORED_TEST_S3_KEY_ID"]
         self.secret = self.env["NIX_STORED_TEST_S3_SECRET"]
         self.synced: dict[str, dict[str, tuple]] = {}
+        self.signing_keys: dict[str, bytes] = {}
 
     def close(self) -> None:
         subprocess.run(["bash", os.path.join(REPO, "scripts", "garage.sh"), "stop", self.dir], capture_output=True)
+
+    def _path(self, key: str) -> str:
+        return "/" + self.bucket + "/" + "/".join(urllib.parse.quote(part, safe="-_.~") for part in key.split("/"))
+
+    def _signing_key(self, day: str) -> bytes:
+        k = ("AWS4" + self.secret).encode()
+        for part in (day, self.region, "s3", "aws4_request"):
+            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
+        return k
+
+    def _signature(self, day: str, amz_date: str, canonical: str) -> str:
+        scope = f"{day}/{self.region}/s3/aws4_request"
+        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+        key = self.signing_keys.get(day)
+        if key is None:
+            key = self.signing_keys[day] = self._signing_key(day)
+        return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
 
     def put(self, conn: http.client.HTTPConnection, key: str, body: bytes) -> None:
         """One AWS SigV4-signed PutObject."""
         now = datetime.datetime.now(datetime.timezone.utc)
         amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
         host = self.endpoint.split("://", 1)[1]
-        path = "/" + self.bucket + "/" + "/".join(
-            urllib.parse.quote(part, safe="-_.~") for part in key.split("/"))
+        path = self._path(key)
         payload = hashlib.sha256(body).hexdigest()
         headers = {"host": host, "x-amz-content-sha256": payload, "x-amz-date": amz_date}
         signed = ";".join(sorted(headers))
         canonical = "\n".join(["PUT", path, "", *(f"{k}:{headers[k]}" for k in sorted(headers)), "", signed, payload])
         scope = f"{day}/{self.region}/s3/aws4_request"
-        to_sign = "\n".join(["AWS4-HMAC-SHA256", amz_date, scope, hashlib.sha256(canonical.encode()).hexdigest()])
-        k = ("AWS4" + self.secret).encode()
-        for part in (day, self.region, "s3", "aws4_request"):
-            k = hmac.new(k, part.encode(), hashlib.sha256).digest()
-        sig = hmac.new(k, to_sign.encode(), hashlib.sha256).hexdigest()
+        sig = self._signature(day, amz_date, canonical)
         headers["authorization"] = (f"AWS4-HMAC-SHA256 Credential={self.key_id}/{scope}, SignedHeaders={signed}, "
                                     f"Signature={sig}")
         conn.request("PUT", path, body=body, headers=headers)
@@ -292,6 +305,32 @@ class S3Bucket:
         data = r.read()
         if r.status != 200:
             raise Broken(f"S3 PUT {key} -> {r.status} {data[:300]!r}")
+
+    def presign(self, method: str, key: str, query: dict | None = None, expires: int = 604_800) -> str:
+        """A presigned URL's path and query (SigV4 in the query string, only `host` signed, the payload
+        unsigned), valid `expires` seconds (S3's limit is 7 days): what a client without the secret sends."""
+        now = datetime.datetime.now(datetime.timezone.utc)
+        amz_date, day = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
+        host = self.endpoint.split("://", 1)[1]
+        path = self._path(key)
+        q = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256",
+             "X-Amz-Credential": f"{self.key_id}/{day}/{self.region}/s3/aws4_request",
+             "X-Amz-Date": amz_date, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host", **(query or {})}
+        canonical_query = "&".join(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                                   for k, v in sorted(q.items()))
+        canonical = "\n".join([method, path, canonical_query, f"host:{host}", "", "host", "UNSIGNED-PAYLOAD"])
+        return f"{path}?{canonical_query}&X-Amz-Signature={self._signature(day, amz_date, canonical)}"
+
+    def signed_request(self, method: str, key: str, query: dict | None = None, body: bytes = b"") -> tuple[int, bytes]:
+        """One request by a presigned URL, on a connection of its own: (status, body)."""
+        host, port = self.endpoint.split("://", 1)[1].rsplit(":", 1)
+        c = http.client.HTTPConnection(host, int(port), timeout=60)
+        try:
+            c.request(method, self.presign(method, key, query), body=body)
+            r = c.getresponse()
+            return r.status, r.read()
+        finally:
+            c.close()
 
     def sync(self, root: str) -> str:
         """Copies what changed in `root` since the last call into the bucket; returns the prefix."""
