@@ -248,6 +248,12 @@ class Kind:
 
     def loadgen_args(self, wl: "Workload", path: str, duration: float) -> list[str]:
         """bench/loadgen.rs's arguments after SECONDS for one run of `wl`."""
+        if is_nar_get(wl):
+            # One NAR, asked again and again: `path` is the whole request target.
+            keys = os.path.join(self.work, f"{self.name}-{wl.path}.txt")
+            with open(keys, "w") as f:
+                f.write(path + "\n")
+            return [f"keys={keys}", ""]
         return [wl.keys, wl.suffix] + ([f"body={wl.body}"] if wl.body else [])
 
     def loadgen_done(self) -> None:
@@ -437,21 +443,19 @@ class NixStoredS3(NixStored):
 
     def skip(self, wl: "Workload") -> str | None:
         # Only NAR GETs are redirected: every other request is nix-stored-s3's.
-        if self.redirect and not (wl.path in ("nar1m", "narbig") and not wl.upload):
+        if self.redirect and not is_nar_get(wl):
             return "not redirected: as nix-stored-s3"
         return None
 
     def tool(self, wl: "Workload") -> str:
-        # wrk does not follow redirects: loadgen does, and counts the redirect and the fetch as one request.
-        return "loadgen" if self.redirect and wl.path in ("nar1m", "narbig") else wl.tool
+        # NAR GETs by loadgen in every S3 column: wrk does not follow redirects, and its 8 KiB reads
+        # leave Garage (no TCP_NODELAY) waiting for delayed ACKs (see GarageDirect).
+        return "loadgen" if is_nar_get(wl) else wl.tool
 
     def loadgen_args(self, wl: "Workload", path: str, duration: float) -> list[str]:
-        if self.redirect and wl.path in ("nar1m", "narbig"):
-            keys = os.path.join(self.work, f"redirect-{wl.path}.txt")
-            with open(keys, "w") as f:
-                f.write(path + "\n")
-            return [f"keys={keys}", "", "follow"]
-        return super().loadgen_args(wl, path, duration)
+        args = super().loadgen_args(wl, path, duration)
+        # loadgen follows the 307 and counts the redirect and the fetch as one request.
+        return args + ["follow"] if self.redirect and is_nar_get(wl) else args
 
 
 class Attached(Server):
@@ -505,7 +509,15 @@ class GarageDirect(Kind):
     def target(self, path: str, method: str = "GET") -> str:
         return self.bucket.presign(method, self.prefix + path)
 
+    def tool(self, wl: "Workload") -> str:
+        # Garage does not set TCP_NODELAY: the last bytes of an object past a block boundary wait for
+        # the client's ACK, which wrk's 8 KiB reads delay (delayed ACK, p50 24 ms for a NAR of 1 MiB
+        # + 112 bytes; 1.3 ms with loadgen's 256 KiB reads). wrk would measure that, not Garage.
+        return "loadgen" if is_nar_get(wl) else wl.tool
+
     def loadgen_args(self, wl: "Workload", path: str, duration: float) -> list[str]:
+        if is_nar_get(wl):
+            return super().loadgen_args(wl, path, duration)
         if wl.upload:
             return [f"plan={self.plan(wl, duration)}", "", f"body={wl.body}"]
         key = (wl.keys, wl.suffix, wl.method)
@@ -777,6 +789,10 @@ class Workload:
         self.name, self.metric, self.conns, self.target = name, metric, conns, target
         self.lua, self.path, self.expect, self.tool = lua, path, expect, tool
         self.method, self.keys, self.upload, self.suffix, self.body = method, keys, upload, suffix, body
+
+
+def is_nar_get(wl: Workload) -> bool:
+    return wl.path in ("nar1m", "narbig") and not wl.upload
 
 
 def measure(srv: Server, wl: Workload, path: str, runs: int, duration: float, lg: str, kind: Kind) -> dict:
@@ -1148,7 +1164,7 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
         f"- Server pinned to core 0 (`taskset -c 0`), load generator to core 1 (`taskset -c 1 wrk -t1`). "
         f"{cfg.runs} run(s) of {cfg.duration:g} s per workload and server, median run reported (by req/s or MB/s); "
         "p50/p99 are wrk's `--latency` figures of that run (nan: no answer completed within the run, "
-        "so only the bytes received were measured).",
+        "so only the bytes received were measured); loadgen's in the same way where it drives a workload.",
         "- Peak RSS: `VmHWM` of the serving process (nix-stored; nginx's one worker; harmonia), reset with "
         "`clear_refs` before each workload and read after it.",
         "- Access logging on for all: nix-stored `NIX_STORED_LOG_LEVEL=info` (one line per request on stderr, "
@@ -1185,14 +1201,22 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
                  "uploads are made as nix-stored-s3 makes them (one PUT up to 8 MiB, else a multipart upload of "
                  "8 MiB parts, one part in flight, then the completion), each to a key of its own, created before "
                  "the run (a part's URL needs the upload's id), the time of the parts and of the completion "
-                 "counted, the creation not. No column with a ratio on garage-direct hides Garage's cost: the "
-                 "ratios nix-stored-s3 ÷ garage-direct say what nix-stored adds on the same store and core. "
-                 "**nix-stored-s3-redirect**: `NIX_STORED_S3_REDIRECT=true`, a NAR GET is answered 307 with a "
-                 "presigned Garage URL (after a HEAD to Garage, so that a missing NAR stays a 404); only the NAR GET "
-                 "workloads are run (nothing else is redirected), by `bench/loadgen.rs`, since wrk does not follow "
-                 "redirects: a request is the GET to nix-stored, its 307 and the GET of the Location from Garage "
-                 "(on a second keep-alive connection per connection), counted once, its latency from the first "
-                 "byte sent to the last byte of the NAR: what a client waits for, with both servers' work on core 0.")
+                 "counted, the creation not. The ratios nix-stored-s3 ÷ garage-direct say what nix-stored adds on "
+                 "the same store and the same core. **nix-stored-s3-redirect**: `NIX_STORED_S3_REDIRECT=true`, a "
+                 "NAR GET is answered 307 with a presigned Garage URL (after a HEAD to Garage, so that a missing NAR "
+                 "stays a 404); only the NAR GET workloads are run (nothing else is redirected): a request is the "
+                 "GET to nix-stored, its 307 and the GET of the Location from Garage (on a second keep-alive "
+                 "connection per connection), counted once, its latency from the first byte sent to the last byte "
+                 "of the NAR: what a client waits for, with both servers' work on core 0.")
+        L.append("- In the three S3 columns the NAR GETs are driven by `bench/loadgen.rs` instead of wrk (the "
+                 "ratio nix-stored ÷ nix-stored-s3 of these rows thus mixes the two; at S3's speeds the load "
+                 "generator's core is far from busy): wrk does not follow redirects, and Garage does not set "
+                 "`TCP_NODELAY`, so the bytes of an object past a block boundary (Garage's blocks are 1 MiB; the "
+                 "1 MiB NAR is 112 bytes longer) wait for the client's ACK, which wrk's 8 KiB reads delay: with wrk, "
+                 "Garage answered that NAR at p50 24 ms (55 MB/s on one connection) against 1.3 ms with loadgen's "
+                 "256 KiB reads, and the 256 MiB NAR at 425 MB/s against 750 MB/s. That would measure wrk's ACKs, "
+                 "not Garage. (For the directory columns wrk stays: at 1.5–3 GB/s the two generators differ by "
+                 "up to a fifth either way, and earlier reports used wrk.)")
     if not any(isinstance(k, Harmonia) for k in kinds):
         L.append("- harmonia: not measured in this run (set `HARMONIA_BIN` to a `harmonia-cache` binary; it serves "
                  "the local Nix store through the Nix daemon, so the synthetic paths are imported with "
@@ -1459,6 +1483,8 @@ def main() -> int:
     p.add_argument("--growth-duration", type=float, help="seconds per growth run (2; quick 1)")
     p.add_argument("--e2e-paths", type=int, help="paths in the end-to-end closure (200; quick 10)")
     p.add_argument("--only", default="main,growth,e2e", help="which parts to run: main,growth,e2e")
+    p.add_argument("--servers", help="comma-separated columns to measure (default: all available); nix-stored "
+                   "always runs, the ratios' base")
     p.add_argument("--out", default=os.path.join(HERE, "RESULTS.md"), help="the markdown report")
     p.add_argument("--chart", help="the PNG chart of the ratios (default: ratios.png beside RESULTS.md, "
                    "or the --out file's name with .png)")
@@ -1511,6 +1537,12 @@ def main() -> int:
         log("harmonia: skipped (HARMONIA_BIN is not set)")
     if bucket:
         kinds += s3_kinds
+    if cfg.servers:
+        wanted = set(cfg.servers.split(",")) | {"nix-stored"}
+        unknown = wanted - {k.name for k in kinds}
+        if unknown:
+            sys.exit(f"bench: --servers: not available in this run: {', '.join(sorted(unknown))}")
+        kinds = [k for k in kinds if k.name in wanted]
     notes: list[str] = []
     results, gres, eres = {}, {}, {}
     main_info = None
@@ -1531,7 +1563,9 @@ def main() -> int:
         if "growth" in parts:
             growth(cfg, kinds, lg, gres)
         if "e2e" in parts:
-            if shutil.which("nix"):
+            if not any(k.name == "nginx" for k in kinds):
+                notes.append("end to end not measured: nginx, its peer, is not among --servers")
+            elif shutil.which("nix"):
                 e2e(cfg, [k for k in kinds if k.name in ("nix-stored", "nginx")], eres)
             else:
                 notes.append("end to end not measured: the Nix client (Debian `nix-bin`) is not installed")
