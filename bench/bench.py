@@ -1441,14 +1441,15 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
 
 
 def retention_section(path: str) -> str:
-    """The Retention section bench/retention.py wrote into the report, and the notes on it written by hand
-    after it, kept when the rest is rewritten."""
+    """The Retention section bench/retention.py wrote into the report, and the notes written by hand (on S3,
+    on retention), kept when the rest is rewritten."""
     try:
         text = open(path).read()
     except OSError:
         return ""
     out = ""
-    for begin, end in (("<!-- retention: written by bench/retention.py -->", "<!-- /retention -->"),
+    for begin, end in (("<!-- s3 notes -->", "<!-- /s3 notes -->"),
+                       ("<!-- retention: written by bench/retention.py -->", "<!-- /retention -->"),
                        ("<!-- retention notes -->", "<!-- /retention notes -->")):
         if begin in text and end in text:
             out += "\n" + begin + text.split(begin, 1)[1].split(end, 1)[0] + end + "\n"

@@ -134,11 +134,20 @@ fn parse_head(block: &[u8], head_request: bool) -> Result<Head, String> {
     } else {
         length.ok_or("answer without Content-Length")?
     };
-    Ok(Head { status, body, keep_alive, etag, location })
+    Ok(Head {
+        status,
+        body,
+        keep_alive,
+        etag,
+        location,
+    })
 }
 
 fn ctl(ep: i32, op: i32, fd: i32, events: u32, index: usize) {
-    let mut ev = EpollEvent { events, data: index as u64 };
+    let mut ev = EpollEvent {
+        events,
+        data: index as u64,
+    };
     // SAFETY: `ev` is a valid epoll_event for the duration of the call.
     if unsafe { epoll_ctl(ep, op, fd, &mut ev) } < 0 {
         die(&format!("epoll_ctl: {}", std::io::Error::last_os_error()));
@@ -148,7 +157,9 @@ fn ctl(ep: i32, op: i32, fd: i32, events: u32, index: usize) {
 fn connect(addr: &str, ep: i32, index: usize) -> TcpStream {
     let stream = TcpStream::connect(addr).unwrap_or_else(|e| die(&format!("connect {addr}: {e}")));
     stream.set_nodelay(true).ok();
-    stream.set_nonblocking(true).unwrap_or_else(|e| die(&format!("nonblocking: {e}")));
+    stream
+        .set_nonblocking(true)
+        .unwrap_or_else(|e| die(&format!("nonblocking: {e}")));
     ctl(ep, EPOLL_CTL_ADD, stream.as_raw_fd(), EPOLLIN, index);
     stream
 }
@@ -166,7 +177,13 @@ enum Job {
     /// One request (a redirect may add one fetch).
     Single,
     /// A multipart upload: the parts' targets, the next part, the ETags so far.
-    Multipart { part_size: usize, complete: String, parts: Vec<String>, next: usize, etags: Vec<String> },
+    Multipart {
+        part_size: usize,
+        complete: String,
+        parts: Vec<String>,
+        next: usize,
+        etags: Vec<String>,
+    },
 }
 
 /// One connection slot: its connection to ADDR and, when redirects are followed, one to
@@ -241,12 +258,18 @@ fn flush(s: &mut Slot, shared: &[u8], ep: i32, index: usize) -> Result<(), ()> {
 
 /// `http://HOST:PORT/PATH` -> (`HOST:PORT`, `/PATH`).
 fn split_url(url: &str) -> Result<(String, String), String> {
-    let rest = url.strip_prefix("http://").ok_or_else(|| format!("cannot follow {url:?} (not http://)"))?;
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("cannot follow {url:?} (not http://)"))?;
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let addr = if host.contains(':') { host.to_owned() } else { format!("{host}:80") };
+    let addr = if host.contains(':') {
+        host.to_owned()
+    } else {
+        format!("{host}:80")
+    };
     Ok((addr, path.to_owned()))
 }
 
@@ -342,12 +365,19 @@ fn main() {
             }
             Keys::List(list) => {
                 let k = &list[(rng.next() % list.len() as u64) as usize];
-                let t = if k.starts_with('/') { k.clone() } else { format!("/{k}{suffix}") };
+                let t = if k.starts_with('/') {
+                    k.clone()
+                } else {
+                    format!("/{k}{suffix}")
+                };
                 (t, Job::Single)
             }
             Keys::Plan(plan) => {
                 let line = plan.get(plan_next).unwrap_or_else(|| {
-                    die(&format!("the plan's {} uploads were all used: give it more", plan.len()))
+                    die(&format!(
+                        "the plan's {} uploads were all used: give it more",
+                        plan.len()
+                    ))
                 });
                 plan_next += 1;
                 let f: Vec<&str> = line.split(' ').collect();
@@ -375,7 +405,11 @@ fn main() {
             }
         };
         s.head = request_head(&method, &target, &addr, body_len);
-        s.body = if body_len.is_some() { Body::Shared(0, shared.len()) } else { Body::None };
+        s.body = if body_len.is_some() {
+            Body::Shared(0, shared.len())
+        } else {
+            Body::None
+        };
         s.job = job;
     };
 
@@ -505,7 +539,10 @@ fn main() {
                 let ok = (200..300).contains(&head.status);
                 let mut next_step = false;
                 if follow && (300..400).contains(&head.status) && s.on == 0 {
-                    let loc = head.location.as_deref().unwrap_or_else(|| die("a redirect without Location"));
+                    let loc = head
+                        .location
+                        .as_deref()
+                        .unwrap_or_else(|| die("a redirect without Location"));
                     let (other, path) = split_url(loc).unwrap_or_else(|e| die(&e));
                     if s.streams[1].is_none() || s.other != other {
                         s.streams[1] = Some(connect(&other, ep, i * 2 + 1));
@@ -517,7 +554,14 @@ fn main() {
                     s.head_request = false;
                     redirects += 1;
                     next_step = true;
-                } else if let Job::Multipart { part_size, complete, parts, next, etags } = &mut s.job {
+                } else if let Job::Multipart {
+                    part_size,
+                    complete,
+                    parts,
+                    next,
+                    etags,
+                } = &mut s.job
+                {
                     if !ok && s.failed.is_none() {
                         s.failed = Some(head.status);
                     }
@@ -531,7 +575,10 @@ fn main() {
                         } else {
                             let mut doc = String::from("<CompleteMultipartUpload>");
                             for (n, e) in etags.iter().enumerate() {
-                                doc.push_str(&format!("<Part><PartNumber>{}</PartNumber><ETag>{e}</ETag></Part>", n + 1));
+                                doc.push_str(&format!(
+                                    "<Part><PartNumber>{}</PartNumber><ETag>{e}</ETag></Part>",
+                                    n + 1
+                                ));
                             }
                             doc.push_str("</CompleteMultipartUpload>");
                             s.head = request_head("POST", complete, &addr, Some(doc.len()));
