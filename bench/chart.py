@@ -19,7 +19,7 @@ def main() -> None:
     peers = list(dict.fromkeys(r["peer"] for r in rows))
     value = {(r["label"], r["peer"]): r["ratio"] for r in rows}
     height = 0.8 / max(1, len(peers))
-    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52"]
+    colors = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3"]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(labels) * max(1, len(peers)) / 1.6 + 1.6))
     for j, peer in enumerate(peers):
         ys, xs = [], []

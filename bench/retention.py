@@ -170,7 +170,7 @@ def stop(srv: Server) -> None:
 def hits(cfg, srv: Server, keys: str, duration: float, misses_ok: float = 0.0, stall_ok: bool = False) -> dict:
     """narinfo GETs over `keys`; up to `misses_ok` of them may be 404s (paths a pass chose on a tie); with
     `stall_ok`, no answer at all is a figure (the server stalled), not a failure."""
-    r = bench.loadgen(cfg.lg, srv.port, "GET", f"keys={keys}", 64, duration, ".narinfo")
+    r = bench.loadgen(cfg.lg, srv.port, "GET", 64, duration, [f"keys={keys}", ".narinfo"])
     bad = {s: c for s, c in r["statuses"].items() if s not in (200, 404)}
     r["misses"] = r["statuses"].get(404, 0)
     if r["requests"] == 0 and stall_ok and not r["errors"]:
