@@ -16,6 +16,7 @@ use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
 
 use super::key::nix32_digit;
+use super::narinfo_cache::NarinfoCache;
 use crate::storage::{Storage, TopLevelEvent};
 
 /// Nix32 characters of a store hash that make up its fingerprint (12 × 5 = 60 bits):
@@ -107,7 +108,7 @@ impl NarinfoIndex {
 
 /// The first [`FINGERPRINT_CHARS`] characters of a nix32 store hash as a number;
 /// `None` for anything that is not a store hash.
-fn fingerprint(store_hash: &str) -> Option<u64> {
+pub(crate) fn fingerprint(store_hash: &str) -> Option<u64> {
     let bytes = store_hash.as_bytes();
     if bytes.len() != 32 {
         return None;
@@ -126,9 +127,10 @@ fn fingerprint(store_hash: &str) -> Option<u64> {
 /// over the word (for the table's control bytes) is all the hashing they need, and
 /// much cheaper than SipHash on the hot path.
 #[derive(Clone, Copy, Default)]
-struct Spread;
+pub(crate) struct Spread;
 
-struct SpreadHasher(u64);
+/// [`Spread`]'s hasher.
+pub(crate) struct SpreadHasher(u64);
 
 impl BuildHasher for Spread {
     type Hasher = SpreadHasher;
@@ -157,11 +159,18 @@ pub type OnAdded = Box<dyn Fn(&[String]) + Send + Sync>;
 
 /// Builds the index from a full listing and keeps it complete from the backend's
 /// watch; returns when the backend cannot watch (the index then stays incomplete,
-/// so unused) or the watch ends. What the watch sees appear is also told `added`.
-pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>, added: OnAdded) {
+/// so unused) or the watch ends. What the watch sees appear is also told `added`;
+/// `answers` (the narinfo cache) hears of every change, and is used only while the
+/// watch runs.
+pub async fn maintain(
+    index: Arc<NarinfoIndex>,
+    storage: Arc<dyn Storage>,
+    added: OnAdded,
+    answers: Arc<NarinfoCache>,
+) {
     let (watch_tx, mut watch) = mpsc::channel(256);
     match storage.watch_top_level(watch_tx) {
-        Ok(true) => {}
+        Ok(true) => answers.set_watched(true),
         Ok(false) => {
             tracing::info!("narinfo index: off (this storage cannot be watched for changes)");
             return;
@@ -191,10 +200,18 @@ pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>, added
                 event = watch.recv() => match event {
                     Some(TopLevelEvent::Added(names)) => {
                         index.insert_names(&names);
+                        invalidate(&answers, &names);
                         added(&names);
                     }
-                    Some(TopLevelEvent::Lost) => lost = true,
-                    None => return,
+                    Some(TopLevelEvent::Changed(names)) => invalidate(&answers, &names),
+                    Some(TopLevelEvent::Lost) => {
+                        answers.clear();
+                        lost = true;
+                    }
+                    None => {
+                        answers.set_watched(false);
+                        return;
+                    }
                 },
             }
         }
@@ -202,10 +219,12 @@ pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>, added
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 tracing::warn!("narinfo index: off (listing the storage failed: {e})");
+                answers.set_watched(false);
                 return;
             }
             Err(e) => {
                 tracing::warn!("narinfo index: off (listing the storage failed: {e})");
+                answers.set_watched(false);
                 return;
             }
         }
@@ -222,20 +241,30 @@ pub async fn maintain(index: Arc<NarinfoIndex>, storage: Arc<dyn Storage>, added
             match watch.recv().await {
                 Some(TopLevelEvent::Added(names)) => {
                     index.insert_names(&names);
+                    invalidate(&answers, &names);
                     added(&names);
                 }
+                Some(TopLevelEvent::Changed(names)) => invalidate(&answers, &names),
                 Some(TopLevelEvent::Lost) => {
                     tracing::warn!("narinfo index: changes were missed; rebuilding it");
+                    answers.clear();
                     index.set_complete(false);
                     break;
                 }
                 None => {
+                    answers.set_watched(false);
                     index.set_complete(false);
                     tracing::warn!("narinfo index: off (the storage watch ended)");
                     return;
                 }
             }
         }
+    }
+}
+
+fn invalidate(answers: &NarinfoCache, names: &[String]) {
+    for name in names {
+        answers.invalidate(name);
     }
 }
 

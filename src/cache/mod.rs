@@ -10,6 +10,7 @@ pub mod key;
 pub mod nar;
 pub mod nar_verify;
 pub mod narinfo;
+pub mod narinfo_cache;
 pub mod retention;
 #[cfg(test)]
 mod rules_tests;
@@ -40,7 +41,7 @@ use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
 use crate::budget::{Budget, Reservation};
-use crate::storage::{ObjectMeta, ObjectReader, Storage, StorageError};
+use crate::storage::{ObjectBody, ObjectMeta, ObjectReader, Storage, StorageError};
 use key::{Kind, ObjectKey};
 
 /// How the cache behaves, independent of where it stores objects.
@@ -61,6 +62,10 @@ pub struct CacheSettings {
     pub narinfo_linger: std::time::Duration,
     /// Whether the catalog of stored paths (the page's) is kept.
     pub page: bool,
+    /// Bytes of narinfo answers held in memory (0: none).
+    pub narinfo_cache_size: u64,
+    /// How those answers stay true to the storage.
+    pub narinfo_cache_coherence: narinfo_cache::Coherence,
 }
 
 /// Errors of the cache layer. `http::error` maps each to a status code.
@@ -138,6 +143,8 @@ pub struct Cache {
     settings: CacheSettings,
     cache_info: String,
     index: Arc<index::NarinfoIndex>,
+    /// Narinfo answers held in memory, for GET and HEAD.
+    answers: Arc<narinfo_cache::NarinfoCache>,
     stored: Arc<StoredTotals>,
     /// Serialises the read-merge-write of narinfo uploads per key (striped), so that
     /// two concurrent re-signings cannot drop each other's signature.
@@ -183,6 +190,15 @@ impl StoredTotals {
 impl Cache {
     /// Creates the cache over `storage`; bodies held in memory draw from `budget`.
     pub fn new(storage: Arc<dyn Storage>, settings: CacheSettings, budget: Arc<Budget>) -> Self {
+        let answers = Arc::new(narinfo_cache::NarinfoCache::new(
+            settings.narinfo_cache_size,
+            settings.narinfo_cache_coherence,
+        ));
+        // Every write and removal of this server, whoever makes it, drops the answer.
+        let storage: Arc<dyn Storage> = Arc::new(narinfo_cache::invalidating::Invalidating::new(
+            storage,
+            answers.clone(),
+        ));
         let cache_info = format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             settings.store_dir.as_str(),
@@ -200,6 +216,7 @@ impl Cache {
             settings,
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
+            answers,
             stored: Arc::default(),
             verified: verified::VerifiedNars::default(),
             narinfo_locks: (0..NARINFO_LOCK_STRIPES)
@@ -289,6 +306,7 @@ impl Cache {
             self.index.clone(),
             self.storage.clone(),
             added,
+            self.answers.clone(),
         ));
     }
 
@@ -348,10 +366,41 @@ impl Cache {
         &self.settings
     }
 
+    /// The narinfo answers held in memory, for metrics.
+    pub fn narinfo_cache(&self) -> &narinfo_cache::NarinfoCache {
+        &self.answers
+    }
+
+    /// A narinfo GET answered from memory: the held narinfo, `None` when storage
+    /// must be asked. Counts as a use, as a read from storage does.
+    pub fn narinfo_in_memory(&self, key: &ObjectKey) -> Option<Arc<narinfo_cache::Entry>> {
+        let entry = self.held(key)?;
+        self.retention.record_use(key.as_str());
+        Some(entry)
+    }
+
+    /// The held narinfo of a narinfo key; `None` for other keys or when not held.
+    fn held(&self, key: &ObjectKey) -> Option<Arc<narinfo_cache::Entry>> {
+        if key.kind() != Kind::NarInfo {
+            return None;
+        }
+        self.answers.get(key.store_hash()?)
+    }
+
+    /// What a read of a narinfo notes before asking storage, to keep its answer.
+    fn ticket(&self, key: &ObjectKey) -> Option<narinfo_cache::Ticket> {
+        if key.kind() != Kind::NarInfo {
+            return None;
+        }
+        self.answers.ticket(key.store_hash()?)
+    }
+
     /// Metadata of an object, `None` when absent.
     pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
         let mut meta = None;
-        if self.may_exist(key) {
+        if let Some(entry) = self.held(key) {
+            meta = Some(entry.meta.clone());
+        } else if self.may_exist(key) {
             meta = self.storage.stat(key.as_str()).await?;
         }
         if meta.is_none() && self.pull_detached(key).await {
@@ -370,8 +419,25 @@ impl Cache {
         offset: u64,
     ) -> Result<Option<ObjectReader>, CacheError> {
         let mut reader = None;
-        if self.may_exist(key) {
+        if let Some(entry) = self.held(key) {
+            let from = (offset as usize).min(entry.body.len());
+            reader = Some(ObjectReader {
+                meta: entry.meta.clone(),
+                body: ObjectBody::Bytes(entry.body.slice(from..)),
+            });
+        } else if self.may_exist(key) {
+            let ticket = self.ticket(key).filter(|_| offset == 0);
             reader = self.storage.open(key.as_str(), offset).await?;
+            if let (
+                Some(ticket),
+                Some(ObjectReader {
+                    meta,
+                    body: ObjectBody::Bytes(bytes),
+                }),
+            ) = (ticket, &reader)
+            {
+                self.answers.insert(ticket, meta, bytes);
+            }
         }
         if reader.is_none() && self.pull_detached(key).await {
             reader = self.storage.open(key.as_str(), offset).await?;

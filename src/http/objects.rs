@@ -12,6 +12,7 @@ use super::range::{self, RangeRequest};
 use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{KeyError, Kind, ObjectKey};
+use crate::cache::narinfo_cache;
 use crate::storage::{ObjectBody, ObjectMeta};
 
 /// NARs are named by their content hash and never change.
@@ -209,9 +210,32 @@ async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpE
     Ok(resp)
 }
 
+/// A narinfo held in memory, answered with the headers it carries: a GET of a
+/// popular narinfo costs no storage request and no formatting.
+fn from_memory(app: &AppState, key: &ObjectKey, entry: &narinfo_cache::Entry) -> Response {
+    let mut resp = Response::new(Body::Full(entry.body.clone()));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(key.kind().content_type()),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, cache_control(app, key.kind()));
+    if let Ok(v) = HeaderValue::from_maybe_shared(entry.etag.clone()) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
 async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Response, HttpError> {
     if key.kind() == Kind::CacheInfo {
         return Ok(cache_info(app));
+    }
+    if !headers.contains_key(header::RANGE) {
+        if let Some(entry) = app.cache.narinfo_in_memory(key) {
+            return Ok(from_memory(app, key, &entry));
+        }
     }
     if let Some(location) = app
         .cache
