@@ -111,7 +111,7 @@ pub struct Args {
     pub max_upload_size: u64,
 
     /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
-    /// being validated, the decoders verifying NAR uploads, the S3 narinfo memo), in
+    /// being validated, the decoders verifying NAR uploads, write blocks of uploads), in
     /// bytes or with a K, M, G or T suffix. An upload that would go beyond it waits or
     /// is refused with 503 and Retry-After. The default is budget::DEFAULT_BUDGET.
     #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M", value_parser = values::nonzero_size)]

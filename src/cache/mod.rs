@@ -58,7 +58,7 @@ pub struct CacheSettings {
     /// Quota, age limit and pins.
     pub retention: retention::settings::RetentionSettings,
     /// How long another server sharing the storage may still answer a narinfo from
-    /// memory after it is removed (the S3 narinfo memo's TTL; zero otherwise).
+    /// memory after it is removed (the narinfo cache's TTL on S3; zero otherwise).
     pub narinfo_linger: std::time::Duration,
     /// Whether the catalog of stored paths (the page's) is kept.
     pub page: bool,
