@@ -401,6 +401,8 @@ impl Cache {
         if let Some(entry) = self.held(key) {
             meta = Some(entry.meta.clone());
         } else if self.may_exist(key) {
+            // Nothing to keep without the bytes; the ticket counts the miss.
+            drop(self.ticket(key));
             meta = self.storage.stat(key.as_str()).await?;
         }
         if meta.is_none() && self.pull_detached(key).await {

@@ -213,20 +213,18 @@ impl NarinfoCache {
             Coherence::Ttl(ttl) => e.fetched.elapsed() < ttl,
             _ => true,
         });
-        let counter = if entry.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+        if entry.is_some() {
+            self.hits.fetch_add(1, Ordering::Relaxed);
+        }
         entry
     }
 
-    /// Notes a read of the narinfo of `store_hash` that is about to ask storage;
-    /// `None` when nothing read would be kept.
+    /// Notes a read of the narinfo of `store_hash` that is about to ask storage (a
+    /// miss); `None` when nothing read would be kept.
     pub fn ticket(&self, store_hash: &str) -> Option<Ticket> {
         self.table()?;
         let key = Key::of(store_hash)?;
+        self.misses.fetch_add(1, Ordering::Relaxed);
         let stripe = self.stripe(&key);
         Some(Ticket {
             key,
