@@ -10,7 +10,14 @@
 //! random key per request. Standard library only (epoll
 //! through libc, which std links anyway); bench.py builds it with `rustc -O`.
 //!
-//! Usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE) [SUFFIX]
+//! Keys: `miss` (random 32-character nix32 hashes), `keys=FILE` (uniformly among the
+//! lines of FILE), or `zipf=S:FILE` (the line of rank k with probability ∝ 1/k^S, as
+//! skewed traffic asks for popular paths; the first line is the most popular). The
+//! Zipf sequence comes from a table of the cumulative weights, built once, and a
+//! binary search per request (about 20 comparisons for a million keys), with a fixed
+//! seed: every server gets the same sequence.
+//!
+//! Usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | zipf=S:FILE) [SUFFIX]
 //! Prints one JSON object: requests, seconds, rps, p50_ms, p99_ms, statuses, errors.
 
 use std::collections::BTreeMap;
@@ -63,6 +70,31 @@ impl Rng {
 enum Keys {
     Miss,
     List(Vec<String>),
+    /// Keys by rank, and the cumulative weights of the ranks (the last one is the total).
+    Zipf(Vec<String>, Vec<f64>),
+}
+
+fn read_keys(file: &str) -> Vec<String> {
+    let keys: Vec<String> = std::fs::read_to_string(file)
+        .unwrap_or_else(|e| die(&format!("{file}: {e}")))
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    if keys.is_empty() {
+        die(&format!("{file}: no keys"));
+    }
+    keys
+}
+
+/// Cumulative weights 1/k^s of the ranks 1..=n.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut total = 0.0;
+    (1..=n)
+        .map(|k| {
+            total += (k as f64).powf(-s);
+            total
+        })
+        .collect()
 }
 
 fn die(msg: &str) -> ! {
@@ -144,30 +176,46 @@ fn flush(c: &mut Conn, ep: i32, index: usize) -> Result<(), ()> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
-        die("usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE) [SUFFIX]");
+        die("usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | zipf=S:FILE) [SUFFIX]");
     }
     let addr = args[1].clone();
     let method = args[2].clone();
     let head = method == "HEAD";
     let conns: usize = args[3].parse().unwrap_or_else(|_| die("bad connection count"));
     let seconds: f64 = args[4].parse().unwrap_or_else(|_| die("bad duration"));
-    let keys = match args[5].strip_prefix("keys=") {
-        Some(file) => Keys::List(
-            std::fs::read_to_string(file)
-                .unwrap_or_else(|e| die(&format!("{file}: {e}")))
-                .lines()
-                .map(str::to_owned)
-                .collect(),
-        ),
-        None if args[5] == "miss" => Keys::Miss,
-        None => die("keys must be `miss` or `keys=FILE`"),
+    let keys = if let Some(file) = args[5].strip_prefix("keys=") {
+        Keys::List(read_keys(file))
+    } else if let Some(spec) = args[5].strip_prefix("zipf=") {
+        let (s, file) = spec.split_once(':').unwrap_or_else(|| die("zipf=S:FILE"));
+        let s: f64 = s.parse().unwrap_or_else(|_| die("bad Zipf exponent"));
+        let list = read_keys(file);
+        let cdf = zipf_cdf(list.len(), s);
+        Keys::Zipf(list, cdf)
+    } else if args[5] == "miss" {
+        Keys::Miss
+    } else {
+        die("keys must be `miss`, `keys=FILE` or `zipf=S:FILE`")
     };
     let suffix = args.get(6).cloned().unwrap_or_else(|| ".narinfo".into());
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    // A fixed seed for the Zipf sequence (the same requests for every server); the
+    // others differ from run to run.
+    let seed = match keys {
+        Keys::Zipf(..) => 0x2545_f491_4f6c_dd1d,
+        _ => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+    };
+    let mut rng = Rng(seed);
     let request = |rng: &mut Rng| -> Vec<u8> {
         let key = match &keys {
             Keys::Miss => (0..32).map(|_| ALPHABET[(rng.next() >> 59) as usize] as char).collect::<String>(),
             Keys::List(list) => list[(rng.next() % list.len() as u64) as usize].clone(),
+            Keys::Zipf(list, cdf) => {
+                // A uniform draw in [0, total), then the first rank whose cumulative
+                // weight exceeds it.
+                let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                let x = u * cdf[cdf.len() - 1];
+                let rank = cdf.partition_point(|&c| c <= x).min(list.len() - 1);
+                list[rank].clone()
+            }
         };
         format!("{method} /{key}{suffix} HTTP/1.1\r\nHost: {addr}\r\n\r\n").into_bytes()
     };
