@@ -373,14 +373,14 @@ impl Cache {
 
     /// A narinfo GET answered from memory: the held narinfo, `None` when storage
     /// must be asked. Counts as a use, as a read from storage does.
-    pub fn narinfo_in_memory(&self, key: &ObjectKey) -> Option<Arc<narinfo_cache::Entry>> {
+    pub fn narinfo_in_memory(&self, key: &ObjectKey) -> Option<narinfo_cache::Entry> {
         let entry = self.held(key)?;
         self.retention.record_use(key.as_str());
         Some(entry)
     }
 
     /// The held narinfo of a narinfo key; `None` for other keys or when not held.
-    fn held(&self, key: &ObjectKey) -> Option<Arc<narinfo_cache::Entry>> {
+    fn held(&self, key: &ObjectKey) -> Option<narinfo_cache::Entry> {
         if key.kind() != Kind::NarInfo {
             return None;
         }
@@ -399,7 +399,7 @@ impl Cache {
     pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
         let mut meta = None;
         if let Some(entry) = self.held(key) {
-            meta = Some(entry.meta.clone());
+            meta = Some(entry.meta());
         } else if self.may_exist(key) {
             // Nothing to keep without the bytes; the ticket counts the miss.
             drop(self.ticket(key));
@@ -422,10 +422,10 @@ impl Cache {
     ) -> Result<Option<ObjectReader>, CacheError> {
         let mut reader = None;
         if let Some(entry) = self.held(key) {
-            let from = (offset as usize).min(entry.body.len());
+            let body = entry.body();
             reader = Some(ObjectReader {
-                meta: entry.meta.clone(),
-                body: ObjectBody::Bytes(entry.body.slice(from..)),
+                meta: entry.meta(),
+                body: ObjectBody::Bytes(body.slice((offset as usize).min(body.len())..)),
             });
         } else if self.may_exist(key) {
             let ticket = self.ticket(key).filter(|_| offset == 0);

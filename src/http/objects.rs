@@ -213,16 +213,18 @@ async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpE
 /// A narinfo held in memory, answered with the headers it carries: a GET of a
 /// popular narinfo costs no storage request and no formatting.
 fn from_memory(app: &AppState, key: &ObjectKey, entry: &narinfo_cache::Entry) -> Response {
-    let mut resp = Response::new(Body::Full(entry.body.clone()));
+    let body = entry.body();
+    let len = body.len();
+    let mut resp = Response::new(Body::Full(body));
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.body.len()));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(key.kind().content_type()),
     );
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CACHE_CONTROL, cache_control(app, key.kind()));
-    if let Ok(v) = HeaderValue::from_maybe_shared(entry.etag.clone()) {
+    if let Ok(v) = HeaderValue::from_maybe_shared(entry.etag()) {
         h.insert(header::ETAG, v);
     }
     resp

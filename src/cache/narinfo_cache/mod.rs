@@ -37,8 +37,8 @@ use bytes::Bytes;
 use super::index::{fingerprint, Spread};
 use crate::storage::ObjectMeta;
 
-/// Bytes counted for an entry besides its body and validators: the table slot,
-/// the shared entry, its allocation headers.
+/// Bytes counted for an entry besides its body and tag: the table's slot and index
+/// (key, entry, links), the buffer's allocation header and shared count.
 const ENTRY_OVERHEAD: u64 = 160;
 
 /// Counters reads note before asking storage; an invalidation bumps its key's.
@@ -90,30 +90,60 @@ impl Key {
     }
 }
 
-/// A narinfo held in memory: what a GET needs to answer it.
-#[derive(Debug)]
+/// A narinfo held in memory: what a GET needs to answer it. One allocation holds
+/// the body and the entity tag; a copy of the entry is a reference count.
+#[derive(Debug, Clone)]
 pub struct Entry {
     /// When the read that produced it started.
     fetched: Instant,
-    /// The narinfo.
-    pub body: Bytes,
-    /// Its size and version.
-    pub meta: ObjectMeta,
-    /// The entity tag of the answer (`"version"`), ready for a header.
-    pub etag: Bytes,
+    /// The body, then the entity tag (`"version"`).
+    buf: Bytes,
+    body_len: usize,
 }
 
 impl Entry {
+    fn new(fetched: Instant, meta: &ObjectMeta, body: &[u8]) -> Entry {
+        let mut buf = Vec::with_capacity(body.len() + meta.version.len() + 2);
+        buf.extend_from_slice(body);
+        buf.push(b'"');
+        buf.extend_from_slice(meta.version.as_bytes());
+        buf.push(b'"');
+        Entry {
+            fetched,
+            buf: Bytes::from(buf),
+            body_len: body.len(),
+        }
+    }
+
+    /// The narinfo.
+    pub fn body(&self) -> Bytes {
+        self.buf.slice(..self.body_len)
+    }
+
+    /// The entity tag of the answer, quoted, ready for a header.
+    pub fn etag(&self) -> Bytes {
+        self.buf.slice(self.body_len..)
+    }
+
+    /// Size and version, as storage reports them.
+    pub fn meta(&self) -> ObjectMeta {
+        let tag = &self.buf[self.body_len..];
+        ObjectMeta {
+            size: self.body_len as u64,
+            version: String::from_utf8_lossy(&tag[1..tag.len() - 1]).into_owned(),
+        }
+    }
+
     fn weight(&self) -> u64 {
-        (32 + self.body.len() + self.meta.version.len() + self.etag.len()) as u64 + ENTRY_OVERHEAD
+        self.buf.len() as u64 + ENTRY_OVERHEAD
     }
 }
 
 #[derive(Clone)]
 struct Weigh;
 
-impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
-    fn weight(&self, _key: &Key, val: &Arc<Entry>) -> u64 {
+impl quick_cache::Weighter<Key, Entry> for Weigh {
+    fn weight(&self, _key: &Key, val: &Entry) -> u64 {
         val.weight()
     }
 }
@@ -122,14 +152,14 @@ impl quick_cache::Weighter<Key, Arc<Entry>> for Weigh {
 #[derive(Clone, Default)]
 struct Evictions(Arc<AtomicU64>);
 
-impl quick_cache::Lifecycle<Key, Arc<Entry>> for Evictions {
+impl quick_cache::Lifecycle<Key, Entry> for Evictions {
     type RequestState = ();
-    fn on_evict(&self, _state: &mut (), _key: Key, _val: Arc<Entry>) {
+    fn on_evict(&self, _state: &mut (), _key: Key, _val: Entry) {
         self.0.fetch_add(1, Ordering::Relaxed);
     }
 }
 
-type Table = quick_cache::sync::Cache<Key, Arc<Entry>, Weigh, Spread, Evictions>;
+type Table = quick_cache::sync::Cache<Key, Entry, Weigh, Spread, Evictions>;
 
 /// What a read notes before asking storage, to store what it finds afterwards.
 #[derive(Debug)]
@@ -206,7 +236,7 @@ impl NarinfoCache {
     }
 
     /// The held narinfo of `store_hash`; `None` means: ask storage.
-    pub fn get(&self, store_hash: &str) -> Option<Arc<Entry>> {
+    pub fn get(&self, store_hash: &str) -> Option<Entry> {
         let table = self.table()?;
         let key = Key::of(store_hash)?;
         let entry = table.get(&key).filter(|e| match self.coherence {
@@ -242,13 +272,8 @@ impl NarinfoCache {
         if counter.load(Ordering::SeqCst) != ticket.seen {
             return;
         }
-        let entry = Arc::new(Entry {
-            fetched: ticket.started,
-            // A copy: the body may be a slice of a much larger read buffer (S3's).
-            body: Bytes::copy_from_slice(body),
-            meta: meta.clone(),
-            etag: Bytes::from(format!("\"{}\"", meta.version)),
-        });
+        // A copy: the body may be a slice of a much larger read buffer (S3's).
+        let entry = Entry::new(ticket.started, meta, body);
         if entry.weight() > table.shard_capacity() {
             return;
         }

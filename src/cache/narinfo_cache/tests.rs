@@ -45,9 +45,9 @@ fn answers_what_was_read_with_its_tag() {
     assert!(c.get(&hash(1)).is_none());
     put(&c, 1, 500);
     let e = c.get(&hash(1)).expect("held");
-    assert_eq!(e.body.len(), 500);
-    assert_eq!(&e.etag[..], b"\"v1\"");
-    assert_eq!(e.meta, meta(500));
+    assert_eq!(e.body().len(), 500);
+    assert_eq!(&e.etag()[..], b"\"v1\"");
+    assert_eq!(e.meta(), meta(500));
     let mut text = String::new();
     c.render_metrics(&mut text);
     assert!(
@@ -138,7 +138,7 @@ fn an_invalidation_during_a_read_keeps_the_read_out() {
     c.invalidate(&format!("{h}.ls"));
     c.invalidate("nix-cache-info");
     c.insert(t, &meta(3), &Bytes::from_static(b"new"));
-    assert_eq!(&c.get(&h).unwrap().body[..], b"new");
+    assert_eq!(&c.get(&h).unwrap().body()[..], b"new");
     c.invalidate(&format!("{h}.narinfo"));
     assert!(c.get(&h).is_none());
     // A clear counts as a change of every key.
