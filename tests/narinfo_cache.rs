@@ -88,6 +88,13 @@ fn a_held_narinfo_is_answered_as_from_storage() {
             "HEAD {name}"
         );
     }
+    // A HEAD first fills the cache too.
+    let (hash2, _) = upload(&s, "head first", &[]);
+    let path2 = format!("/{hash2}.narinfo");
+    assert_eq!(head(&s, &path2).status, 200);
+    let hits = metric(&s, HITS);
+    assert_eq!(get(&s, &path2).status, 200);
+    assert_eq!(metric(&s, HITS), hits + 1, "held since the HEAD");
     // Revalidation against the held answer's tag, and ranges, as from storage.
     let etag = from_storage.header("etag").unwrap().to_owned();
     let r = send(

@@ -401,9 +401,22 @@ impl Cache {
         if let Some(entry) = self.held(key) {
             meta = Some(entry.meta());
         } else if self.may_exist(key) {
-            // Nothing to keep without the bytes; the ticket counts the miss.
-            drop(self.ticket(key));
-            meta = self.storage.stat(key.as_str()).await?;
+            meta = match self.ticket(key) {
+                // A narinfo is read whole to be held: the directory reads a small
+                // object for its validator anyway, and an S3 GET of a kilobyte costs
+                // what its HEAD does.
+                Some(ticket) => match self.storage.open(key.as_str(), 0).await? {
+                    Some(ObjectReader {
+                        meta,
+                        body: ObjectBody::Bytes(bytes),
+                    }) => {
+                        self.answers.insert(ticket, &meta, &bytes);
+                        Some(meta)
+                    }
+                    other => other.map(|r| r.meta),
+                },
+                None => self.storage.stat(key.as_str()).await?,
+            };
         }
         if meta.is_none() && self.pull_detached(key).await {
             meta = self.storage.stat(key.as_str()).await?;
