@@ -55,7 +55,11 @@ async fn authorised(
         Ok(r) => r,
         Err(e) => app.refused(access, e),
     };
-    resp.extensions_mut().insert(principal);
+    // The log writes "-" for a request without one: an anonymous answer (most
+    // reads) carries nothing, and allocates no extension map.
+    if principal != Principal::Anonymous {
+        resp.extensions_mut().insert(principal);
+    }
     resp
 }
 
@@ -213,11 +217,13 @@ async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpE
 /// A narinfo held in memory, answered with the headers it carries: a GET of a
 /// popular narinfo costs no storage request and no formatting.
 fn from_memory(app: &AppState, key: &ObjectKey, entry: &narinfo_cache::Entry) -> Response {
-    let body = entry.body();
-    let len = body.len();
-    let mut resp = Response::new(Body::Full(body));
+    let mut resp = Response::new(Body::Full(entry.body()));
+    // Room for these and the request id, without growing.
+    *resp.headers_mut() = HeaderMap::with_capacity(8);
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    if let Ok(v) = HeaderValue::from_maybe_shared(entry.content_length()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(key.kind().content_type()),

@@ -96,22 +96,28 @@ impl Key {
 pub struct Entry {
     /// When the read that produced it started.
     fetched: Instant,
-    /// The body, then the entity tag (`"version"`).
+    /// The body, the entity tag (`"version"`), then the body's length in decimal:
+    /// the answer's headers, prebuilt.
     buf: Bytes,
     body_len: usize,
+    tag_len: usize,
 }
 
 impl Entry {
     fn new(fetched: Instant, meta: &ObjectMeta, body: &[u8]) -> Entry {
-        let mut buf = Vec::with_capacity(body.len() + meta.version.len() + 2);
+        let length = body.len().to_string();
+        let tag_len = meta.version.len() + 2;
+        let mut buf = Vec::with_capacity(body.len() + tag_len + length.len());
         buf.extend_from_slice(body);
         buf.push(b'"');
         buf.extend_from_slice(meta.version.as_bytes());
         buf.push(b'"');
+        buf.extend_from_slice(length.as_bytes());
         Entry {
             fetched,
             buf: Bytes::from(buf),
             body_len: body.len(),
+            tag_len,
         }
     }
 
@@ -122,12 +128,17 @@ impl Entry {
 
     /// The entity tag of the answer, quoted, ready for a header.
     pub fn etag(&self) -> Bytes {
-        self.buf.slice(self.body_len..)
+        self.buf.slice(self.body_len..self.body_len + self.tag_len)
+    }
+
+    /// The body's length in decimal, ready for a `Content-Length` header.
+    pub fn content_length(&self) -> Bytes {
+        self.buf.slice(self.body_len + self.tag_len..)
     }
 
     /// Size and version, as storage reports them.
     pub fn meta(&self) -> ObjectMeta {
-        let tag = &self.buf[self.body_len..];
+        let tag = &self.buf[self.body_len..self.body_len + self.tag_len];
         ObjectMeta {
             size: self.body_len as u64,
             version: String::from_utf8_lossy(&tag[1..tag.len() - 1]).into_owned(),

@@ -47,6 +47,7 @@ fn answers_what_was_read_with_its_tag() {
     let e = c.get(&hash(1)).expect("held");
     assert_eq!(e.body().len(), 500);
     assert_eq!(&e.etag()[..], b"\"v1\"");
+    assert_eq!(&e.content_length()[..], b"500");
     assert_eq!(e.meta(), meta(500));
     let mut text = String::new();
     c.render_metrics(&mut text);
