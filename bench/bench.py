@@ -16,7 +16,7 @@ gets one core in every column). It is left out of the growth workload (copying a
 million objects into the bucket would dominate the run).
 
 Workloads: narinfo hits, GET and HEAD misses, nix-cache-info, NAR GET (small and large,
-1 and 16 connections), NAR PUT; growth (hits, misses, start-up time and memory at
+1 and 16 connections), NAR PUT; growth (hits, misses, Zipf-skewed hits, start-up time and memory at
 several cache sizes); end to end (`nix copy --to` and substitution of a closure with
 the real Nix client). Writes a markdown report (RESULTS.md) and a chart of the ratios.
 

@@ -313,6 +313,120 @@ mod tests {
         assert!(!idx.may_exist(B));
     }
 
+    /// A storage whose watch reports what the test sends.
+    struct Watchable {
+        inner: crate::storage::memory::MemoryStorage,
+        sink: std::sync::Mutex<Option<mpsc::Sender<TopLevelEvent>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl Storage for Watchable {
+        async fn stat(
+            &self,
+            key: &str,
+        ) -> crate::storage::Result<Option<crate::storage::ObjectMeta>> {
+            self.inner.stat(key).await
+        }
+        async fn open(
+            &self,
+            key: &str,
+            offset: u64,
+        ) -> crate::storage::Result<Option<crate::storage::ObjectReader>> {
+            self.inner.open(key, offset).await
+        }
+        async fn begin_upload(
+            &self,
+            key: &str,
+        ) -> crate::storage::Result<Box<dyn crate::storage::Upload>> {
+            self.inner.begin_upload(key).await
+        }
+        fn watch_top_level(
+            &self,
+            sink: mpsc::Sender<TopLevelEvent>,
+        ) -> crate::storage::Result<bool> {
+            *self.sink.lock().unwrap() = Some(sink);
+            Ok(true)
+        }
+        async fn list_objects(
+            &self,
+            folder: &str,
+            sink: mpsc::Sender<Vec<crate::storage::Listed>>,
+        ) -> crate::storage::Result<()> {
+            self.inner.list_objects(folder, sink).await
+        }
+        async fn delete(&self, keys: &[String]) -> crate::storage::Result<()> {
+            self.inner.delete(keys).await
+        }
+        fn describe(&self) -> String {
+            "watchable".into()
+        }
+    }
+
+    /// Waits (at most 10 s) for `f`.
+    async fn eventually(mut f: impl FnMut() -> bool) -> bool {
+        for _ in 0..1000 {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        f()
+    }
+
+    #[tokio::test]
+    async fn the_watch_drops_held_narinfos_and_the_cache_stops_with_it() {
+        use crate::cache::narinfo_cache::{Coherence, NarinfoCache};
+        let storage = Arc::new(Watchable {
+            inner: Default::default(),
+            sink: std::sync::Mutex::new(None),
+        });
+        let answers = Arc::new(NarinfoCache::new(1 << 20, Coherence::Watched));
+        let index = Arc::new(NarinfoIndex::new());
+        tokio::spawn(maintain(
+            index.clone(),
+            storage.clone(),
+            Box::new(|_| {}),
+            answers.clone(),
+        ));
+        assert!(eventually(|| index.is_complete()).await);
+        let sink = storage.sink.lock().unwrap().clone().unwrap();
+        let meta = crate::storage::ObjectMeta {
+            size: 1,
+            version: "v".into(),
+        };
+        let hold = |h: &str| {
+            let t = answers.ticket(h).expect("on while watched");
+            answers.insert(t, &meta, &bytes::Bytes::from_static(b"x"));
+            assert!(answers.get(h).is_some());
+        };
+        let events = [
+            TopLevelEvent::Added(vec![format!("{A}.narinfo")]),
+            TopLevelEvent::Changed(vec![format!("{A}.narinfo")]),
+            TopLevelEvent::Lost,
+        ];
+        for event in events {
+            hold(A);
+            hold(B);
+            let lost = event == TopLevelEvent::Lost;
+            sink.send(event).await.unwrap();
+            assert!(eventually(|| answers.get(A).is_none()).await);
+            assert_eq!(
+                answers.get(B).is_none(),
+                lost,
+                "only a loss drops the others"
+            );
+            assert!(eventually(|| index.is_complete()).await);
+        }
+        hold(A);
+        drop(sink);
+        *storage.sink.lock().unwrap() = None;
+        assert!(
+            eventually(|| answers.ticket(A).is_none()).await,
+            "off without a watch"
+        );
+        assert!(answers.get(A).is_none());
+    }
+
     #[test]
     fn fingerprints_need_a_store_hash() {
         assert_eq!(fingerprint("00000000000000000000000000000000"), Some(0));
