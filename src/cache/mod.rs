@@ -157,6 +157,16 @@ pub struct Cache {
     upstreams: Option<upstream::Upstreams>,
 }
 
+/// What [`Cache::narinfo`] found.
+pub enum Narinfo {
+    /// No such narinfo.
+    Absent,
+    /// The narinfo, with its answer's headers.
+    Found(narinfo_cache::Entry),
+    /// A narinfo too large to be read whole (beyond any Nix writes): to be streamed.
+    Large,
+}
+
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
 const NARINFO_LOCK_STRIPES: usize = 64;
 
@@ -377,6 +387,46 @@ impl Cache {
         let entry = self.held(key)?;
         self.retention.record_use(key.as_str());
         Some(entry)
+    }
+
+    /// A narinfo GET's answer, from memory or read now (and then kept): the narinfo
+    /// with its headers built once.
+    pub async fn narinfo(self: &Arc<Self>, key: &ObjectKey) -> Result<Narinfo, CacheError> {
+        if let Some(entry) = self.narinfo_in_memory(key) {
+            return Ok(Narinfo::Found(entry));
+        }
+        let mut found = Narinfo::Absent;
+        if self.may_exist(key) {
+            found = self.read_narinfo(key, self.ticket(key)).await?;
+        }
+        if matches!(found, Narinfo::Absent) && self.pull_detached(key).await {
+            found = self.read_narinfo(key, None).await?;
+        }
+        if !matches!(found, Narinfo::Absent) {
+            self.retention.record_use(key.as_str());
+        }
+        Ok(found)
+    }
+
+    async fn read_narinfo(
+        &self,
+        key: &ObjectKey,
+        ticket: Option<narinfo_cache::Ticket>,
+    ) -> Result<Narinfo, CacheError> {
+        Ok(match self.storage.open(key.as_str(), 0).await? {
+            None => Narinfo::Absent,
+            Some(ObjectReader {
+                meta,
+                body: ObjectBody::Bytes(bytes),
+            }) => {
+                let entry = narinfo_cache::Entry::new(&meta, &bytes);
+                if let Some(ticket) = ticket {
+                    self.answers.insert_entry(ticket, entry.clone());
+                }
+                Narinfo::Found(entry)
+            }
+            Some(_) => Narinfo::Large,
+        })
     }
 
     /// The held narinfo of a narinfo key; `None` for other keys or when not held.

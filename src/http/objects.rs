@@ -12,7 +12,7 @@ use super::range::{self, RangeRequest};
 use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{KeyError, Kind, ObjectKey};
-use crate::cache::narinfo_cache;
+use crate::cache::{narinfo_cache, Narinfo};
 use crate::storage::{ObjectBody, ObjectMeta};
 
 /// NARs are named by their content hash and never change.
@@ -214,8 +214,8 @@ async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpE
     Ok(resp)
 }
 
-/// A narinfo held in memory, answered with the headers it carries: a GET of a
-/// popular narinfo costs no storage request and no formatting.
+/// A narinfo answered with the headers its entry carries: a GET of a popular
+/// narinfo costs no storage request and no formatting, any other one no formatting.
 fn from_memory(app: &AppState, key: &ObjectKey, entry: &narinfo_cache::Entry) -> Response {
     let mut resp = Response::new(Body::Full(entry.body()));
     // Room for these and the request id, without growing.
@@ -240,9 +240,11 @@ async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Res
     if key.kind() == Kind::CacheInfo {
         return Ok(cache_info(app));
     }
-    if !headers.contains_key(header::RANGE) {
-        if let Some(entry) = app.cache.narinfo_in_memory(key) {
-            return Ok(from_memory(app, key, &entry));
+    if key.kind() == Kind::NarInfo && !headers.contains_key(header::RANGE) {
+        match app.cache.narinfo(key).await? {
+            Narinfo::Found(entry) => return Ok(from_memory(app, key, &entry)),
+            Narinfo::Absent => return Err(not_found(key)),
+            Narinfo::Large => {}
         }
     }
     if let Some(location) = app

@@ -104,7 +104,13 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn new(fetched: Instant, meta: &ObjectMeta, body: &[u8]) -> Entry {
+    /// The answer for a narinfo read now: `body` (copied: it may be a slice of a much
+    /// larger read buffer, S3's) with its headers.
+    pub fn new(meta: &ObjectMeta, body: &[u8]) -> Entry {
+        Entry::read_at(Instant::now(), meta, body)
+    }
+
+    fn read_at(fetched: Instant, meta: &ObjectMeta, body: &[u8]) -> Entry {
         let length = body.len().to_string();
         let tag_len = meta.version.len() + 2;
         let mut buf = Vec::with_capacity(body.len() + tag_len + length.len());
@@ -278,13 +284,21 @@ impl NarinfoCache {
     /// Keeps the narinfo the read of `ticket` found, unless the key changed since
     /// the ticket was taken.
     pub fn insert(&self, ticket: Ticket, meta: &ObjectMeta, body: &Bytes) {
+        if self.table().is_some() {
+            let started = ticket.started;
+            self.insert_entry(ticket, Entry::read_at(started, meta, body));
+        }
+    }
+
+    /// [`NarinfoCache::insert`] of an answer already built (its age counts from the
+    /// ticket).
+    pub fn insert_entry(&self, ticket: Ticket, mut entry: Entry) {
         let Some(table) = self.table() else { return };
         let counter = &self.stripes[ticket.stripe];
         if counter.load(Ordering::SeqCst) != ticket.seen {
             return;
         }
-        // A copy: the body may be a slice of a much larger read buffer (S3's).
-        let entry = Entry::new(ticket.started, meta, body);
+        entry.fetched = ticket.started;
         if entry.weight() > table.shard_capacity() {
             return;
         }
