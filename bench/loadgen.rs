@@ -13,13 +13,17 @@
 //! of hundreds of MiB cost no memory. Standard library only (epoll through libc, which
 //! std links anyway); bench.py builds it with `rustc -O`.
 //!
-//! Usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | plan=FILE) [SUFFIX]
+//! Usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | zipf=S:FILE | plan=FILE) [SUFFIX]
 //!                [follow] [body=FILE]
 //!
 //! - `keys=FILE`: one key a line, drawn at random per request; the target is
 //!   `/KEY SUFFIX`, or the line itself when it starts with `/` (a full path with its
 //!   query string, such as a presigned URL's). The Host header is ADDR, the host a
 //!   presigned URL was signed for.
+//! - `zipf=S:FILE`: the line of rank k with probability ∝ 1/k^S, as skewed traffic
+//!   asks for popular paths (the first line is the most popular), from a table of the
+//!   cumulative weights built once and a binary search per request, with a fixed seed:
+//!   every server gets the same sequence.
 //! - `body=FILE`: each request (PUT) sends the file as its body.
 //! - `follow`: a 3xx answer's `Location` (an `http://HOST:PORT/…` URL) is fetched with
 //!   a GET on a second keep-alive connection of the same slot; the request counts once,
@@ -80,6 +84,19 @@ enum Keys {
     Miss,
     List(Vec<String>),
     Plan(Vec<String>),
+    /// Keys by rank, and the cumulative weights of the ranks (the last one is the total).
+    Zipf(Vec<String>, Vec<f64>),
+}
+
+/// Cumulative weights 1/k^s of the ranks 1..=n.
+fn zipf_cdf(n: usize, s: f64) -> Vec<f64> {
+    let mut total = 0.0;
+    (1..=n)
+        .map(|k| {
+            total += (k as f64).powf(-s);
+            total
+        })
+        .collect()
 }
 
 fn die(msg: &str) -> ! {
@@ -276,7 +293,7 @@ fn split_url(url: &str) -> Result<(String, String), String> {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 6 {
-        die("usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | plan=FILE) [SUFFIX] [follow] [body=FILE]");
+        die("usage: loadgen ADDR METHOD CONNECTIONS SECONDS (miss | keys=FILE | zipf=S:FILE | plan=FILE) [SUFFIX] [follow] [body=FILE]");
     }
     let addr = args[1].clone();
     let method = args[2].clone();
@@ -292,14 +309,20 @@ fn main() {
     };
     let keys = if let Some(file) = args[5].strip_prefix("keys=") {
         Keys::List(lines(file))
+    } else if let Some(spec) = args[5].strip_prefix("zipf=") {
+        let (s, file) = spec.split_once(':').unwrap_or_else(|| die("zipf=S:FILE"));
+        let s: f64 = s.parse().unwrap_or_else(|_| die("bad Zipf exponent"));
+        let list = lines(file);
+        let cdf = zipf_cdf(list.len(), s);
+        Keys::Zipf(list, cdf)
     } else if let Some(file) = args[5].strip_prefix("plan=") {
         Keys::Plan(lines(file))
     } else if args[5] == "miss" {
         Keys::Miss
     } else {
-        die("keys must be `miss`, `keys=FILE` or `plan=FILE`")
+        die("keys must be `miss`, `keys=FILE`, `zipf=S:FILE` or `plan=FILE`")
     };
-    if matches!(&keys, Keys::List(l) | Keys::Plan(l) if l.is_empty()) {
+    if matches!(&keys, Keys::List(l) | Keys::Plan(l) | Keys::Zipf(l, _) if l.is_empty()) {
         die("the key file is empty");
     }
     let mut suffix = ".narinfo".to_owned();
@@ -316,7 +339,13 @@ fn main() {
             die(&format!("unknown option {a:?}"));
         }
     }
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()));
+    // A fixed seed for the Zipf sequence (the same requests for every server); the
+    // others differ from run to run.
+    let seed = match keys {
+        Keys::Zipf(..) => 0x2545_f491_4f6c_dd1d,
+        _ => 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id()),
+    };
+    let mut rng = Rng(seed);
     let mut plan_next = 0usize;
 
     // SAFETY: plain syscall.
@@ -363,8 +392,18 @@ fn main() {
                 let k: String = (0..32).map(|_| ALPHABET[(rng.next() >> 59) as usize] as char).collect();
                 (format!("/{k}{suffix}"), Job::Single)
             }
-            Keys::List(list) => {
-                let k = &list[(rng.next() % list.len() as u64) as usize];
+            Keys::List(_) | Keys::Zipf(..) => {
+                let k = match &keys {
+                    Keys::Zipf(list, cdf) => {
+                        // A uniform draw in [0, total), then the first rank whose
+                        // cumulative weight exceeds it.
+                        let u = (rng.next() >> 11) as f64 / (1u64 << 53) as f64;
+                        let x = u * cdf[cdf.len() - 1];
+                        &list[cdf.partition_point(|&c| c <= x).min(list.len() - 1)]
+                    }
+                    Keys::List(list) => &list[(rng.next() % list.len() as u64) as usize],
+                    _ => unreachable!(),
+                };
                 let t = if k.starts_with('/') {
                     k.clone()
                 } else {

@@ -24,6 +24,7 @@
   logLevel,
   maxUploadSize,
   memoryBudget,
+  narinfoCacheSize ? "8M",
   trustedPublicKeys,
   readUser,
   writeUser,
@@ -76,6 +77,7 @@ let
     NIX_STORED_LOG_LEVEL = "logLevel";
     NIX_STORED_MAX_UPLOAD_SIZE = "maxUploadSize";
     NIX_STORED_MEMORY_BUDGET = "memoryBudget";
+    NIX_STORED_NARINFO_CACHE_SIZE = "narinfoCacheSize";
     NIX_STORED_TRUSTED_PUBLIC_KEYS = "trustedPublicKeys";
     NIX_STORED_USER_READ = "readUser.name";
     NIX_STORED_USER_READ_PASSFILE = "readUser.passwordFile";
@@ -210,6 +212,8 @@ let
       "services.nix-stored.maxUploadSize: ${maxUploadSize} is not a size like 1073741824, 512M or 32G"
     ++ optional (!(matches "0*[1-9][0-9]* ?([KkMmGgTt](iB|B)?|B)?" memoryBudget))
       "services.nix-stored.memoryBudget: ${memoryBudget} is not a size like 268435456, 256M or 1G"
+    ++ optional (!(matches "[0-9]+ ?([KkMmGgTt](iB|B)?|B)?" narinfoCacheSize))
+      "services.nix-stored.narinfoCacheSize: ${narinfoCacheSize} is not a size like 0, 8388608, 8M or 1G"
     ++ map (k: "services.nix-stored.trustedPublicKeys: ${k} is not a key like name:BASE64") (
       filter (k: !(matches "[^: ]+:[A-Za-z0-9+/]+={0,2}" k)) trustedPublicKeys
     )
@@ -259,6 +263,7 @@ let
       NIX_STORED_LOG_LEVEL = logLevel;
       NIX_STORED_MAX_UPLOAD_SIZE = maxUploadSize;
       NIX_STORED_MEMORY_BUDGET = memoryBudget;
+      NIX_STORED_NARINFO_CACHE_SIZE = narinfoCacheSize;
     }
     // optionalAttrs anonymousWrites {
       NIX_STORED_ANONYMOUS_WRITES = "true";

@@ -127,9 +127,21 @@ in
       example = "1G";
       description = ''
         Memory for client data the server holds whole (narinfo, realisation and
-        debuginfo bodies being validated, write blocks of uploads, the S3 narinfo
-        memo), in bytes or with a K, M, G or T suffix. An upload that would go
-        beyond it is refused with 503 and Retry-After.
+        debuginfo bodies being validated, write blocks of uploads), in bytes or
+        with a K, M, G or T suffix. An upload that would go beyond it is refused
+        with 503 and Retry-After.
+      '';
+    };
+
+    narinfoCacheSize = mkOption {
+      type = types.str;
+      default = "8M";
+      example = "64M";
+      description = ''
+        Memory for narinfos held to answer GET and HEAD without asking storage
+        (about 1 KiB each; the often-asked ones stay), in bytes or with a K, M, G
+        or T suffix; "0" turns it off. Changes in the directory drop entries as
+        soon as its watch reports them.
       '';
     };
 

@@ -1,6 +1,6 @@
 //! One byte budget for everything the server holds in memory on behalf of clients:
-//! upload bodies read whole to be validated (narinfos, realisations, debuginfo), the
-//! S3 narinfo memo, and whatever else must buffer in proportion to its input.
+//! upload bodies read whole to be validated (narinfos, realisations, debuginfo), NAR
+//! decoders, and whatever else must buffer in proportion to its input.
 //!
 //! Without it, memory grows with the number of concurrent uploads times their
 //! size; with it, a request that would go beyond the budget is refused (HTTP 503 with
@@ -13,7 +13,7 @@ use std::sync::Arc;
 /// Default budget, in bytes (`NIX_STORED_MEMORY_BUDGET`).
 /// 512 MiB: three xz (or two zstd) NAR verifications at their decoders' caps (about
 /// 104 and 136 MiB) within the three quarters decoders may take, and the rest for
-/// narinfos and the S3 memo.
+/// narinfos.
 pub const DEFAULT_BUDGET: u64 = 512 << 20;
 
 /// A byte-counting semaphore: [`Budget::try_reserve`] takes bytes from it, and a

@@ -111,11 +111,18 @@ pub struct Args {
     pub max_upload_size: u64,
 
     /// Memory for client data held whole (narinfo, realisation and debuginfo bodies
-    /// being validated, the decoders verifying NAR uploads, the S3 narinfo memo), in
+    /// being validated, the decoders verifying NAR uploads, write blocks of uploads), in
     /// bytes or with a K, M, G or T suffix. An upload that would go beyond it waits or
     /// is refused with 503 and Retry-After. The default is budget::DEFAULT_BUDGET.
     #[arg(long, env = "NIX_STORED_MEMORY_BUDGET", default_value = "512M", value_parser = values::nonzero_size)]
     pub memory_budget: u64,
+
+    /// Memory for narinfos held to answer GET and HEAD without asking storage (the
+    /// often-asked ones stay), in bytes or with a K, M, G or T suffix; 0 turns it
+    /// off. About 1 KiB a narinfo. On a directory, changes seen by its watch drop
+    /// entries at once; on S3, entries live NIX_STORED_S3_NARINFO_TTL at most.
+    #[arg(long, env = "NIX_STORED_NARINFO_CACHE_SIZE", default_value = "8M", value_parser = values::size)]
+    pub narinfo_cache_size: u64,
 
     /// Space-separated public keys (`name:base64`, as in nix.conf's trusted-public-keys).
     /// When set, a narinfo upload must carry a valid signature by one of them.
@@ -271,6 +278,8 @@ pub struct Config {
     pub max_upload_size: u64,
     /// Bytes of client data held in memory at once.
     pub memory_budget: u64,
+    /// Bytes of narinfo answers held in memory (0: none).
+    pub narinfo_cache_size: u64,
     /// Keys uploads must be signed by.
     pub trusted_keys: Vec<TrustedPublicKey>,
     /// Nix store directory.
@@ -338,6 +347,7 @@ impl Config {
             priority: args.priority,
             max_upload_size: args.max_upload_size,
             memory_budget: args.memory_budget,
+            narinfo_cache_size: args.narinfo_cache_size,
             trusted_keys: args.trusted_public_keys.0,
             store_dir: args.store_dir,
             body_timeout: Duration::from_secs(args.body_timeout),
@@ -374,7 +384,7 @@ impl Config {
         });
         let auto = |n: Option<usize>| n.map_or("auto".to_owned(), |n| n.to_string());
         format!(
-            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} page={} priority={} max_upload_size={} memory_budget={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
+            "storage={} listen={} read_user={} write_user={} anonymous_writes={} metrics={} page={} priority={} max_upload_size={} memory_budget={} narinfo_cache_size={} trusted_public_keys={} store_dir={} body_timeout={}s header_timeout={}s max_connections={} max_connections_per_address={} max_auth_failures={} shutdown_timeout={}s tls={} retention={}",
             self.storage,
             self.listen,
             user(&self.read_user),
@@ -385,6 +395,7 @@ impl Config {
             self.priority,
             self.max_upload_size,
             self.memory_budget,
+            self.narinfo_cache_size,
             self.trusted_keys.len(),
             self.store_dir.as_str(),
             self.body_timeout.as_secs(),
@@ -623,6 +634,14 @@ mod tests {
             crate::budget::DEFAULT_BUDGET
         );
         assert!(parse(&["--max-connections-per-address", "0"]).is_err());
+        assert_eq!(parse(&[]).unwrap().narinfo_cache_size, 8 << 20);
+        assert_eq!(
+            parse(&["--narinfo-cache-size", "0"])
+                .unwrap()
+                .narinfo_cache_size,
+            0
+        );
+        assert!(parse(&["--narinfo-cache-size", "lots"]).is_err());
         assert_eq!(parse(&[]).unwrap().max_auth_failures, 10);
         assert_eq!(
             parse(&["--max-connections-per-address", "3"])

@@ -157,7 +157,7 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
         ),
         #[cfg(feature = "s3")]
         StorageConfig::S3(settings) => Arc::new(
-            S3Storage::open(settings.clone(), config.store_dir.as_str(), budget.clone())
+            S3Storage::open(settings.clone(), config.store_dir.as_str())
                 .await
                 .map_err(StartError)?,
         ),
@@ -167,6 +167,12 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
         #[cfg(feature = "s3")]
         StorageConfig::S3(s) => s.narinfo_ttl + std::time::Duration::from_secs(1),
         _ => std::time::Duration::ZERO,
+    };
+    // The directory is watched (each change drops its entry); a bucket is not.
+    let narinfo_cache_coherence = match &config.storage {
+        #[cfg(feature = "s3")]
+        StorageConfig::S3(s) => cache::narinfo_cache::Coherence::Ttl(s.narinfo_ttl),
+        _ => cache::narinfo_cache::Coherence::Watched,
     };
     let cache = Cache::new(
         storage,
@@ -178,6 +184,8 @@ async fn open_cache(config: &Config, budget: Arc<budget::Budget>) -> Result<Cach
             retention: config.retention.clone(),
             narinfo_linger,
             page: config.page,
+            narinfo_cache_size: config.narinfo_cache_size,
+            narinfo_cache_coherence,
         },
         budget,
     );

@@ -38,6 +38,7 @@ let
           NIX_STORED_LOG_LEVEL = "info";
           NIX_STORED_MAX_UPLOAD_SIZE = "32G";
           NIX_STORED_MEMORY_BUDGET = "512M";
+          NIX_STORED_NARINFO_CACHE_SIZE = "8M";
         };
         credentials = [ ];
         listen = "127.0.0.1:8100";
@@ -379,6 +380,19 @@ let
         true
         true
         true
+      ];
+    };
+
+    narinfo-cache-size-checked = {
+      actual = map (s: (with' { narinfoCacheSize = s; }).problems == [ ]) [
+        "8M"
+        "0"
+        "lots"
+      ];
+      expected = [
+        true
+        true
+        false
       ];
     };
 

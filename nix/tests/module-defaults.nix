@@ -9,6 +9,7 @@
   logLevel = "info";
   maxUploadSize = "32G";
   memoryBudget = "512M";
+  narinfoCacheSize = "8M";
   trustedPublicKeys = [ ];
   readUser = null;
   writeUser = null;

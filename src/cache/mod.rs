@@ -11,6 +11,7 @@ pub mod key;
 pub mod nar;
 pub mod nar_verify;
 pub mod narinfo;
+pub mod narinfo_cache;
 pub mod retention;
 #[cfg(test)]
 mod rules_tests;
@@ -41,7 +42,7 @@ use nix_derivation::StoreDir;
 use nix_narinfo::TrustedPublicKey;
 
 use crate::budget::{Budget, Reservation};
-use crate::storage::{ObjectMeta, ObjectReader, Storage, StorageError};
+use crate::storage::{ObjectBody, ObjectMeta, ObjectReader, Storage, StorageError};
 use key::{Kind, ObjectKey};
 
 /// How the cache behaves, independent of where it stores objects.
@@ -58,10 +59,14 @@ pub struct CacheSettings {
     /// Quota, age limit and pins.
     pub retention: retention::settings::RetentionSettings,
     /// How long another server sharing the storage may still answer a narinfo from
-    /// memory after it is removed (the S3 narinfo memo's TTL; zero otherwise).
+    /// memory after it is removed (the narinfo cache's TTL on S3; zero otherwise).
     pub narinfo_linger: std::time::Duration,
     /// Whether the catalog of stored paths (the page's) is kept.
     pub page: bool,
+    /// Bytes of narinfo answers held in memory (0: none).
+    pub narinfo_cache_size: u64,
+    /// How those answers stay true to the storage.
+    pub narinfo_cache_coherence: narinfo_cache::Coherence,
 }
 
 /// Errors of the cache layer. `http::error` maps each to a status code.
@@ -143,6 +148,8 @@ pub struct Cache {
     settings: CacheSettings,
     cache_info: String,
     index: Arc<index::NarinfoIndex>,
+    /// Narinfo answers held in memory, for GET and HEAD.
+    answers: Arc<narinfo_cache::NarinfoCache>,
     stored: Arc<StoredTotals>,
     /// Serialises the read-merge-write of narinfo uploads per key (striped), so that
     /// two concurrent re-signings cannot drop each other's signature.
@@ -153,6 +160,16 @@ pub struct Cache {
     /// The pull-through upstream caches, if any.
     #[cfg(feature = "upstream")]
     upstreams: Option<upstream::Upstreams>,
+}
+
+/// What [`Cache::narinfo`] found.
+pub enum Narinfo {
+    /// No such narinfo.
+    Absent,
+    /// The narinfo, with its answer's headers.
+    Found(narinfo_cache::Entry),
+    /// A narinfo too large to be read whole (beyond any Nix writes): to be streamed.
+    Large,
 }
 
 /// Stripes of [`Cache::narinfo_locks`]: uploads of different paths rarely share one.
@@ -188,6 +205,15 @@ impl StoredTotals {
 impl Cache {
     /// Creates the cache over `storage`; bodies held in memory draw from `budget`.
     pub fn new(storage: Arc<dyn Storage>, settings: CacheSettings, budget: Arc<Budget>) -> Self {
+        let answers = Arc::new(narinfo_cache::NarinfoCache::new(
+            settings.narinfo_cache_size,
+            settings.narinfo_cache_coherence,
+        ));
+        // Every write and removal of this server, whoever makes it, drops the answer.
+        let storage: Arc<dyn Storage> = Arc::new(narinfo_cache::invalidating::Invalidating::new(
+            storage,
+            answers.clone(),
+        ));
         let cache_info = format!(
             "StoreDir: {}\nWantMassQuery: 1\nPriority: {}\n",
             settings.store_dir.as_str(),
@@ -205,6 +231,7 @@ impl Cache {
             settings,
             cache_info,
             index: Arc::new(index::NarinfoIndex::new()),
+            answers,
             stored: Arc::default(),
             verified: verified::VerifiedNars::default(),
             narinfo_locks: (0..NARINFO_LOCK_STRIPES)
@@ -312,6 +339,7 @@ impl Cache {
             self.index.clone(),
             self.storage.clone(),
             added,
+            self.answers.clone(),
         ));
     }
 
@@ -370,14 +398,110 @@ impl Cache {
         &self.settings
     }
 
+    /// The narinfo answers held in memory, for metrics.
+    pub fn narinfo_cache(&self) -> &narinfo_cache::NarinfoCache {
+        &self.answers
+    }
+
+    /// A narinfo GET answered from memory: the held narinfo, `None` when storage
+    /// must be asked. Counts as a use, as a read from storage does.
+    pub fn narinfo_in_memory(&self, key: &ObjectKey) -> Option<narinfo_cache::Entry> {
+        let entry = self.held(key)?;
+        self.retention.record_use(key.as_str());
+        Some(entry)
+    }
+
+    /// A narinfo GET's answer, from memory or read now (and then kept): the narinfo
+    /// with its headers built once.
+    pub async fn narinfo(self: &Arc<Self>, key: &ObjectKey) -> Result<Narinfo, CacheError> {
+        if let Some(entry) = self.narinfo_in_memory(key) {
+            return Ok(Narinfo::Found(entry));
+        }
+        let mut found = Narinfo::Absent;
+        if self.may_exist(key) {
+            found = self.read_narinfo(key, self.ticket(key)).await?;
+        }
+        if !matches!(found, Narinfo::Absent) {
+            self.retention.record_use(key.as_str());
+            return Ok(found);
+        }
+        // From an upstream: never held, since a pending narinfo is no stored one (a
+        // pull that fails leaves nothing to drop it); a path being pulled is no use
+        // of a stored one, for retention.
+        Ok(match self.upstream_open(key, 0, None).await? {
+            None => Narinfo::Absent,
+            Some(ObjectReader {
+                meta,
+                body: ObjectBody::Bytes(bytes),
+            }) => Narinfo::Found(narinfo_cache::Entry::new(&meta, &bytes)),
+            Some(_) => Narinfo::Large,
+        })
+    }
+
+    async fn read_narinfo(
+        &self,
+        key: &ObjectKey,
+        ticket: Option<narinfo_cache::Ticket>,
+    ) -> Result<Narinfo, CacheError> {
+        Ok(match self.storage.open(key.as_str(), 0).await? {
+            None => Narinfo::Absent,
+            Some(ObjectReader {
+                meta,
+                body: ObjectBody::Bytes(bytes),
+            }) => {
+                let entry = narinfo_cache::Entry::new(&meta, &bytes);
+                if let Some(ticket) = ticket {
+                    self.answers.insert_entry(ticket, entry.clone());
+                }
+                Narinfo::Found(entry)
+            }
+            Some(_) => Narinfo::Large,
+        })
+    }
+
+    /// The held narinfo of a narinfo key; `None` for other keys or when not held.
+    fn held(&self, key: &ObjectKey) -> Option<narinfo_cache::Entry> {
+        if key.kind() != Kind::NarInfo {
+            return None;
+        }
+        self.answers.get(key.store_hash()?)
+    }
+
+    /// What a read of a narinfo notes before asking storage, to keep its answer.
+    fn ticket(&self, key: &ObjectKey) -> Option<narinfo_cache::Ticket> {
+        if key.kind() != Kind::NarInfo {
+            return None;
+        }
+        self.answers.ticket(key.store_hash()?)
+    }
+
     /// Metadata of an object, `None` when absent. With upstreams, a narinfo storage
     /// lacks is looked up in them, and a path being pulled is answered from memory.
     pub async fn stat(self: &Arc<Self>, key: &ObjectKey) -> Result<Option<ObjectMeta>, CacheError> {
-        if self.may_exist(key) {
-            if let Some(meta) = self.storage.stat(key.as_str()).await? {
-                self.retention.record_use(key.as_str());
-                return Ok(Some(meta));
-            }
+        let mut meta = None;
+        if let Some(entry) = self.held(key) {
+            meta = Some(entry.meta());
+        } else if self.may_exist(key) {
+            meta = match self.ticket(key) {
+                // A narinfo is read whole to be held: the directory reads a small
+                // object for its validator anyway, and an S3 GET of a kilobyte costs
+                // what its HEAD does.
+                Some(ticket) => match self.storage.open(key.as_str(), 0).await? {
+                    Some(ObjectReader {
+                        meta,
+                        body: ObjectBody::Bytes(bytes),
+                    }) => {
+                        self.answers.insert(ticket, &meta, &bytes);
+                        Some(meta)
+                    }
+                    other => other.map(|r| r.meta),
+                },
+                None => self.storage.stat(key.as_str()).await?,
+            };
+        }
+        if meta.is_some() {
+            self.retention.record_use(key.as_str());
+            return Ok(meta);
         }
         // A path being pulled is no use of a stored one, for retention.
         self.upstream_stat(key).await
@@ -392,11 +516,30 @@ impl Cache {
         offset: u64,
         end: Option<u64>,
     ) -> Result<Option<ObjectReader>, CacheError> {
-        if self.may_exist(key) {
-            if let Some(reader) = self.storage.open(key.as_str(), offset).await? {
-                self.retention.record_use(key.as_str());
-                return Ok(Some(reader));
+        let mut reader = None;
+        if let Some(entry) = self.held(key) {
+            let body = entry.body();
+            reader = Some(ObjectReader {
+                meta: entry.meta(),
+                body: ObjectBody::Bytes(body.slice((offset as usize).min(body.len())..)),
+            });
+        } else if self.may_exist(key) {
+            let ticket = self.ticket(key).filter(|_| offset == 0);
+            reader = self.storage.open(key.as_str(), offset).await?;
+            if let (
+                Some(ticket),
+                Some(ObjectReader {
+                    meta,
+                    body: ObjectBody::Bytes(bytes),
+                }),
+            ) = (ticket, &reader)
+            {
+                self.answers.insert(ticket, meta, bytes);
             }
+        }
+        if reader.is_some() {
+            self.retention.record_use(key.as_str());
+            return Ok(reader);
         }
         self.upstream_open(key, offset, end).await
     }

@@ -31,6 +31,8 @@ fn cache_with(storage: Arc<MemoryStorage>, settings: impl FnOnce(&mut CacheSetti
         retention: Default::default(),
         narinfo_linger: std::time::Duration::ZERO,
         page: true,
+        narinfo_cache_size: 0,
+        narinfo_cache_coherence: crate::cache::narinfo_cache::Coherence::Off,
     };
     settings(&mut s);
     Cache::new(storage, s, Budget::new(crate::budget::DEFAULT_BUDGET))

@@ -34,8 +34,9 @@ pub async fn logged(app: &AppState, mut req: Request<Incoming>) -> Response {
     });
     let started = Instant::now();
     let method = req.method().clone();
-    // The path only: query strings are not part of any key and are not logged.
-    let path = loggable_path(req.uri().path());
+    // The path only: query strings are not part of any key and are not logged. The
+    // URI is kept (a reference count) and the path made printable only when logged.
+    let uri = req.uri().clone();
     let bytes_in = content_length(req.headers());
     let version = version_text(req.version());
     let target = Target::parse(req.uri().path());
@@ -49,6 +50,7 @@ pub async fn logged(app: &AppState, mut req: Request<Incoming>) -> Response {
         resp.headers_mut().insert("x-request-id", v);
     }
     if let Some(d) = resp.extensions_mut().remove::<ErrorDetail>() {
+        let path = loggable_path(uri.path());
         tracing::error!("request {id_text} ({method} {path}): {}", d.detail);
         *resp.body_mut() = Body::from(format!(
             "{} (request id {id_text}; the server's log has the details)\n",
@@ -78,7 +80,7 @@ pub async fn logged(app: &AppState, mut req: Request<Incoming>) -> Response {
     if logging::access_enabled() {
         logging::access(&logging::AccessLine {
             method: method.as_str(),
-            path: &path,
+            path: &loggable_path(uri.path()),
             version,
             status,
             bytes_in,
@@ -109,9 +111,9 @@ fn version_text(v: hyper::Version) -> &'static str {
 /// percent-encoded. The request line parser lets any UTF-8 through, including C1
 /// controls (`\u{9b}` starts a terminal escape sequence) and bidirectional
 /// overrides, which must not reach an operator's terminal or log viewer raw.
-fn loggable_path(path: &str) -> String {
+fn loggable_path(path: &str) -> std::borrow::Cow<'_, str> {
     if path.bytes().all(|b| b.is_ascii_graphic()) {
-        return path.to_owned();
+        return std::borrow::Cow::Borrowed(path);
     }
     let mut out = String::with_capacity(path.len() + 16);
     for b in path.bytes() {
@@ -121,7 +123,7 @@ fn loggable_path(path: &str) -> String {
             out.push_str(&format!("%{b:02X}"));
         }
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 /// `id` in lowercase hex, without allocating.

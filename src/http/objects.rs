@@ -12,6 +12,7 @@ use super::range::{self, RangeRequest};
 use super::{AppState, Response};
 use crate::cache::ingest::{BodyError, PutOutcome};
 use crate::cache::key::{KeyError, Kind, ObjectKey};
+use crate::cache::{narinfo_cache, Narinfo};
 use crate::storage::{ObjectBody, ObjectMeta};
 
 /// NARs are named by their content hash and never change.
@@ -54,7 +55,11 @@ async fn authorised(
         Ok(r) => r,
         Err(e) => app.refused(access, e),
     };
-    resp.extensions_mut().insert(principal);
+    // The log writes "-" for a request without one: an anonymous answer (most
+    // reads) carries nothing, and allocates no extension map.
+    if principal != Principal::Anonymous {
+        resp.extensions_mut().insert(principal);
+    }
     resp
 }
 
@@ -209,9 +214,38 @@ async fn headers_only(app: &AppState, key: &ObjectKey) -> Result<Response, HttpE
     Ok(resp)
 }
 
+/// A narinfo answered with the headers its entry carries: a GET of a popular
+/// narinfo costs no storage request and no formatting, any other one no formatting.
+fn from_memory(app: &AppState, key: &ObjectKey, entry: &narinfo_cache::Entry) -> Response {
+    let mut resp = Response::new(Body::Full(entry.body()));
+    // Room for these and the request id, without growing.
+    *resp.headers_mut() = HeaderMap::with_capacity(8);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_maybe_shared(entry.content_length()) {
+        h.insert(header::CONTENT_LENGTH, v);
+    }
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(key.kind().content_type()),
+    );
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, cache_control(app, key.kind()));
+    if let Ok(v) = HeaderValue::from_maybe_shared(entry.etag()) {
+        h.insert(header::ETAG, v);
+    }
+    resp
+}
+
 async fn get(app: &AppState, key: &ObjectKey, headers: &HeaderMap) -> Result<Response, HttpError> {
     if key.kind() == Kind::CacheInfo {
         return Ok(cache_info(app));
+    }
+    if key.kind() == Kind::NarInfo && !headers.contains_key(header::RANGE) {
+        match app.cache.narinfo(key).await? {
+            Narinfo::Found(entry) => return Ok(from_memory(app, key, &entry)),
+            Narinfo::Absent => return Err(not_found(key)),
+            Narinfo::Large => {}
+        }
     }
     if let Some(location) = app
         .cache

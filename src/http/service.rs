@@ -26,6 +26,7 @@ pub fn metrics(app: &AppState, req: &Request<Incoming>) -> Response {
     let stored = cache.retention().stored().or(cache.stored().get());
     let mut text = app.metrics.render(stored, narinfos, memory);
     cache.retention().render_metrics(&mut text);
+    cache.narinfo_cache().render_metrics(&mut text);
     #[cfg(feature = "upstream")]
     if let Some(up) = cache.upstreams() {
         up.render_metrics(&mut text);

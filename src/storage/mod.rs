@@ -132,6 +132,8 @@ pub trait Upload: Send {
 pub enum TopLevelEvent {
     /// Objects appeared (or were replaced) under these names.
     Added(Vec<String>),
+    /// Objects under these names were removed, or rewritten in place.
+    Changed(Vec<String>),
     /// Events were lost (e.g. a queue overflowed): whatever was learnt from
     /// listing and watching so far may be incomplete, and must be rebuilt.
     Lost,

@@ -135,7 +135,7 @@ pub struct Retention {
     /// Rung when enough uses are held that they should be written out now.
     uses_full: tokio::sync::Notify,
     /// Time between removing narinfos and their NARs: how long another server may
-    /// still answer a removed narinfo from memory (S3's narinfo memo).
+    /// still answer a removed narinfo from memory (the narinfo cache's TTL on S3).
     narinfo_linger: Duration,
     /// Time between a pass's intent and its first removal: long enough for other
     /// servers sharing the storage to see the intent (zero when none can).

@@ -159,7 +159,7 @@ impl Metrics {
             &mut out,
             "nix_stored_memory_budget_in_use_bytes",
             "gauge",
-            "Bytes of the memory budget taken by upload buffers and the S3 narinfo memo.",
+            "Bytes of the memory budget taken by upload buffers and NAR decoders.",
         );
         let _ = writeln!(out, "nix_stored_memory_budget_in_use_bytes {in_use}");
 

@@ -199,7 +199,9 @@ impl Storage for FsStorage {
 
     async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
         Self::check_key(key)?;
-        let (file, md) = match self.reader.open(key).map_err(StorageError::from_io)? {
+        let likely_large = key.starts_with("nar/");
+        let opened = self.reader.open(key, likely_large);
+        let (file, md) = match opened.map_err(StorageError::from_io)? {
             Opened::Absent => return Ok(None),
             Opened::Small(bytes) => {
                 let meta = ObjectMeta {

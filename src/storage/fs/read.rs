@@ -54,11 +54,13 @@ impl Reader {
     }
 
     /// Opens `key` (a validated relative path) and reads it whole if it is small.
-    pub fn open(&self, key: &str) -> std::io::Result<Opened> {
+    /// `likely_large` (NARs): ask the size first instead of reading the first 64 KiB
+    /// of a file that will be streamed from its start anyway.
+    pub fn open(&self, key: &str, likely_large: bool) -> std::io::Result<Opened> {
         let Some(mut file) = self.open_file(key)? else {
             return Ok(Opened::Absent);
         };
-        if self.short_read_is_end {
+        if self.short_read_is_end && !likely_large {
             return match read_once(&mut file) {
                 Ok(Some(bytes)) => Ok(Opened::Small(bytes)),
                 Ok(None) => {

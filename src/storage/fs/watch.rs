@@ -41,9 +41,17 @@ pub fn start(root: Arc<Root>, sink: Sender<TopLevelEvent>) -> std::io::Result<()
     // Nix's `file://` store make objects appear atomically). The root's path is
     // canonical (resolved at start): DONT_FOLLOW only matters if it was replaced by
     // a symlink since, and then the link is not followed.
+    // Removals, renames away and writes in place change what a name holds: the
+    // narinfo cache drops what it holds for them.
     inotify.watches().add(
         root.path(),
-        WatchMask::CREATE | WatchMask::MOVED_TO | WatchMask::DONT_FOLLOW | WatchMask::ONLYDIR,
+        WatchMask::CREATE
+            | WatchMask::MOVED_TO
+            | WatchMask::DELETE
+            | WatchMask::MOVED_FROM
+            | WatchMask::CLOSE_WRITE
+            | WatchMask::DONT_FOLLOW
+            | WatchMask::ONLYDIR,
     )?;
     std::thread::Builder::new()
         .name("fs-watch".into())
@@ -59,6 +67,7 @@ pub fn start(root: Arc<Root>, sink: Sender<TopLevelEvent>) -> std::io::Result<()
                     }
                 };
                 let mut added = Vec::new();
+                let mut changed = Vec::new();
                 let mut lost = false;
                 let mut gone = false;
                 for event in events {
@@ -67,14 +76,28 @@ pub fn start(root: Arc<Root>, sink: Sender<TopLevelEvent>) -> std::io::Result<()
                     } else if event.mask.contains(EventMask::IGNORED) {
                         // The directory was removed or unmounted: no more news.
                         gone = true;
+                    } else if event.mask.intersects(
+                        EventMask::DELETE | EventMask::MOVED_FROM | EventMask::CLOSE_WRITE,
+                    ) {
+                        if let Some(name) = event.name.and_then(|n| n.to_str()) {
+                            changed.push(name.to_owned());
+                        }
                     } else if let Some(name) = event.name.and_then(|n| n.to_str()) {
-                        // A symlink is no object: reading it answers 404.
+                        // A symlink is no object: reading it answers 404; whatever the
+                        // name held before is gone all the same.
                         if cstring(name.as_bytes()).is_ok_and(|c| !is_symlink_at(root.fd(), &c)) {
                             added.push(name.to_owned());
+                        } else {
+                            changed.push(name.to_owned());
                         }
                     }
                 }
                 if !added.is_empty() && sink.blocking_send(TopLevelEvent::Added(added)).is_err() {
+                    return;
+                }
+                if !changed.is_empty()
+                    && sink.blocking_send(TopLevelEvent::Changed(changed)).is_err()
+                {
                     return;
                 }
                 if (lost || gone) && sink.blocking_send(TopLevelEvent::Lost).is_err() {

@@ -1,14 +1,12 @@
 //! The bucket's client: built from the settings and the environment, then checked
 //! once against the bucket before the server starts.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use object_store::aws::AmazonS3Builder;
 use object_store::{BackoffConfig, ClientOptions, ObjectStoreExt, PutPayload, RetryConfig};
 
-use super::{credentials, is_not_found, memo, S3Settings, S3Storage};
-use crate::budget::Budget;
+use super::{credentials, is_not_found, S3Settings, S3Storage};
 
 /// Makes ring, the server's own crypto, the process's rustls provider: reqwest's rustls
 /// has none of its own (object_store's default would be aws-lc-rs, a second stack).
@@ -19,10 +17,7 @@ pub(super) fn install_ring() {
 
 impl S3Storage {
     /// The client alone, without contacting the bucket.
-    pub(super) fn build(
-        settings: S3Settings,
-        budget: Arc<Budget>,
-    ) -> std::result::Result<Self, String> {
+    pub(super) fn build(settings: S3Settings) -> std::result::Result<Self, String> {
         install_ring();
         let mut builder = AmazonS3Builder::from_env().with_bucket_name(&settings.bucket);
         if let Some(region) = &settings.region {
@@ -88,7 +83,6 @@ impl S3Storage {
         };
         Ok(S3Storage {
             store,
-            memo: Arc::new(memo::Memo::new(settings.narinfo_ttl, budget)),
             settings,
             key_prefix,
         })

@@ -8,14 +8,13 @@
 //! until [`Upload::commit`] completes the upload (after the cache layer verified the
 //! hash); an upload dropped before that is aborted.
 //!
-//! Nothing is kept in memory between requests except, when configured, small
-//! narinfo answers for a few seconds (see [`S3Settings::narinfo_ttl`]): several
-//! servers can share one bucket, and what one of them stores is visible through the
-//! others at their next request (or after that TTL, for a narinfo already cached).
+//! Nothing is kept in memory between requests: several servers can share one bucket,
+//! and what one of them stores is visible through the others at their next request.
+//! (The cache layer holds narinfo answers for [`S3Settings::narinfo_ttl`] at most,
+//! see `cache::narinfo_cache`.)
 
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -27,12 +26,10 @@ use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt};
 
 mod client;
 mod credentials;
-mod memo;
 pub mod settings;
 mod upload;
 
 use super::{Listed, ObjectBody, ObjectMeta, ObjectReader, Result, Storage, StorageError, Upload};
-use crate::budget::Budget;
 use upload::S3Upload;
 pub use upload::{PARTS_IN_FLIGHT, PART_SIZE};
 
@@ -70,7 +67,6 @@ pub struct S3Storage {
     settings: S3Settings,
     /// `prefix/`, or empty: prepended to every key.
     key_prefix: String,
-    memo: Arc<memo::Memo>,
 }
 
 /// Turns an object_store error into a storage error, keeping its text.
@@ -96,13 +92,9 @@ impl S3Storage {
     /// Builds the client, then checks once that the bucket answers with these
     /// credentials: reads `nix-cache-info`, and writes it when absent so the bucket is
     /// also a valid cache for Nix's own S3 store. A refusal is an error naming the
-    /// setting to look at. The narinfo memo draws from `budget`.
-    pub async fn open(
-        settings: S3Settings,
-        store_dir: &str,
-        budget: Arc<Budget>,
-    ) -> std::result::Result<Self, String> {
-        let storage = Self::build(settings, budget)?;
+    /// setting to look at.
+    pub async fn open(settings: S3Settings, store_dir: &str) -> std::result::Result<Self, String> {
+        let storage = Self::build(settings)?;
         storage.check(store_dir).await?;
         Ok(storage)
     }
@@ -151,9 +143,6 @@ fn meta_of(m: &object_store::ObjectMeta) -> ObjectMeta {
 #[async_trait]
 impl Storage for S3Storage {
     async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>> {
-        if let Some((meta, _)) = self.memo.get(key) {
-            return Ok(Some(meta));
-        }
         let path = self.object_path(key)?;
         match self.store.head(&path).await {
             Ok(m) => Ok(Some(meta_of(&m))),
@@ -163,15 +152,7 @@ impl Storage for S3Storage {
     }
 
     async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
-        if let Some((meta, bytes)) = self.memo.get(key) {
-            let from = (offset as usize).min(bytes.len());
-            return Ok(Some(ObjectReader {
-                meta,
-                body: ObjectBody::Bytes(bytes.slice(from..)),
-            }));
-        }
         let path = self.object_path(key)?;
-        let started = Instant::now();
         let options = GetOptions {
             range: (offset > 0).then_some(GetRange::Offset(offset)),
             ..GetOptions::default()
@@ -196,9 +177,6 @@ impl Storage for S3Storage {
         let meta = meta_of(&got.meta);
         if got.meta.size.saturating_sub(offset) <= super::INLINE_READ_MAX as u64 {
             let bytes = got.bytes().await.map_err(backend)?;
-            if offset == 0 {
-                self.memo.put(key, &meta, &bytes, started);
-            }
             return Ok(Some(ObjectReader {
                 meta,
                 body: ObjectBody::Bytes(bytes),
@@ -213,14 +191,7 @@ impl Storage for S3Storage {
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         let path = self.object_path(key)?;
-        // Whatever this server remembered of the key is about to be replaced.
-        self.memo.forget(key);
-        Ok(Box::new(S3Upload::new(
-            self.store.clone(),
-            path,
-            key,
-            self.memo.clone(),
-        )))
+        Ok(Box::new(S3Upload::new(self.store.clone(), path)))
     }
 
     async fn list_objects(
@@ -268,7 +239,6 @@ impl Storage for S3Storage {
         let mut paths = Vec::with_capacity(keys.len());
         for key in keys {
             paths.push(self.object_path(key)?);
-            self.memo.forget(key);
         }
         // S3 acknowledges a DELETE once it is durable; a missing key is no error.
         let mut deletions = futures_util::stream::iter(paths)
@@ -328,13 +298,6 @@ impl Storage for S3Storage {
             d.push_str(&format!(
                 "; NAR downloads redirect to URLs valid {} s",
                 r.as_secs()
-            ));
-        }
-        if !s.narinfo_ttl.is_zero() {
-            d.push_str(&format!(
-                "; narinfos kept in memory up to {} ms, in at most {} bytes",
-                s.narinfo_ttl.as_millis(),
-                self.memo.max_bytes()
             ));
         }
         d

@@ -46,8 +46,9 @@ pub struct S3Args {
     #[arg(long, env = "NIX_STORED_S3_REDIRECT_EXPIRY", default_value = "300")]
     pub s3_redirect_expiry: u64,
 
-    /// Milliseconds a narinfo read from S3 may be answered from memory (0: never).
-    /// Bounds how long a narinfo replaced or deleted by another server can be served.
+    /// Milliseconds a narinfo read from S3 may be answered from memory (0: never;
+    /// see NIX_STORED_NARINFO_CACHE_SIZE). Bounds how long a narinfo replaced or
+    /// deleted by another server can be served.
     #[arg(long, env = "NIX_STORED_S3_NARINFO_TTL", default_value = "5000")]
     pub s3_narinfo_ttl: u64,
 }

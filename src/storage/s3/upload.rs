@@ -1,8 +1,6 @@
 //! Uploads to the bucket: a single `PUT` for a small body, a multipart upload of
 //! growing parts for a large one, aborted in the background when dropped.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use bytes::Bytes;
 use object_store::aws::AmazonS3;
@@ -10,7 +8,7 @@ use object_store::path::Path;
 use object_store::{MultipartUpload, ObjectStoreExt, PutPayload};
 use tokio::task::JoinSet;
 
-use super::{backend, is_not_found, memo};
+use super::{backend, is_not_found};
 use crate::storage::{Result, StorageError, Upload};
 
 /// Size of a multipart upload's parts (S3 wants at least 5 MiB, the last one
@@ -31,8 +29,6 @@ pub const PARTS_IN_FLIGHT: usize = 1;
 pub(super) struct S3Upload {
     store: AmazonS3,
     path: Path,
-    key: String,
-    memo: Arc<memo::Memo>,
     buf: Vec<u8>,
     multipart: Option<Box<dyn MultipartUpload>>,
     parts: JoinSet<object_store::Result<()>>,
@@ -43,14 +39,11 @@ pub(super) struct S3Upload {
 }
 
 impl S3Upload {
-    /// An upload of `key`, stored at `path`; `memo` forgets the key when the upload
-    /// completes.
-    pub(super) fn new(store: AmazonS3, path: Path, key: &str, memo: Arc<memo::Memo>) -> Self {
+    /// An upload stored at `path`.
+    pub(super) fn new(store: AmazonS3, path: Path) -> Self {
         S3Upload {
             store,
             path,
-            key: key.to_owned(),
-            memo,
             buf: Vec::new(),
             multipart: None,
             parts: JoinSet::new(),
@@ -116,7 +109,6 @@ impl S3Upload {
             Ok(_) => {
                 self.finished = true;
                 self.multipart = None;
-                self.memo.forget(&self.key);
                 Ok(false)
             }
             Err(_) => Err(err),
@@ -185,8 +177,6 @@ impl Upload for S3Upload {
             }
         }
         self.finished = true;
-        // A read that raced with this upload may have remembered the old version.
-        self.memo.forget(&self.key);
         Ok(!existed)
     }
 }
@@ -213,13 +203,10 @@ impl Drop for S3Upload {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use object_store::aws::AmazonS3Builder;
 
     use super::super::client::install_ring;
     use super::*;
-    use crate::budget::Budget;
 
     #[test]
     fn parts_grow_to_stay_under_the_part_limit() {
@@ -233,8 +220,6 @@ mod tests {
                 .build()
                 .unwrap(),
             path: Path::from("x"),
-            key: "x".into(),
-            memo: Arc::new(memo::Memo::new(Duration::ZERO, Budget::new(0))),
             buf: Vec::new(),
             multipart: None,
             parts: JoinSet::new(),

@@ -1,0 +1,111 @@
+//! The storage as the cache layer uses it: every write and removal through this
+//! server drops the narinfo cache's entry for the key once it took effect, whoever
+//! asked for it (uploads, pulls from upstream, retention's removals and withdrawals).
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::mpsc::Sender;
+
+use super::NarinfoCache;
+use crate::storage::{
+    Listed, ObjectMeta, ObjectReader, Result, Storage, TopLevelEvent, Upload, Usage,
+};
+
+/// `inner`, telling `cache` about every write and removal.
+pub struct Invalidating {
+    inner: Arc<dyn Storage>,
+    cache: Arc<NarinfoCache>,
+}
+
+impl Invalidating {
+    /// Wraps `inner`.
+    pub fn new(inner: Arc<dyn Storage>, cache: Arc<NarinfoCache>) -> Self {
+        Invalidating { inner, cache }
+    }
+}
+
+struct InvalidatingUpload {
+    inner: Box<dyn Upload>,
+    key: String,
+    cache: Arc<NarinfoCache>,
+}
+
+#[async_trait]
+impl Upload for InvalidatingUpload {
+    async fn write(&mut self, chunk: &[u8]) -> Result<()> {
+        self.inner.write(chunk).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<bool> {
+        let InvalidatingUpload { inner, key, cache } = *self;
+        let committed = inner.commit().await;
+        // After the new object is visible (a failed commit may have half happened).
+        cache.invalidate(&key);
+        committed
+    }
+}
+
+#[async_trait]
+impl Storage for Invalidating {
+    async fn stat(&self, key: &str) -> Result<Option<ObjectMeta>> {
+        self.inner.stat(key).await
+    }
+
+    async fn open(&self, key: &str, offset: u64) -> Result<Option<ObjectReader>> {
+        self.inner.open(key, offset).await
+    }
+
+    async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
+        let inner = self.inner.begin_upload(key).await?;
+        Ok(Box::new(InvalidatingUpload {
+            inner,
+            key: key.to_owned(),
+            cache: self.cache.clone(),
+        }))
+    }
+
+    async fn list_top_level(&self, sink: Sender<Vec<String>>) -> Result<()> {
+        self.inner.list_top_level(sink).await
+    }
+
+    fn watch_top_level(&self, sink: Sender<TopLevelEvent>) -> Result<bool> {
+        self.inner.watch_top_level(sink)
+    }
+
+    async fn list_objects(&self, folder: &str, sink: Sender<Vec<Listed>>) -> Result<()> {
+        self.inner.list_objects(folder, sink).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<()> {
+        let deleted = self.inner.delete(keys).await;
+        for key in keys {
+            self.cache.invalidate(key);
+        }
+        deleted
+    }
+
+    async fn usage(&self) -> Result<Option<Usage>> {
+        self.inner.usage().await
+    }
+
+    fn ensure_room(&self, size: u64) -> Result<()> {
+        self.inner.ensure_room(size)
+    }
+
+    async fn presign_get(&self, key: &str) -> Result<Option<String>> {
+        self.inner.presign_get(key).await
+    }
+
+    fn shared(&self) -> bool {
+        self.inner.shared()
+    }
+
+    fn scratch_file(&self) -> std::io::Result<std::fs::File> {
+        self.inner.scratch_file()
+    }
+
+    fn describe(&self) -> String {
+        self.inner.describe()
+    }
+}
