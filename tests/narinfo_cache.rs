@@ -42,14 +42,21 @@ fn upload(s: &Server, seed: &str, refs: &[&str]) -> (String, NarInfo) {
     (hash, info)
 }
 
-/// GETs the narinfo twice, the second time answered from memory.
+/// GETs the narinfo until a GET is answered from memory. The watch may report the
+/// upload's own file after the first GET held it, which drops it once (an
+/// invalidation is never wrong); a narinfo never held fails this.
 fn get_cached(s: &Server, path: &str) -> Response {
-    let first = get(s, path);
-    assert_eq!(first.status, 200, "{}", first.text());
-    let hits = metric(s, HITS);
-    let second = get(s, path);
-    assert_eq!(metric(s, HITS), hits + 1, "the second GET is a hit");
-    second
+    for _ in 0..20 {
+        let first = get(s, path);
+        assert_eq!(first.status, 200, "{}", first.text());
+        let hits = metric(s, HITS);
+        let second = get(s, path);
+        if metric(s, HITS) == hits + 1 {
+            return second;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{path} was never answered from memory");
 }
 
 #[test]
@@ -216,10 +223,7 @@ fn metrics_show_the_cache_and_zero_turns_it_off() {
     let (hash, _) = upload(&s, "counted", &[]);
     let misses = metric(&s, "nix_stored_narinfo_cache_misses_total");
     get_cached(&s, &format!("/{hash}.narinfo"));
-    assert_eq!(
-        metric(&s, "nix_stored_narinfo_cache_misses_total"),
-        misses + 1
-    );
+    assert!(metric(&s, "nix_stored_narinfo_cache_misses_total") > misses);
     assert_eq!(metric(&s, "nix_stored_narinfo_cache_entries"), 1);
     let bytes = metric(&s, "nix_stored_narinfo_cache_bytes");
     assert!(bytes > 100 && bytes < 4096, "{bytes}");
