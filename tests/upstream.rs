@@ -552,7 +552,7 @@ fn concurrent_requests_for_one_large_nar_share_one_upstream_download() {
     let s = pulling(&up.url(), &public_key_line("up-1", &key));
 
     let addr = s.addr;
-    let clients: Vec<_> = (0..30)
+    let clients: Vec<_> = (0..50)
         .map(|_| {
             let (hash, url) = (hash.clone(), info.url.clone());
             std::thread::spawn(move || {
@@ -914,7 +914,7 @@ fn a_pending_narinfo_is_answered_and_its_nar_streams_while_the_upstream_sends_it
     assert_eq!(s.store.pending(), Vec::<String>::new());
 }
 
-/// Twenty clients receiving one pending NAR at the same time, each with its first
+/// Fifty clients receiving one pending NAR at the same time, each with its first
 /// bytes before the upstream sent the rest: one upstream download, and every client
 /// gets the whole file.
 #[test]
@@ -928,7 +928,7 @@ fn clients_of_one_pending_nar_share_one_upstream_download() {
     let s = pulling_patiently(&up, &key);
 
     assert_eq!(get(&s, &format!("/{hash}.narinfo")).status, 200);
-    let mut downloads: Vec<Download> = (0..20)
+    let mut downloads: Vec<Download> = (0..50)
         .map(|_| Download::start(s.addr, &nar_path, &[]))
         .collect();
     for d in &mut downloads {
