@@ -29,7 +29,14 @@ fn the_page_is_on_by_default_and_indexed_from_its_first_visit() {
         sum["figures"]["paths"] == 1 && sum["figures"]["complete"] == true
     });
     assert!(loaded, "{}", get(&s, "/api/summary").text());
-    assert!(s.log().contains("catalog: 1 paths"), "{}", s.log());
+    // Logged once the load is done, which the figures report a moment before.
+    assert!(
+        eventually(Duration::from_secs(10), || s
+            .log()
+            .contains("catalog: 1 paths")),
+        "{}",
+        s.log()
+    );
     // Uploads from then on are on it at once.
     let later = upload(&s, "later", "later-1.0", &[], None);
     let r = json(&get(&s, &format!("/api/path/{}", later.hash)));
