@@ -67,7 +67,7 @@ while IFS='=' read -r name value; do
   export "$name=$value"
 done <"$garage_dir.env"
 rm -f "$garage_dir.env"
-NIX_STORED_TEST_BACKEND=s3 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_LARGE_TESTS=1 \
+NIX_STORED_TEST_BACKEND=s3 NIX_STORED_REQUIRE_NIX=1 NIX_STORED_REQUIRE_PROXIES=1 NIX_STORED_LARGE_TESTS=1 \
   cargo test --test protocol --test integrity --test auth --test retention --test nix_roundtrip --test upstream
 
 # The OpenAPI document against the live server, with schemathesis from PyPI.

@@ -241,6 +241,7 @@ with_both_clients!(
     real_nix_substitutes_a_closure_pulled_from_the_upstream,
     a_builder_uploads_only_what_the_upstream_lacks,
     tampered_upstream_narinfos_and_nars_are_refused_and_not_stored,
+    real_nix_substitutes_through_two_servers_sharing_a_bucket,
 );
 
 // ---------------------------------------------------------------------------------
@@ -321,6 +322,159 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
     nix.delete_paths(&c.paths);
     nix.ok("nix-store", &args);
     assert_eq!(up.total(), asked, "{:?}", up.requests.lock().unwrap());
+}
+
+/// nginx balancing requests between two servers on one bucket, round robin (each
+/// request to the next server, as a load balancer without affinity does): real Nix
+/// substitutes a closure only the upstream had through it while the upstream holds
+/// the NARs back, so that every NAR is asked for while its path is still pending.
+/// (Nix asks each narinfo several times, so here both servers look every path up;
+/// a NAR request reaching a server that saw no narinfo request is
+/// `a_nar_pulled_by_one_server_is_served_by_another_sharing_its_bucket`.)
+fn real_nix_substitutes_through_two_servers_sharing_a_bucket(client: Client) {
+    if s3_only("servers share a bucket; a directory is one server's") {
+        return;
+    }
+    let Some(nix) = Nix::new(client) else { return };
+    let c = nix.build_attr("app");
+    let (sk, pk) = nix.keys_named("upstream-1");
+    let up_dir = upstream_with(&nix, &c.app, &sk);
+    let up = FileServer::serve(&up_dir);
+    let a = pulling(&up.url(), &pk);
+    let b = ServerBuilder::new()
+        .store(&a.store)
+        .env("NIX_STORED_UPSTREAMS", &up.url())
+        .env("NIX_STORED_UPSTREAM_KEYS", &pk)
+        .env("NIX_STORED_UPSTREAM_TIMEOUT", "3")
+        .start();
+    let Some(balancer) = RoundRobin::start(&[a.addr, b.addr]) else {
+        return;
+    };
+    // The upstream holds back every NAR for a while, so that Nix asks for NARs
+    // while their paths are still being pulled (not yet in the bucket).
+    for p in &c.paths {
+        let info = std::fs::read_to_string(up_dir.join(format!("{}.narinfo", hash_of(p)))).unwrap();
+        up.gate.hold(&format!("/{}", url_of(&info)));
+    }
+    let gate = up.gate.clone();
+    let release = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(3));
+        gate.release();
+    });
+
+    nix.delete_paths(&c.paths);
+    nix.ok(
+        "nix-store",
+        &[
+            "-r",
+            c.app.as_str(),
+            "--option",
+            "substituters",
+            &balancer.url,
+            "--option",
+            "trusted-public-keys",
+            &pk,
+        ],
+    );
+    release.join().unwrap();
+    let app = std::fs::read_to_string(nix.host(Path::new(&c.app).join("bin/app"))).unwrap();
+    assert!(app.starts_with("uses /nix/store/"), "{app:?}");
+    // Both servers answered some of it.
+    let nars = |s: &Server| {
+        metric(
+            s,
+            "nix_stored_requests_total{route=\"nar\",method=\"GET\",status=\"200\"}",
+        )
+    };
+    assert!(nars(&a) + nars(&b) >= 3, "{}", get(&a, "/metrics").text());
+    assert!(
+        eventually(Duration::from_secs(30), || c
+            .paths
+            .iter()
+            .all(|p| a.store.exists(&format!("{}.narinfo", hash_of(p))))),
+        "{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert!(
+        eventually(Duration::from_secs(10), || a
+            .store
+            .files()
+            .iter()
+            .all(|f| !f.starts_with("nix-stored/pulling/"))),
+        "{:?}",
+        a.store.files()
+    );
+}
+
+/// nginx in front of some servers, sending each request to the next one in turn.
+struct RoundRobin {
+    url: String,
+    dir: PathBuf,
+    child: std::process::Child,
+}
+
+impl RoundRobin {
+    /// `None` (the test skipped) when nginx is missing, unless
+    /// NIX_STORED_REQUIRE_PROXIES=1.
+    fn start(servers: &[SocketAddr]) -> Option<RoundRobin> {
+        if Command::new("nginx").arg("-v").output().is_err() {
+            assert!(
+                std::env::var("NIX_STORED_REQUIRE_PROXIES").as_deref() != Ok("1"),
+                "nginx is not installed but NIX_STORED_REQUIRE_PROXIES=1"
+            );
+            eprintln!("SKIPPED: nginx not installed (apt-get install nginx-light)");
+            return None;
+        }
+        let dir = temp_dir("round-robin");
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.display();
+        let backends: String = servers.iter().map(|s| format!("server {s}; ")).collect();
+        // One connection per request (nginx's default towards upstreams) and no
+        // retry on another server: every request goes to the next server, once.
+        let conf = format!(
+            "daemon off;\nuser root;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log info;\nevents {{}}\nhttp {{\n\
+             access_log {d}/access.log;\n\
+             client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
+             upstream pair {{ {backends}}}\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://pair; \
+             proxy_buffering off; proxy_next_upstream off; }} }}\n}}\n"
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf).unwrap();
+        let child = Command::new("nginx")
+            .args(["-e", &format!("{d}/error.log"), "-c"])
+            .arg(&path)
+            .spawn()
+            .expect("start nginx");
+        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        assert!(
+            eventually(Duration::from_secs(10), || TcpStream::connect(addr).is_ok()),
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.join("error.log")).unwrap_or_default()
+        );
+        Some(RoundRobin {
+            url: format!("http://{addr}"),
+            dir,
+            child,
+        })
+    }
+}
+
+impl Drop for RoundRobin {
+    fn drop(&mut self) {
+        // SIGTERM: nginx's master then stops its worker, which a SIGKILL would orphan.
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// A builder's `nix copy --to` nix-stored uploads only the path the upstream lacks:
@@ -833,11 +987,15 @@ fn upstream_path(
 
 /// A server pulling from `up` with a timeout longer than any hold of these tests.
 fn pulling_patiently(up: &FileServer, key: &ed25519_dalek::SigningKey) -> Server {
+    patient(up, key).start()
+}
+
+/// The settings of [`pulling_patiently`].
+fn patient(up: &FileServer, key: &ed25519_dalek::SigningKey) -> ServerBuilder {
     ServerBuilder::new()
         .env("NIX_STORED_UPSTREAMS", &up.url())
         .env("NIX_STORED_UPSTREAM_KEYS", &public_key_line("up-1", key))
         .env("NIX_STORED_UPSTREAM_TIMEOUT", "50")
-        .start()
 }
 
 /// While the upstream holds back the second half of a NAR: the narinfo is answered
@@ -912,6 +1070,77 @@ fn a_pending_narinfo_is_answered_and_its_nar_streams_while_the_upstream_sends_it
     assert_eq!(up.count(&format!("GET {nar_path}")), 1);
     assert_eq!(up.count(&format!("GET {narinfo}")), 1);
     assert_eq!(s.store.pending(), Vec::<String>::new());
+}
+
+/// Two servers sharing a bucket, a client's narinfo request answered by one and its
+/// NAR request reaching the other while the first still pulls (the upstream holds
+/// back the NAR's second half): the other server finds the first one's pull marker,
+/// looks the narinfo up itself and streams the whole NAR (HEAD too). Once the pulls
+/// end, the path is stored and no marker is left. A marker naming a path whose NAR
+/// is another file gets the request nowhere: the marker is a hint, never trusted.
+#[test]
+fn a_nar_pulled_by_one_server_is_served_by_another_sharing_its_bucket() {
+    if s3_only("servers share a bucket; a directory is one server's") {
+        return;
+    }
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(12);
+    let (hash, info, nar) = upstream_path(&up_dir, &key, "across", 2 << 20);
+    let (other, _, _) = upstream_path(&up_dir, &key, "elsewhere", 1000);
+    let up = FileServer::serve(&up_dir);
+    let nar_path = format!("/{}", info.url);
+    up.gate.hold(&nar_path);
+    let a = pulling_patiently(&up, &key);
+    let b = patient(&up, &key).store(&a.store).start();
+
+    let narinfo = format!("/{hash}.narinfo");
+    assert_eq!(get(&a, &narinfo).status, 200);
+    let file = info.url.trim_start_matches("nar/");
+    let marker = format!("nix-stored/pulling/{file}");
+    assert_eq!(
+        a.store.read(&marker).as_deref(),
+        Some(format!("{hash}\n").as_bytes())
+    );
+    let mut download = Download::start(b.addr, &nar_path, &[]);
+    assert_eq!(
+        (download.status, download.length),
+        (200, nar.len()),
+        "{}",
+        b.log()
+    );
+    download.read_some();
+    let h = head(&b, &nar_path);
+    assert_eq!(h.status, 200);
+    assert_eq!(
+        h.header("content-length"),
+        Some(nar.len().to_string().as_str())
+    );
+    assert!(!a.store.exists(&info.url));
+    up.gate.release();
+    assert!(download.finish(), "{} bytes", download.body.len());
+    assert!(download.body == nar);
+    assert!(
+        eventually(Duration::from_secs(30), || a.store.exists(&narinfo)
+            && !a.store.exists(&marker)),
+        "{}\n{}",
+        a.log(),
+        b.log()
+    );
+    assert_eq!(a.store.read(&info.url).unwrap(), nar);
+    assert_eq!(get(&b, &nar_path).body, nar);
+    // Each server looked the narinfo up for itself.
+    assert_eq!(up.count(&format!("GET {narinfo}")), 2);
+
+    // A marker that names a path whose NAR is another file.
+    let forged = format!("nar/{}.nar", "0".repeat(52));
+    a.store.write(
+        &format!("nix-stored/pulling/{}", &forged[4..]),
+        format!("{other}\n").as_bytes(),
+    );
+    assert_eq!(get(&b, &format!("/{forged}")).status, 404);
+    assert_eq!(head(&b, &format!("/{forged}")).status, 404);
+    assert!(!a.store.exists(&forged));
+    assert_eq!(up.count(&format!("GET /{}", forged)), 0);
 }
 
 /// Fifty clients receiving one pending NAR at the same time, each with its first

@@ -176,6 +176,15 @@ pub async fn for_each_listed(
     listed
 }
 
+/// Stores `bytes` under `key` (a small object: a marker, an intent) through the
+/// backend's atomic, durable upload.
+pub async fn write_whole(storage: &dyn Storage, key: &str, bytes: &[u8]) -> Result<()> {
+    let mut upload = storage.begin_upload(key).await?;
+    upload.write(bytes).await?;
+    upload.commit().await?;
+    Ok(())
+}
+
 /// The whole of a small object (a narinfo, an intent): `None` when it does not
 /// exist or holds more than `limit` bytes (then no more than that is read).
 pub async fn read_whole(storage: &dyn Storage, key: &str, limit: usize) -> Result<Option<Vec<u8>>> {

@@ -103,14 +103,12 @@ impl Retention {
     }
 
     async fn write_marker(&self) -> Result<(), StorageError> {
-        let mut upload = self.storage.begin_upload(PASSES_MARKER).await?;
-        upload
-            .write(
-                b"retention passes run on this storage: every server sharing it writes its uses\n",
-            )
-            .await?;
-        upload.commit().await?;
-        Ok(())
+        crate::storage::write_whole(
+            self.storage.as_ref(),
+            PASSES_MARKER,
+            b"retention passes run on this storage: every server sharing it writes its uses\n",
+        )
+        .await
     }
 
     /// Writes out the uses recorded so far (also at shutdown). The graph learns the

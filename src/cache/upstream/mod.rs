@@ -40,12 +40,15 @@
 //! too: the directory backend makes it in its `.tmp`, others in the system's
 //! temporary directory), so it works on every backend.
 //!
-//! Pending paths are this server's memory. With several servers sharing a bucket, a
-//! NAR request reaching another server than the one pulling the path, before the
-//! pull stored it, finds neither the NAR nor a pending path there: a 404, and Nix
-//! fails the path from this substituter (and goes on to its next one). A narinfo
-//! request reaching the other server makes it look the path up and pull it too (both
-//! pulls store the same objects). No coordination between servers is attempted.
+//! Pending paths are this server's memory. On storage that several servers share (a
+//! bucket), a client's NAR request may reach another server than its narinfo
+//! request did, before the pull stored the NAR: so the pulling server writes a pull
+//! marker (`nix-stored/pulling/<NAR file>`, naming the store hash) before it answers
+//! the narinfo, and removes it when the pull ends. A server asked for a NAR it has
+//! neither stored nor pending reads the marker, looks that narinfo up in the
+//! upstreams itself (verified by its own keys: the marker is trusted for nothing
+//! else) and serves the NAR from a pull of its own; both pulls store the same
+//! objects. On storage of its own a server writes no markers.
 //!
 //! Concurrent lookups of one path share one ([`flight`]), and a path no upstream
 //! delivered (absent, unreachable, too slow, or refused by verification, its NAR's

@@ -24,6 +24,19 @@ use crate::storage::{ObjectBody, ObjectMeta, ObjectReader, StorageError};
 /// after which the client would give up on its own.
 const REFERENCE_WAIT: std::time::Duration = std::time::Duration::from_secs(240);
 
+/// Where a server pulling a path tells the other servers sharing its storage which
+/// path a NAR belongs to (`<folder>/<NAR file name>`, holding the store hash), so that
+/// a client whose NAR request reaches another server than its narinfo request gets
+/// the NAR there too. No cache key can name it, so the storage stays a plain binary
+/// cache.
+pub const PULL_MARKERS: &str = "nix-stored/pulling";
+
+/// The marker of the NAR `nar` (`nar/<file>`).
+fn pull_marker(nar: &ObjectKey) -> String {
+    let file = nar.as_str().rsplit('/').next().unwrap_or_default();
+    format!("{PULL_MARKERS}/{file}")
+}
+
 /// The upstream caches and what is known about them.
 pub struct Upstreams {
     settings: UpstreamSettings,
@@ -112,7 +125,7 @@ impl Cache {
                 Found::Pending(p) => Ok(Some(pending_meta(p.narinfo.len() as u64, &p))),
                 Found::Missing => Ok(None),
             },
-            (Kind::Nar, _) => match up.pending.by_nar(key.as_str()) {
+            (Kind::Nar, _) => match self.pending_nar(up, key).await? {
                 Some(p) if !p.nar_failed() => Ok(Some(pending_meta(p.checked.file_size, &p))),
                 Some(_) => Ok(None),
                 // Stored meanwhile, perhaps.
@@ -147,7 +160,7 @@ impl Cache {
                 Found::Missing => Ok(None),
             },
             (Kind::Nar, _) => {
-                let Some(p) = up.pending.by_nar(key.as_str()) else {
+                let Some(p) = self.pending_nar(up, key).await? else {
                     return Ok(self.storage.open(key.as_str(), offset).await?);
                 };
                 let spool = self.nar_spool(&p)?;
@@ -227,6 +240,7 @@ impl Cache {
                             return Found::Missing;
                         };
                         let p = up.pending.insert(hash, bytes, checked, i, memory);
+                        self.mark_pull(&p).await;
                         tokio::spawn(self.clone().pull(p.clone()));
                         return Found::Pending(p);
                     }
@@ -289,6 +303,72 @@ impl Cache {
             }
         }
         up.pending.remove(&p, result.is_ok());
+        self.unmark_pull(&p).await;
+    }
+
+    /// On storage shared with other servers: writes the pull marker of `p`'s NAR
+    /// before its narinfo is answered, so that the NAR request may reach any server.
+    /// A marker that cannot be written costs only that: the NAR is then served by
+    /// this server alone, as on storage of its own.
+    async fn mark_pull(&self, p: &PendingPath) {
+        if !self.storage.shared() {
+            return;
+        }
+        let key = pull_marker(&p.checked.nar);
+        let hash = format!("{}\n", p.hash);
+        if let Err(e) =
+            crate::storage::write_whole(self.storage.as_ref(), &key, hash.as_bytes()).await
+        {
+            tracing::warn!("{}: cannot write {key}: {e}", p.hash);
+        }
+    }
+
+    /// Removes the pull marker of `p`'s NAR once its pull ended (left behind by a
+    /// server that stopped meanwhile, a marker leads others to look the path up in
+    /// the upstreams, which is all it ever does).
+    async fn unmark_pull(&self, p: &PendingPath) {
+        if !self.storage.shared() {
+            return;
+        }
+        let key = pull_marker(&p.checked.nar);
+        if let Err(e) = self.storage.delete(std::slice::from_ref(&key)).await {
+            tracing::warn!("{}: cannot remove {key}: {e}", p.hash);
+        }
+    }
+
+    /// The pending path whose NAR is `nar`: this server's, or, on storage shared with
+    /// other servers, the path another server is pulling, by its pull marker. The
+    /// marker is trusted for nothing but the store hash to look up: this server then
+    /// asks the upstreams for that narinfo itself (verified by its keys) and pulls
+    /// the path, sharing the work of nobody but its own clients.
+    async fn pending_nar(
+        self: &Arc<Self>,
+        up: &Upstreams,
+        nar: &ObjectKey,
+    ) -> Result<Option<Arc<PendingPath>>, CacheError> {
+        if let Some(p) = up.pending.by_nar(nar.as_str()) {
+            return Ok(Some(p));
+        }
+        if !self.storage.shared() {
+            return Ok(None);
+        }
+        let marker = pull_marker(nar);
+        let Some(text) = crate::storage::read_whole(self.storage.as_ref(), &marker, 64).await?
+        else {
+            return Ok(None);
+        };
+        let Some(hash) = std::str::from_utf8(&text)
+            .ok()
+            .and_then(|t| ObjectKey::parse(&format!("{}.narinfo", t.trim())).ok())
+            .and_then(|k| k.store_hash().map(str::to_owned))
+        else {
+            tracing::warn!("{marker}: not a store hash; ignored");
+            return Ok(None);
+        };
+        Ok(match self.find(up, &hash).await {
+            Found::Pending(p) if p.checked.nar.as_str() == nar.as_str() => Some(p),
+            _ => None,
+        })
     }
 
     /// Stores a pending path as a `nix copy --to` would: its references (each
