@@ -1021,7 +1021,61 @@ def nix(cfg, argv: list[str], what: str, env: dict) -> tuple[float, str]:
     return time.monotonic() - t, out.stdout
 
 
-def make_closure(cfg, env: dict, n: int) -> tuple[str, list[str]]:
+NIX_CHROOT = "/var/cache/nix-stored-test/trixie"
+
+
+class NixClient:
+    """A Nix client of the end-to-end part: the host's (Debian 12's Nix 2.8, one path at a time) or the one in the
+    Debian 13 chroot that scripts/nix-chroot.sh prepares (Nix 2.26), each with its own store and nix.conf, run on
+    core 1 with a fresh client cache per call."""
+
+    def __init__(self, cfg, chroot: str | None = None):
+        self.chroot = chroot
+        # Where its files live, as the host sees them and as the client does.
+        self.inner = "/tmp/nix-stored-bench" if chroot else cfg.work
+        self.base = os.path.join(chroot, self.inner.lstrip("/")) if chroot else cfg.work
+        if chroot:
+            shutil.rmtree(self.base, ignore_errors=True)
+            os.makedirs(self.base)
+            self.env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+            conf = os.path.join(self.base, "nix-conf")
+            os.makedirs(conf)
+            shutil.copy(os.path.join(nix_env(cfg)["NIX_CONF_DIR"], "nix.conf"), conf)
+        else:
+            self.env = nix_env(cfg)
+        # "nix (Nix) 2.26.3" -> "Nix 2.26.3"
+        self.version = "Nix " + self.run(["nix", "--version"], "nix --version")[1].split()[-1]
+
+    def run(self, argv: list[str], what: str) -> tuple[float, str]:
+        """Runs a Nix command; returns (seconds, stdout)."""
+        xdg = tempfile.mkdtemp(dir=self.base, prefix="xdg-cache-")
+        if self.chroot:
+            inner_xdg = "/" + os.path.relpath(xdg, self.chroot)
+            argv = ["chroot", self.chroot, "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", "HOME=/root",
+                    f"NIX_CONF_DIR={self.inner}/nix-conf", f"XDG_CACHE_HOME={inner_xdg}", *argv]
+        t = time.monotonic()
+        out = run(["taskset", "-c", "1", *argv], what, env=dict(self.env, XDG_CACHE_HOME=xdg))
+        return time.monotonic() - t, out.stdout
+
+    def close(self) -> None:
+        if self.chroot:
+            shutil.rmtree(self.base, ignore_errors=True)
+
+
+def nix_clients(cfg, notes: list[str]) -> list[NixClient]:
+    """The host's client, and the chroot's when scripts/nix-chroot.sh has prepared it (the test suite does)."""
+    clients = [NixClient(cfg)]
+    if os.path.isfile(os.path.join(NIX_CHROOT, ".nix-stored-complete")):
+        # Idempotent: mounts /proc and /dev inside when they are not yet.
+        run(["bash", os.path.join(REPO, "scripts", "nix-chroot.sh"), NIX_CHROOT], "scripts/nix-chroot.sh")
+        clients.append(NixClient(cfg, NIX_CHROOT))
+    else:
+        notes.append(f"end to end with Nix 2.26 not measured: no chroot in {NIX_CHROOT} (scripts/nix-chroot.sh "
+                     f"prepares it; the test suite does)")
+    return clients
+
+
+def make_closure(client: NixClient, n: int) -> tuple[str, list[str]]:
     """n small text paths (`builtins.toFile`), each referring to two others: a tree of depth log2(n).
 
     Content-addressed, so Nix accepts them without a signature; no build needed."""
@@ -1035,54 +1089,73 @@ let
      + (if 2 * i + 2 < n then "${{mk (2 * i + 2)}}\\n" else ""));
 in mk 0
 """
-    _, root = nix(cfg, ["nix", "eval", "--raw", "--expr", expr], "nix eval (making the e2e closure)", env)
-    _, closure = nix(cfg, ["nix-store", "-qR", root], "nix-store -qR", env)
+    _, root = client.run(["nix", "eval", "--raw", "--expr", expr], "nix eval (making the e2e closure)")
+    _, closure = client.run(["nix-store", "-qR", root], "nix-store -qR")
     paths = closure.split()
     if len(paths) != n:
         raise Broken(f"the e2e closure has {len(paths)} paths, expected {n}")
     return root, paths
 
 
-def e2e(cfg, kinds: list[Kind], results: dict) -> None:
-    env = nix_env(cfg)
+def e2e(cfg, kinds: list[Kind], clients: list[NixClient], results: dict) -> None:
+    """nix copy --to each server, then substitution from it, with each client, run by run: the servers take turns
+    in an order that alternates from run to run, and write-back is flushed (sync) before each copy. The run
+    directories are removed only at the end: on ext4 without a journal a file created next to inodes freed in the
+    last seconds pays for skipping them (`recently_deleted`), so removing one run's cache just before the next
+    server's copy would bill that server for its predecessor's cleanup."""
     n = cfg.e2e_paths
-    store_root, paths = make_closure(cfg, env, n)
-    log(f"e2e: closure of {n} paths, root {store_root}")
-    try:
-        for kind in kinds:
-            copies, subs, rss = [], [], 0.0
+    for client in clients:
+        store_root, paths = make_closure(client, n)
+        log(f"e2e: {client.version}: closure of {n} paths, root {store_root}")
+        copies = {k.name: [] for k in kinds}
+        subs = {k.name: [] for k in kinds}
+        rss = {k.name: 0.0 for k in kinds}
+        roots = []
+        try:
             for r in range(cfg.runs):
-                root = os.path.join(cfg.work, "e2e", f"{kind.name}-{r}")
-                os.makedirs(root)
-                with open(os.path.join(root, "nix-cache-info"), "w") as f:
-                    f.write("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
-                srv = kind.start(root)
-                try:
-                    srv.reset_peak()
-                    url = f"http://127.0.0.1:{srv.port}"
-                    t, _ = nix(cfg, ["nix", "copy", "--to", f"{url}?compression=zstd", store_root],
-                               f"nix copy --to {kind.name}", env)
-                    copies.append(t)
-                    stored = [e for e in os.listdir(root) if e.endswith(".narinfo")]
-                    expect(len(stored) == n, srv, f"after nix copy --to, {len(stored)} narinfos in the cache, expected {n}")
-                    run(["nix-store", "--delete", *paths], "nix-store --delete (before substituting)", env=env)
-                    t, _ = nix(cfg, ["nix-store", "-r", store_root, "--option", "substituters", url],
-                               f"substitution from {kind.name}", env)
-                    subs.append(t)
-                    run(["nix-store", "--check-validity", *paths], f"the closure substituted from {kind.name} is incomplete:",
-                        env=env)
-                    srv.alive()
-                    rss = max(rss, srv.status("VmHWM"))
-                finally:
-                    code = srv.stop()
-                kind.check_stopped(code, srv)
-                shutil.rmtree(root)
-            results[("copy", kind.name)] = {"time": statistics.median(copies), "spread": copies, "rss": rss}
-            results[("subst", kind.name)] = {"time": statistics.median(subs), "spread": subs, "rss": rss}
-            log(f"e2e {kind.name:10} nix copy --to {statistics.median(copies):.2f} s, substitution "
-                f"{statistics.median(subs):.2f} s ({n} paths, median of {cfg.runs}); peak RSS {rss:.1f} MiB")
-    finally:
-        subprocess.run(["nix-store", "--delete", *paths], env=env, capture_output=True)
+                for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                    root = os.path.join(cfg.work, "e2e", f"{kind.name}-{len(roots)}")
+                    roots.append(root)
+                    os.makedirs(root)
+                    with open(os.path.join(root, "nix-cache-info"), "w") as f:
+                        f.write("StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n")
+                    os.sync()
+                    srv = kind.start(root)
+                    try:
+                        srv.reset_peak()
+                        url = f"http://127.0.0.1:{srv.port}"
+                        t, _ = client.run(["nix", "copy", "--to", f"{url}?compression=zstd", store_root],
+                                          f"nix copy --to {kind.name}")
+                        copies[kind.name].append(t)
+                        stored = [e for e in os.listdir(root) if e.endswith(".narinfo")]
+                        expect(len(stored) == n, srv,
+                               f"after nix copy --to, {len(stored)} narinfos in the cache, expected {n}")
+                        client.run(["nix-store", "--delete", *paths], "nix-store --delete (before substituting)")
+                        t, _ = client.run(["nix-store", "-r", store_root, "--option", "substituters", url],
+                                          f"substitution from {kind.name}")
+                        subs[kind.name].append(t)
+                        client.run(["nix-store", "--check-validity", *paths],
+                                   f"the closure substituted from {kind.name} is incomplete:")
+                        srv.alive()
+                        rss[kind.name] = max(rss[kind.name], srv.status("VmHWM"))
+                    finally:
+                        code = srv.stop()
+                    kind.check_stopped(code, srv)
+            for kind in kinds:
+                c, s_ = copies[kind.name], subs[kind.name]
+                for step, times in (("copy", c), ("subst", s_)):
+                    results[(step, client.version, kind.name)] = {
+                        "time": statistics.median(times), "spread": times, "rss": rss[kind.name]}
+                log(f"e2e {client.version} {kind.name:10} nix copy --to {statistics.median(c):.2f} s, substitution "
+                    f"{statistics.median(s_):.2f} s ({n} paths, median of {cfg.runs}; copies "
+                    f"{' '.join(f'{t:.2f}' for t in c)}); peak RSS {rss[kind.name]:.1f} MiB")
+        finally:
+            try:
+                client.run(["nix-store", "--delete", *paths], "nix-store --delete (after the runs)")
+            except Broken:
+                pass
+            for root in roots:
+                shutil.rmtree(root, ignore_errors=True)
 
 
 def import_into_store(cfg, root: str, keys_file: str, extra: list[str]) -> None:
@@ -1318,25 +1391,36 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
                     chart.append({"label": f"narinfo GET {label}, N={fmt(big_n)}", "peer": p, "ratio": r})
 
     if eres:
-        L += ["", "## End to end, real Nix client", "",
+        versions = list(dict.fromkeys(v for _, v, _ in eres))
+        L += ["", "## End to end, real Nix clients", "",
               f"A closure of {cfg.e2e_paths} small content-addressed paths (`builtins.toFile`, each referring to two "
               f"others), `nix copy --to 'http://…?compression=zstd'` into an empty cache, then deleted from the local "
-              f"store and substituted back (`nix-store -r --option substituters http://…`). {first_line(['nix', '--version'])}, "
-              f"on core 1, a fresh client cache per call; a fresh cache directory and server per run; wall clock, "
-              f"median of {cfg.runs}. Ratio = peer time ÷ nix-stored time (above 1, nix-stored is faster).", "",
+              f"store and substituted back (`nix-store -r --option substituters http://…`), with each client: "
+              f"{' and '.join(versions)} (Debian 12's, and Debian 13's in the chroot of scripts/nix-chroot.sh). On core 1, a fresh "
+              f"client cache per call; a fresh cache directory and server per run, the servers taking turns in an "
+              f"order that alternates from run to run, write-back flushed (sync) before each copy; wall clock, median "
+              f"of {cfg.runs}, each run's copy time in brackets. Ratio = peer time ÷ nix-stored time (above 1, "
+              f"nix-stored is faster). nix-stored makes every upload durable (fdatasync, rename, directory fsync) "
+              f"before its 201; nginx's WebDAV module syncs nothing.", "",
               "| step | " + " | ".join(["nix-stored", *e2e_peers]) + " | " + " | ".join(f"ratio vs {p}" for p in e2e_peers)
               + " | nix-stored peak RSS MiB |",
               "|---|" + "---:|" * (2 + 2 * len(e2e_peers))]
-        for step, label in (("copy", f"`nix copy --to`, {cfg.e2e_paths} paths"),
-                            ("subst", f"substitution, {cfg.e2e_paths} paths")):
-            ns = eres[(step, "nix-stored")]["time"]
-            rats = []
-            for p in e2e_peers:
-                r = ratio(ns, eres[(step, p)]["time"], lower_better=True)
-                rats.append(f"{r:.2f}")
-                chart.append({"label": label.replace("`", ""), "peer": p, "ratio": r})
-            L.append(f"| {label} | " + " | ".join(f"{eres[(step, k)]['time']:.2f} s" for k in ["nix-stored", *e2e_peers])
-                     + " | " + " | ".join(rats) + f" | {eres[(step, 'nix-stored')]['rss']:.1f} |")
+        for v in versions:
+            for step, label in (("copy", f"`nix copy --to`, {cfg.e2e_paths} paths, {v}"),
+                                ("subst", f"substitution, {cfg.e2e_paths} paths, {v}")):
+                ns = eres[(step, v, "nix-stored")]["time"]
+                rats = []
+                for p in e2e_peers:
+                    r = ratio(ns, eres[(step, v, p)]["time"], lower_better=True)
+                    rats.append(f"{r:.2f}")
+                    chart.append({"label": label.replace("`", ""), "peer": p, "ratio": r})
+
+                def cell(k: str) -> str:
+                    e = eres[(step, v, k)]
+                    spread = " ".join(f"{t:.2f}" for t in e["spread"]) if step == "copy" else ""
+                    return f"{e['time']:.2f} s" + (f" [{spread}]" if spread else "")
+                L.append(f"| {label} | " + " | ".join(cell(k) for k in ["nix-stored", *e2e_peers])
+                         + " | " + " | ".join(rats) + f" | {eres[(step, v, 'nix-stored')]['rss']:.1f} |")
 
     L += ["", "## Targets", "", "Computed from the figures above: goals to report against, not test assertions.", ""]
 
@@ -1427,7 +1511,7 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
                    [("", None, "not measured (HARMONIA_BIN not set)")])
     rss_all = [(w, r["rss"]) for (w, k), r in results.items() if k == "nix-stored" and r]
     rss_all += [(f"growth N={fmt(n)}", g["rss"]) for (n, k), g in gres.items() if k == "nix-stored"]
-    rss_all += [(f"end to end {s}", e["rss"]) for (s, k), e in eres.items() if k == "nix-stored"]
+    rss_all += [(f"end to end {s}, {v}", e["rss"]) for (s, v, k), e in eres.items() if k == "nix-stored"]
     if rss_all:
         worst = max(rss_all, key=lambda x: x[1])
         target("nix-stored peak RSS < 100 MiB in every workload",
@@ -1454,11 +1538,16 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
         target("req/s at 1 000 000 paths ≥ 0.9× the figure at 1 000; answers within 1 s of start at 1 000 000 paths",
                [("", None, f"not measured (growth ran at N = {', '.join(map(fmt, cfg.growth)) or 'none'})")])
     if eres:
-        ns, ng = eres[("copy", "nix-stored")]["time"], eres[("copy", "nginx")]["time"]
-        target(f"`nix copy` of the {cfg.e2e_paths}-path closure not slower than against nginx",
-               [("", ns <= ng, f"{ns:.2f} s vs {ng:.2f} s")])
+        checks = []
+        for v in dict.fromkeys(v for _, v, _ in eres):
+            # Run by run: the servers of one run copied back to back.
+            runs = list(zip(eres[("copy", v, "nix-stored")]["spread"], eres[("copy", v, "nginx")]["spread"]))
+            worst = min(ng / ns for ns, ng in runs)
+            checks.append(("", worst >= 0.8, f"{v}: worst run {worst:.2f}× (" +
+                           ", ".join(f"{ns:.2f} s vs {ng:.2f} s" for ns, ng in runs) + ")"))
+        target(f"`nix copy` of the {cfg.e2e_paths}-path closure ≥ 0.8× nginx's speed in every run", checks)
     else:
-        target("`nix copy` not slower than against nginx", [("", None, "not measured")])
+        target("`nix copy` ≥ 0.8× nginx's speed in every run", [("", None, "not measured")])
     if notes:
         L += ["", "## Notes", ""] + [f"- {n}" for n in notes]
     L += ["", f"![ratios]({os.path.basename(cfg.chart)})"]
@@ -1599,7 +1688,12 @@ def main() -> int:
             if not any(k.name == "nginx" for k in kinds):
                 notes.append("end to end not measured: nginx, its peer, is not among --servers")
             elif shutil.which("nix"):
-                e2e(cfg, [k for k in kinds if k.name in ("nix-stored", "nginx")], eres)
+                clients = nix_clients(cfg, notes)
+                try:
+                    e2e(cfg, [k for k in kinds if k.name in ("nix-stored", "nginx")], clients, eres)
+                finally:
+                    for c in clients:
+                        c.close()
             else:
                 notes.append("end to end not measured: the Nix client (Debian `nix-bin`) is not installed")
         L, chart = report(cfg, main_info, results, gres, eres, kinds, notes,
