@@ -218,14 +218,16 @@ impl Graph {
         bytes: u64,
     ) {
         let id = self.id_or_placeholder(hash);
+        // Being removed, its references already lost it as a referrer (and get it
+        // back only if the removal is aborted): the old list stays until then.
+        if self.nodes[id as usize].state == State::Removing {
+            self.update_fields(id, nar, modified, bytes);
+            return;
+        }
         let ref_ids: Vec<u32> = refs.iter().map(|r| self.id_or_placeholder(r)).collect();
         let node = &self.nodes[id as usize];
         if node.state != State::Absent && self.refs_of(id) == ref_ids.as_slice() {
-            let node = &mut self.nodes[id as usize];
-            node.nar = nar;
-            node.modified = node.modified.max(modified);
-            node.used = node.used.max(modified);
-            node.bytes = bytes;
+            self.update_fields(id, nar, modified, bytes);
             return;
         }
         // The new references count before the old ones go: a placeholder in both
@@ -239,10 +241,16 @@ impl Graph {
         }
         let at = self.push_refs(id, &ref_ids);
         let node = &mut self.nodes[id as usize];
-        node.nar = nar;
         node.state = State::Stored;
         node.refs_at = at;
         node.refs_len = ref_ids.len() as u32;
+        self.update_fields(id, nar, modified, bytes);
+    }
+
+    /// What a narinfo stored again changes besides its references.
+    fn update_fields(&mut self, id: u32, nar: NarPrint, modified: u32, bytes: u64) {
+        let node = &mut self.nodes[id as usize];
+        node.nar = nar;
         node.modified = node.modified.max(modified);
         node.used = node.used.max(modified);
         node.bytes = bytes;

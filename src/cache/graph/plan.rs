@@ -166,6 +166,29 @@ impl Graph {
         true
     }
 
+    /// Of `started` (paths whose removal started in one chunk), keeps the ones
+    /// referenced again because a path above them was kept after all (its
+    /// removal aborted): their removals are aborted too, which may in turn keep
+    /// paths below them, until none is left. What remains in `started` may go.
+    pub fn keep_referenced<T>(&mut self, started: &mut Vec<T>, doomed: impl Fn(&T) -> &Doomed) {
+        loop {
+            let before = started.len();
+            started.retain(|item| {
+                let d = doomed(item);
+                let referenced = self
+                    .id(&d.hash)
+                    .is_some_and(|id| self.nodes[id as usize].referrers != 0);
+                if referenced {
+                    self.abort_removal(d);
+                }
+                !referenced
+            });
+            if started.len() == before {
+                return;
+            }
+        }
+    }
+
     /// Undoes [`Graph::start_removal`] after the removal failed.
     pub fn abort_removal(&mut self, d: &Doomed) {
         let Some(id) = self.id(&d.hash) else {

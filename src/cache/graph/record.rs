@@ -80,6 +80,11 @@ pub fn parse(hash: &PathHash, bytes: &[u8]) -> Result<Record, Option<String>> {
             _ => {}
         }
     }
+    // A set, as Nix reads it: a reference listed twice counts once (the checks of
+    // uploads merge duplicates too, but the stored text keeps them), and a rewrite
+    // that only reorders the list is no change.
+    record.references.sort_unstable();
+    record.references.dedup();
     Ok(record)
 }
 
@@ -106,6 +111,15 @@ mod tests {
         assert_eq!((r.nar.hash, r.file_size, r.nar_size), ([2; 32], 12, 40));
         // Itself left out of its references.
         assert_eq!(r.references, [[3; 20]]);
+        // A set: listed twice, or in another order, the same references.
+        let q = crate::cache::graph::path_hash_str(&[3; 20]);
+        let z = crate::cache::graph::path_hash_str(&[0; 20]);
+        let twice = text.replace(
+            &format!("References: {h}-p {q}-q"),
+            &format!("References: {q}-q {z}-z {q}-q"),
+        );
+        let r2 = parse(&[1; 20], twice.as_bytes()).unwrap();
+        assert_eq!(r2.references, [[0; 20], [3; 20]]);
         assert_eq!(
             (r.name.as_deref(), r.signers.as_slice()),
             (Some("p"), &["k-1".to_owned()][..])

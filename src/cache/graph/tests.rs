@@ -116,6 +116,46 @@ fn an_aborted_removal_restores_the_counts() {
     assert!(!g.start_removal(b), "a references b again");
 }
 
+/// a and b go in one chunk; a is kept after all (downloaded since it was chosen):
+/// b, which a references again, must be kept too, and so must c below b.
+#[test]
+fn a_path_kept_after_its_chunk_started_keeps_what_it_references() {
+    let mut g = sample();
+    let plan = g.plan(&[], 0, &[], |_| true);
+    let chunk: Vec<&Doomed> = plan.paths.iter().filter(|d| d.hash != h(4)).collect();
+    for d in &chunk {
+        assert!(g.start_removal(d), "{:?}", d.hash[0]);
+    }
+    let a = chunk.iter().find(|d| d.hash == h(1)).unwrap();
+    g.abort_removal(a);
+    let mut going: Vec<&Doomed> = chunk.iter().copied().filter(|d| d.hash != h(1)).collect();
+    g.keep_referenced(&mut going, |d| *d);
+    assert!(going.is_empty(), "{going:?}");
+    for n in [1, 2, 3] {
+        assert!(g.is_stored(&h(n)), "{n}");
+    }
+    // The counts are whole again: b and c cannot start while a stays.
+    let b = chunk.iter().find(|d| d.hash == h(2)).unwrap();
+    assert!(!g.start_removal(b));
+}
+
+/// A narinfo read again while a pass removes it (the page's load, another writer's
+/// rewrite) does not take its references' referrer counts down a second time.
+#[test]
+fn a_path_stored_again_while_it_is_removed_keeps_the_counts_whole() {
+    let mut g = sample();
+    let plan = g.plan(&[], 0, &[], |_| true);
+    let a = plan.paths.iter().find(|d| d.hash == h(1)).unwrap();
+    assert!(g.start_removal(a));
+    // Read again with another reference list.
+    g.insert(&h(1), nar(1), &[h(2), h(4)], 100, 10);
+    g.abort_removal(a);
+    let b = g.id(&h(2)).unwrap();
+    assert_eq!(g.nodes[b as usize].referrers, 1);
+    let d = g.id(&h(4)).unwrap();
+    assert_eq!(g.nodes[d as usize].referrers, 0);
+}
+
 #[test]
 fn references_to_missing_paths_are_placeholders() {
     let mut g = Graph::default();

@@ -82,17 +82,22 @@ pub(super) async fn remove_narinfos<'a>(
         read.extend(group.iter().copied().zip(nars));
     }
     let mut going = Vec::with_capacity(read.len());
-    let mut rest = Vec::with_capacity(read.len() * 2);
     for (d, nar) in read {
         match nar {
             Ok(nar) if !nar.is_some_and(|n| r.uses.contains(&Used::Nar(n))) => {
-                rest.push(format!("{}.ls", path_hash_str(&d.hash)));
-                rest.extend(nar.map(|n| n.key()));
                 going.push((d, nar));
             }
             // Downloaded since it was chosen, or its narinfo could not be read: kept.
             _ => r.graph().abort_removal(d),
         }
+    }
+    // A path kept just now references again what the chunk meant to remove below
+    // it: that stays too, or the kept path's closure would break.
+    r.graph().keep_referenced(&mut going, |(d, _)| *d);
+    let mut rest = Vec::with_capacity(going.len() * 2);
+    for (d, nar) in &going {
+        rest.push(format!("{}.ls", path_hash_str(&d.hash)));
+        rest.extend(nar.as_ref().map(|n| n.key()));
     }
     report.kept += chunk.len() - going.len();
     let narinfos: Vec<String> = going
