@@ -25,6 +25,21 @@ impl Invalidating {
     }
 }
 
+/// Drops the entries of `keys` when it goes: once a write or removal returned, or
+/// was given up halfway.
+struct InvalidateOnDrop<'a> {
+    cache: &'a NarinfoCache,
+    keys: &'a [String],
+}
+
+impl Drop for InvalidateOnDrop<'_> {
+    fn drop(&mut self) {
+        for key in self.keys {
+            self.cache.invalidate(key);
+        }
+    }
+}
+
 struct InvalidatingUpload {
     inner: Box<dyn Upload>,
     key: String,
@@ -39,10 +54,14 @@ impl Upload for InvalidatingUpload {
 
     async fn commit(self: Box<Self>) -> Result<bool> {
         let InvalidatingUpload { inner, key, cache } = *self;
-        let committed = inner.commit().await;
-        // After the new object is visible (a failed commit may have half happened).
-        cache.invalidate(&key);
-        committed
+        // After the new object is visible (a failed commit may have half happened),
+        // and also when the commit is dropped halfway (its client gone), which may
+        // have made it visible all the same.
+        let _invalidate = InvalidateOnDrop {
+            cache: &cache,
+            keys: std::slice::from_ref(&key),
+        };
+        inner.commit().await
     }
 }
 
@@ -78,11 +97,11 @@ impl Storage for Invalidating {
     }
 
     async fn delete(&self, keys: &[String]) -> Result<()> {
-        let deleted = self.inner.delete(keys).await;
-        for key in keys {
-            self.cache.invalidate(key);
-        }
-        deleted
+        let _invalidate = InvalidateOnDrop {
+            cache: &self.cache,
+            keys,
+        };
+        self.inner.delete(keys).await
     }
 
     async fn usage(&self) -> Result<Option<Usage>> {

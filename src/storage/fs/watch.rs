@@ -11,8 +11,8 @@ use tokio::sync::mpsc::Sender;
 use super::beneath::{cstring, is_symlink_at, Root};
 use crate::storage::TopLevelEvent;
 
-/// The kind of network or userspace filesystem `root` is on, if it is one: there,
-/// writes by other machines (or a FUSE daemon) never reach inotify.
+/// The kind of network, cluster or userspace filesystem `root` is on, if it is one:
+/// there, writes by other machines (or a FUSE daemon) never reach inotify.
 pub fn shared_filesystem(root: &File) -> std::io::Result<Option<&'static str>> {
     // SAFETY: an open descriptor and a writable statfs buffer that the call fills in.
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
@@ -29,6 +29,10 @@ pub fn shared_filesystem(root: &File) -> std::io::Result<Option<&'static str>> {
         0x0BD0_0BD0 => Some("Lustre"),
         0x4750_4653 => Some("GPFS"),
         0x5346_414F | 0x6B41_4653 => Some("AFS"),
+        // Cluster filesystems: other nodes write to the same volume.
+        0x0116_1970 => Some("GFS2"),
+        0x7461_636F => Some("OCFS2"),
+        0x1983_0326 => Some("BeeGFS"),
         _ => None,
     })
 }
