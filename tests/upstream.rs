@@ -296,7 +296,12 @@ fn real_nix_substitutes_a_closure_pulled_from_the_upstream(client: Client) {
         "nix_stored_upstream_hits_total{{upstream=\"{}\"}}",
         up.url()
     );
-    assert_eq!(metric(&s, &hits), 3, "{}", get(&s, "/metrics").text());
+    // Counted once the pull's commit returned, a moment after the narinfo appeared.
+    assert!(
+        eventually(Duration::from_secs(10), || metric(&s, &hits) == 3),
+        "{}",
+        get(&s, "/metrics").text()
+    );
 
     // The NAR of a pulled path: HEAD and Range.
     let info = String::from_utf8(
@@ -1234,6 +1239,115 @@ fn a_tampered_nar_streamed_to_a_client_fails_its_download_and_is_not_stored() {
     assert_eq!(s.store.pending(), Vec::<String>::new());
     assert_eq!(up.count(&format!("GET /{}", wrong.url)), 1);
     assert_eq!(up.count(&format!("GET /{}", short.url)), 1);
+}
+
+/// Pulls queue for memory instead of failing: with a budget that verifies one NAR at
+/// a time (16 MiB: 12 for decoders, 8 per uncompressed NAR), a second pull waits for
+/// the first, which the upstream holds back for longer than an upload would wait
+/// (20 s), and then completes, its client's download with it.
+#[test]
+fn a_pull_waits_for_memory_instead_of_failing() {
+    let up_dir = temp_dir("upstream");
+    let key = signing_key(14);
+    let (first_hash, first, _) = upstream_path(&up_dir, &key, "first", 1 << 20);
+    let (second_hash, second, second_nar) = upstream_path(&up_dir, &key, "second", 1 << 20);
+    let up = FileServer::serve(&up_dir);
+    up.gate.hold(&format!("/{}", first.url));
+    let s = patient(&up, &key)
+        .env("NIX_STORED_MEMORY_BUDGET", "16M")
+        .start();
+
+    assert_eq!(get(&s, &format!("/{first_hash}.narinfo")).status, 200);
+    // The first pull now holds its decoder's memory, its NAR half received.
+    assert!(eventually(Duration::from_secs(10), || up
+        .count(&format!("GET /{}", first.url))
+        == 1));
+    assert_eq!(get(&s, &format!("/{second_hash}.narinfo")).status, 200);
+    let (addr, path) = (s.addr, format!("/{}", second.url));
+    let client = std::thread::spawn(move || {
+        let mut d = Download::start(addr, &path, &[]);
+        let complete = d.finish();
+        (d.status, complete, d.body)
+    });
+    std::thread::sleep(Duration::from_secs(25));
+    assert_eq!(
+        up.count(&format!("GET /{}", second.url)),
+        0,
+        "the second download waits for memory before it opens"
+    );
+    up.gate.release();
+    let (status, complete, body) = client.join().unwrap();
+    assert_eq!(status, 200);
+    assert!(complete && body == second_nar, "{} bytes", body.len());
+    assert!(
+        eventually(Duration::from_secs(30), || s
+            .store
+            .exists(&format!("{first_hash}.narinfo"))
+            && s.store.exists(&format!("{second_hash}.narinfo"))),
+        "{}",
+        s.log()
+    );
+}
+
+/// A signed narinfo whose URL names another path's NAR (URL, FileHash and FileSize
+/// are outside the signature): the file is a valid NAR under its own name, but not
+/// the one the narinfo describes. A client streaming it never gets the last byte,
+/// and the narinfo is not stored.
+#[test]
+fn a_nar_other_than_its_signed_narinfo_describes_never_reaches_a_client_complete() {
+    let up_dir = temp_dir("upstream");
+    std::fs::create_dir_all(up_dir.join("nar")).unwrap();
+    let key = signing_key(13);
+    // Compressed: an uncompressed NAR's FileHash is its NarHash, which is signed.
+    let nar_of_name = |name: &str| nar_of(format!("{name} ").repeat(100_000).as_bytes());
+    let (other, file) = NarInfo::packed(
+        "/nix/store",
+        &store_hash("other"),
+        "other",
+        &nar_of_name("other"),
+        "zstd",
+    );
+    std::fs::write(up_dir.join(&other.url), file).unwrap();
+    let hash = store_hash("swapped");
+    let (mut info, _) = NarInfo::packed(
+        "/nix/store",
+        &hash,
+        "swapped",
+        &nar_of_name("swapped"),
+        "zstd",
+    );
+    info.url = other.url.clone();
+    info.file_hash = other.file_hash.clone();
+    info.file_size = other.file_size.clone();
+    info.sign("/nix/store", "up-1", &key);
+    std::fs::write(up_dir.join(format!("{hash}.narinfo")), info.render()).unwrap();
+    let up = FileServer::serve(&up_dir);
+    let nar_path = format!("/{}", other.url);
+    up.gate.hold(&nar_path);
+    let s = pulling_patiently(&up, &key);
+
+    let narinfo = format!("/{hash}.narinfo");
+    assert_eq!(get(&s, &narinfo).status, 200);
+    let mut d = Download::start(s.addr, &nar_path, &[]);
+    assert_eq!(d.status, 200);
+    d.read_some();
+    up.gate.release();
+    assert!(
+        !d.finish(),
+        "a NAR other than the narinfo's was served complete"
+    );
+    assert!(
+        eventually(Duration::from_secs(30), || get(&s, &narinfo).status == 404),
+        "{}",
+        s.log()
+    );
+    assert!(narinfos(&s.store).is_empty(), "{:?}", s.store.files());
+    assert!(
+        s.log()
+            .contains("is not the NAR its signed narinfo describes"),
+        "{}",
+        s.log()
+    );
 }
 
 /// An upload whose narinfo refers to a path this server answered as present and is

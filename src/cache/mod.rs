@@ -136,7 +136,8 @@ pub const MAX_LISTING_SIZE: u64 = 64 << 20;
 pub const MEMORY_RETRY_AFTER_SECS: u64 = 2;
 
 /// What [`Cache::precheck_upload`] grants an upload: the memory its body may be held
-/// in, for the kinds that are read whole.
+/// in, for the kinds that are read whole (or, for a NAR whose uploader reserved it
+/// beforehand, its decoder's).
 #[derive(Debug)]
 pub struct UploadPermit {
     memory: Option<Reservation>,

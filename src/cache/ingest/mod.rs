@@ -95,7 +95,7 @@ impl Cache {
         match key.kind() {
             // Served from configuration; Nix PUTs it only when it thinks it is missing.
             Kind::CacheInfo => Ok(PutOutcome::Ignored),
-            Kind::Nar => self.put_nar(key, body).await,
+            Kind::Nar => self.put_nar(key, memory, body).await,
             Kind::NarInfo => self.put_narinfo(key, memory, body).await,
             Kind::Realisation | Kind::DebugInfo => {
                 let (bytes, _memory) = self.collect(key, memory, body).await?;

@@ -17,10 +17,13 @@ use crate::storage::StorageError;
 impl Cache {
     /// Streams a NAR file into a pending upload while checking that its bytes hash to
     /// the file hash in its name and that they decompress to a valid NAR; commits only
-    /// when both hold, and remembers what the NAR decodes to for its narinfo.
+    /// when both hold, and remembers what the NAR decodes to for its narinfo. The
+    /// decoder's memory is `memory` when the caller reserved it already (see
+    /// [`Cache::nar_decoder_memory`]), else waited for here.
     pub(super) async fn put_nar<S>(
         &self,
         key: &ObjectKey,
+        memory: Option<Reservation>,
         mut body: S,
     ) -> Result<PutOutcome, CacheError>
     where
@@ -30,7 +33,13 @@ impl Cache {
         let compression = nar_compression(key)?;
         let _hold = self.retention.hold_nar(key.as_str())?;
         let limit = self.upload_limit(key.kind());
-        let _decoder_memory = self.decoder_memory(compression).await?;
+        let _decoder_memory = match memory {
+            Some(reserved) => reserved,
+            None => {
+                self.decoder_memory(compression, DECODER_MEMORY_WAIT)
+                    .await?
+            }
+        };
         let mut upload = Some(self.storage.begin_upload(key.as_str()).await?);
         // An uncompressed NAR's NarHash is its file hash, computed here anyway.
         let mut verifier = NarVerifier::start(compression, compression != Compression::None)
@@ -79,16 +88,33 @@ impl Cache {
     /// since a refused PUT is what old Nix clients cannot retry; and taken only up to
     /// three quarters of the budget, so that the bodies that must be held whole
     /// (narinfos) always find room.
-    async fn decoder_memory(&self, compression: Compression) -> Result<Reservation, CacheError> {
+    async fn decoder_memory(
+        &self,
+        compression: Compression,
+        wait: std::time::Duration,
+    ) -> Result<Reservation, CacheError> {
         let budget = self.budget();
         budget
             .reserve_waiting(
                 crate::cache::nar_verify::verify_memory(compression),
                 budget.limit() / 4 * 3,
-                DECODER_MEMORY_WAIT,
+                wait,
             )
             .await
             .ok_or_else(|| self.out_of_memory())
+    }
+
+    /// The memory the verification of the NAR file `key` takes, waited for up to
+    /// `wait`: for an uploader that can wait longer than a client's body would (a
+    /// pull, which reserves it before it opens its download) to pass to
+    /// [`Cache::put`] through its permit.
+    #[cfg(feature = "upstream")]
+    pub(in crate::cache) async fn nar_decoder_memory(
+        &self,
+        key: &ObjectKey,
+        wait: std::time::Duration,
+    ) -> Result<Reservation, CacheError> {
+        self.decoder_memory(nar_compression(key)?, wait).await
     }
 
     /// Decodes a stored NAR file to learn its NarHash and NarSize (for a NAR this
@@ -101,7 +127,9 @@ impl Cache {
                 key.as_str()
             )));
         };
-        let _decoder_memory = self.decoder_memory(compression).await?;
+        let _decoder_memory = self
+            .decoder_memory(compression, DECODER_MEMORY_WAIT)
+            .await?;
         let mut stream = reader.body.into_stream();
         let mut verifier = NarVerifier::start(compression, true).map_err(StorageError::Io)?;
         while let Some(chunk) = stream.next().await {

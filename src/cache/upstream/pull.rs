@@ -88,6 +88,23 @@ enum PullError {
     Cache(#[from] CacheError),
 }
 
+/// Ends a pending path whose pull stopped without ending it (a panic): a failed
+/// pull, remembered as a miss.
+struct Unfinished<'a> {
+    up: &'a Upstreams,
+    p: &'a Arc<PendingPath>,
+    armed: bool,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.up.misses.insert(&self.p.hash);
+            self.up.pending.remove(self.p, false);
+        }
+    }
+}
+
 /// What the upstreams say about a path storage lacked.
 enum Found {
     /// It is stored now (another request pulled it meanwhile).
@@ -163,7 +180,15 @@ impl Cache {
                 let Some(p) = self.pending_nar(up, key).await? else {
                     return Ok(self.storage.open(key.as_str(), offset).await?);
                 };
-                let spool = self.nar_spool(&p)?;
+                let spool = match self.nar_spool(&p) {
+                    Ok(spool) => spool,
+                    Err(e) => {
+                        // A miss for the client, never a 5xx: its next substituter may
+                        // have the path.
+                        tracing::warn!("{}: cannot start its download: {e}", key.as_str());
+                        return Ok(None);
+                    }
+                };
                 if spool.failed() {
                     return Ok(None);
                 }
@@ -240,8 +265,13 @@ impl Cache {
                             return Found::Missing;
                         };
                         let p = up.pending.insert(hash, bytes, checked, i, memory);
-                        self.mark_pull(&p).await;
-                        tokio::spawn(self.clone().pull(p.clone()));
+                        // The pull starts before anything else is awaited: a request
+                        // dropped from here on (its client gone) must not leave the path
+                        // pending with no pull to end it. The answer waits for the pull
+                        // marker, which the pull writes first.
+                        let (marked, is_marked) = tokio::sync::oneshot::channel();
+                        tokio::spawn(self.clone().pull(p.clone(), marked));
+                        let _ = is_marked.await;
                         return Found::Pending(p);
                     }
                     Ok(None) => UpstreamStats::add(&stats.misses, 1),
@@ -284,9 +314,19 @@ impl Cache {
     }
 
     /// The pull of a pending path, in a task of its own (a client that gives up does
-    /// not stop it): it ends with the path stored, or its miss remembered.
-    async fn pull(self: Arc<Self>, p: Arc<PendingPath>) {
+    /// not stop it): it ends with the path stored, or its miss remembered. `marked` is
+    /// told once the pull marker is written (see [`Cache::mark_pull`]).
+    async fn pull(self: Arc<Self>, p: Arc<PendingPath>, marked: tokio::sync::oneshot::Sender<()>) {
         let Some(up) = &self.upstreams else { return };
+        // Whatever ends this task (a panic included) ends the pending path, so that
+        // nothing waits for it forever.
+        let mut unfinished = Unfinished {
+            up,
+            p: &p,
+            armed: true,
+        };
+        self.mark_pull(&p).await;
+        let _ = marked.send(());
         let result = self.commit(up, &p).await;
         let stats = &up.stats[p.upstream];
         let name = &up.settings.upstreams[p.upstream].name;
@@ -302,6 +342,7 @@ impl Cache {
                 up.misses.insert(&p.hash);
             }
         }
+        unfinished.armed = false;
         up.pending.remove(&p, result.is_ok());
         self.unmark_pull(&p).await;
     }
@@ -465,6 +506,12 @@ impl Cache {
         let (checked, i) = (&p.checked, p.upstream);
         let nar = &checked.nar;
         let stats = &up.stats[i];
+        let mut permit = self.precheck_upload(nar, Some(checked.file_size))?;
+        // The decoder's memory before the download opens (an upstream connection
+        // must not idle while it waits), and waited for as long as an upload waits
+        // for a pull: Nix substitutes many paths at once, and a pull whose client
+        // already has its narinfo should queue for memory, not fail.
+        permit.memory = Some(self.nar_decoder_memory(nar, REFERENCE_WAIT).await?);
         let Some(body) = up
             .client
             .get(up.settings.upstreams[i].join(nar.as_str()))
@@ -476,7 +523,6 @@ impl Cache {
             ))
             .into());
         };
-        let permit = self.precheck_upload(nar, Some(checked.file_size))?;
         let file_size = checked.file_size;
         // State: the body (gone after an error or the end) and the bytes received.
         let chunks = stream::unfold((Some(body), 0u64), move |(body, received)| async move {
@@ -504,7 +550,20 @@ impl Cache {
             }
         });
         match self.put(nar, permit, Box::pin(chunks)).await {
-            Ok(_) => Ok(()),
+            // The file is what its name says and a valid NAR; that it is the NAR the
+            // signed narinfo describes (NarHash and NarSize, which the signature
+            // covers, unlike the URL) is checked before any reader gets its last
+            // byte. (A digest forgotten meanwhile is checked with the narinfo.)
+            Ok(_) => match self.verified.get(nar.as_str()) {
+                Some(d) if d.nar_hash != checked.nar_hash || d.nar_size != checked.nar_size => {
+                    Err(UpstreamError::Refused(format!(
+                        "{} is not the NAR its signed narinfo describes (NarHash or NarSize differ)",
+                        nar.as_str()
+                    ))
+                    .into())
+                }
+                _ => Ok(()),
+            },
             // The download broke: the upstream's fault, not a verdict on the NAR.
             Err(CacheError::BodyBroken(e)) => {
                 Err(UpstreamError::Unreachable(format!("the NAR download broke: {e}")).into())
