@@ -8,6 +8,7 @@ pub mod cache;
 pub mod config;
 pub mod http;
 pub mod logging;
+pub mod prometheus;
 pub mod server;
 pub mod storage;
 pub mod systemd;

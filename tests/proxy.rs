@@ -40,28 +40,6 @@ enum Kind {
     Caddy,
 }
 
-fn required() -> bool {
-    std::env::var("NIX_STORED_REQUIRE_PROXIES").as_deref() == Ok("1")
-}
-
-/// Whether `prog` runs; prints why the test is skipped when it does not.
-fn have(prog: &str, version_arg: &str, install: &str) -> bool {
-    let ok = Command::new(prog)
-        .arg(version_arg)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok();
-    if !ok {
-        assert!(
-            !required(),
-            "{prog} is not installed but NIX_STORED_REQUIRE_PROXIES=1"
-        );
-        eprintln!("SKIPPED: {prog} not installed ({install})");
-    }
-    ok
-}
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -99,7 +77,7 @@ impl Proxy {
         let d = dir.display().to_string();
         let child = match kind {
             Kind::Nginx => {
-                if !have("nginx", "-v", "apt-get install nginx-light") {
+                if !tool_installed("nginx", "-v", "apt-get install nginx-light") {
                     return None;
                 }
                 let site = substitute(
@@ -156,7 +134,7 @@ impl Proxy {
                     .unwrap()
             }
             Kind::Caddy => {
-                if !have("caddy", "version", "apt-get install caddy") {
+                if !tool_installed("caddy", "version", "apt-get install caddy") {
                     return None;
                 }
                 let site = substitute(
@@ -545,7 +523,7 @@ struct Nix {
 
 impl Nix {
     fn new(p: &Proxy) -> Option<Nix> {
-        if !have(
+        if !tool_installed(
             "nix",
             "--version",
             "apt-get install --no-install-recommends nix-bin",

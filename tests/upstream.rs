@@ -197,11 +197,15 @@ fn answer(
 /// A nix-stored server pulling through `upstreams` (space-separated URLs), with the
 /// upstream key `pk` and a short timeout.
 fn pulling(upstreams: &str, pk: &str) -> Server {
+    pulling_settings(upstreams, pk).start()
+}
+
+/// The settings of [`pulling`].
+fn pulling_settings(upstreams: &str, pk: &str) -> ServerBuilder {
     ServerBuilder::new()
         .env("NIX_STORED_UPSTREAMS", upstreams)
         .env("NIX_STORED_UPSTREAM_KEYS", pk)
         .env("NIX_STORED_UPSTREAM_TIMEOUT", "3")
-        .start()
 }
 
 /// The hash part of a store path.
@@ -346,12 +350,7 @@ fn real_nix_substitutes_through_two_servers_sharing_a_bucket(client: Client) {
     let up_dir = upstream_with(&nix, &c.app, &sk);
     let up = FileServer::serve(&up_dir);
     let a = pulling(&up.url(), &pk);
-    let b = ServerBuilder::new()
-        .store(&a.store)
-        .env("NIX_STORED_UPSTREAMS", &up.url())
-        .env("NIX_STORED_UPSTREAM_KEYS", &pk)
-        .env("NIX_STORED_UPSTREAM_TIMEOUT", "3")
-        .start();
+    let b = pulling_settings(&up.url(), &pk).store(&a.store).start();
     let Some(balancer) = RoundRobin::start(&[a.addr, b.addr]) else {
         return;
     };
@@ -423,12 +422,7 @@ impl RoundRobin {
     /// `None` (the test skipped) when nginx is missing, unless
     /// NIX_STORED_REQUIRE_PROXIES=1.
     fn start(servers: &[SocketAddr]) -> Option<RoundRobin> {
-        if Command::new("nginx").arg("-v").output().is_err() {
-            assert!(
-                std::env::var("NIX_STORED_REQUIRE_PROXIES").as_deref() != Ok("1"),
-                "nginx is not installed but NIX_STORED_REQUIRE_PROXIES=1"
-            );
-            eprintln!("SKIPPED: nginx not installed (apt-get install nginx-light)");
+        if !tool_installed("nginx", "-v", "apt-get install nginx-light") {
             return None;
         }
         let dir = temp_dir("round-robin");

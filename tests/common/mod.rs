@@ -1176,3 +1176,23 @@ narinfo-cache-positive-ttl = 0
 "
     )
 }
+
+/// Whether `prog` (nginx, caddy, … for the proxy tests) runs; prints why the test is
+/// skipped when it does not, and fails instead under NIX_STORED_REQUIRE_PROXIES=1
+/// (which the project's test command sets, so that CI can never skip them silently).
+pub fn tool_installed(prog: &str, version_arg: &str, install: &str) -> bool {
+    let ok = Command::new(prog)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var("NIX_STORED_REQUIRE_PROXIES").as_deref() != Ok("1"),
+            "{prog} is not installed but NIX_STORED_REQUIRE_PROXIES=1"
+        );
+        eprintln!("SKIPPED: {prog} not installed ({install})");
+    }
+    ok
+}

@@ -14,28 +14,16 @@
 
 pub mod load;
 
-/// Runs `wait`, which blocks until retention releases the graph (a pass plans with
-/// it for seconds at a million paths), without holding up the async worker it is
-/// called on: the other requests that worker runs (narinfos, NARs) go on meanwhile.
-fn off_worker<T>(wait: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(wait)
-        }
-        _ => wait(),
-    }
-}
-
 #[cfg(test)]
 mod tests;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, TryLockError};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 pub use crate::cache::graph::query::{
     Closure, Figures, PathDetail, PathLink, PathSummary, SignerCount,
 };
-use crate::cache::graph::{Graph, PathHash, Record};
+use crate::cache::graph::{shared, Graph, PathHash, Record};
 
 /// Referrers listed by [`Catalog::path`] (all are counted).
 pub const MAX_REFERRERS: usize = 500;
@@ -98,24 +86,11 @@ impl Catalog {
     }
 
     fn read(&self) -> RwLockReadGuard<'_, Graph> {
-        // Every update leaves the graph valid: a panic elsewhere cannot corrupt it.
-        match self.graph.try_read() {
-            Ok(graph) => graph,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                off_worker(|| self.graph.read().unwrap_or_else(|e| e.into_inner()))
-            }
-        }
+        shared::read(&self.graph)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, Graph> {
-        match self.graph.try_write() {
-            Ok(graph) => graph,
-            Err(TryLockError::Poisoned(e)) => e.into_inner(),
-            Err(TryLockError::WouldBlock) => {
-                off_worker(|| self.graph.write().unwrap_or_else(|e| e.into_inner()))
-            }
-        }
+        shared::write(&self.graph)
     }
 
     /// Paths and bytes stored.

@@ -14,6 +14,7 @@ mod labels;
 mod plan;
 pub mod query;
 pub mod record;
+pub mod shared;
 mod signers;
 #[cfg(test)]
 mod tests;

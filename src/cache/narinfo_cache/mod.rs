@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::index::{fingerprint, Spread};
+use crate::prometheus::sample;
 use crate::storage::ObjectMeta;
 
 /// Bytes counted for an entry besides its body and tag: the table's slot and index
@@ -360,47 +361,47 @@ impl NarinfoCache {
 
     /// Appends the cache's metrics in Prometheus text format.
     pub fn render_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
         let budget = if self.table.is_some() { self.budget } else { 0 };
-        let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            let _ = writeln!(out, "{name} {value}");
-        };
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_budget_bytes",
-            "Most bytes the in-memory narinfo cache holds (NIX_STORED_NARINFO_CACHE_SIZE; 0: off).",
             "gauge",
+            "Most bytes the in-memory narinfo cache holds (NIX_STORED_NARINFO_CACHE_SIZE; 0: off).",
             budget,
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_bytes",
-            "Bytes the narinfo cache's entries take (estimated).",
             "gauge",
+            "Bytes the narinfo cache's entries take (estimated).",
             self.bytes(),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_entries",
-            "Narinfos held in memory.",
             "gauge",
+            "Narinfos held in memory.",
             self.len() as u64,
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_hits_total",
-            "Narinfo GETs and HEADs answered from memory.",
             "counter",
+            "Narinfo GETs and HEADs answered from memory.",
             self.hits.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_misses_total",
-            "Narinfo GETs and HEADs that asked storage while the cache was on.",
             "counter",
+            "Narinfo GETs and HEADs that asked storage while the cache was on.",
             self.misses.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_narinfo_cache_evictions_total",
-            "Entries dropped to stay within the budget.",
             "counter",
+            "Entries dropped to stay within the budget.",
             self.evictions.0.load(Ordering::Relaxed),
         );
     }

@@ -1,9 +1,9 @@
 //! Retention's figures in the Prometheus text format.
 
-use std::fmt::Write as _;
 use std::sync::atomic::Ordering;
 
 use super::Retention;
+use crate::prometheus::sample;
 
 impl Retention {
     /// Appends retention's metrics to `out` (nothing when retention is off).
@@ -12,60 +12,66 @@ impl Retention {
             return;
         }
         let s = &self.stats;
-        let mut gauge = |name: &str, kind: &str, help: &str, value: u64| {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-            );
-        };
         if let Some(quota) = self.settings.max_size {
-            gauge(
+            sample(
+                out,
                 "nix_stored_retention_quota_bytes",
                 "gauge",
                 "The quota on stored bytes (NIX_STORED_MAX_SIZE).",
                 quota,
             );
         }
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_pinned_bytes",
             "gauge",
             "Bytes held by the closures of the pinned paths, at the last pass.",
             s.pinned_bytes.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_passes_total",
             "counter",
             "Retention passes finished.",
             s.passes.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_failed_passes_total",
             "counter",
             "Retention passes that failed on a storage error (the next one starts over).",
             s.failed_passes.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_removed_paths_total",
             "counter",
             "Store paths removed by retention passes.",
             s.paths_removed.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_removed_objects_total",
             "counter",
             "Objects removed by retention passes (narinfos, NARs, listings, orphans, logs, ...).",
             s.objects_removed.load(Ordering::Relaxed),
         );
-        gauge(
+        sample(
+            out,
             "nix_stored_retention_removed_bytes_total",
             "counter",
             "Bytes removed by retention passes.",
             s.bytes_removed.load(Ordering::Relaxed),
         );
-        let _ = writeln!(
+        sample(
             out,
-            "# HELP nix_stored_retention_last_pass_seconds Duration of the last retention pass.\n# TYPE nix_stored_retention_last_pass_seconds gauge\nnix_stored_retention_last_pass_seconds {:.3}",
-            s.last_pass_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            "nix_stored_retention_last_pass_seconds",
+            "gauge",
+            "Duration of the last retention pass.",
+            format_args!(
+                "{:.3}",
+                s.last_pass_ms.load(Ordering::Relaxed) as f64 / 1000.0
+            ),
         );
     }
 }

@@ -54,18 +54,6 @@ pub const PASSES_MARKER: &str = "nix-stored/passes";
 /// How often uses are written out when nothing else forces it.
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(300);
 
-/// Runs CPU-heavy work (a walk over a million nodes) without holding up the requests
-/// the calling worker thread serves: tokio moves them to another thread meanwhile.
-fn heavy<T>(work: impl FnOnce() -> T) -> T {
-    use tokio::runtime::{Handle, RuntimeFlavor};
-    match Handle::try_current() {
-        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(work)
-        }
-        _ => work(),
-    }
-}
-
 /// Seconds since the Unix epoch, as the graph keeps times.
 pub fn now_secs() -> u32 {
     std::time::SystemTime::now()
@@ -205,7 +193,7 @@ impl Retention {
     }
 
     fn graph(&self) -> std::sync::RwLockWriteGuard<'_, Graph> {
-        self.graph.write().unwrap_or_else(|e| e.into_inner())
+        crate::cache::graph::shared::write(&self.graph)
     }
 
     /// Whether the graph is kept: for passes, or for the page.

@@ -5,7 +5,8 @@ use std::time::Instant;
 
 use super::removal::{prune_activity, remove_narinfos, remove_orphans, remove_rest, write_intent};
 use super::survey::{survey, top_level};
-use super::{heavy, now_secs, Retention};
+use super::{now_secs, Retention};
+use crate::cache::graph::shared::off_worker;
 use crate::cache::graph::{path_hash_str, Doomed, NarKey, NarPrint, PathHash};
 use crate::storage::StorageError;
 
@@ -224,7 +225,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
     let over_quota = r.settings.max_size.is_some_and(|q| after_orphans > q);
     let low_water = r.settings.low_water().unwrap_or(u64::MAX);
     let loose: Vec<(u32, u64)> = survey.loose.iter().map(|l| (l.1, l.2)).collect();
-    let (plan, pinned_bytes, paths) = heavy(|| {
+    let (plan, pinned_bytes, paths) = off_worker(|| {
         let graph = r.graph();
         let pinned = graph.closure(&pins);
         let pinned_bytes = graph.bytes_of(&pinned);
@@ -279,7 +280,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             top_level(r, now_secs()).await?;
         }
         let prints = sorted_prints(survey.orphans.iter().filter_map(|o| NarKey::parse(&o.0)));
-        let users = heavy(|| r.graph().nar_users(Some(&prints)));
+        let users = off_worker(|| r.graph().nar_users(Some(&prints)));
         remove_orphans(r, &survey, &users, &mut report).await?;
         drop(users);
         let keys: Vec<String> = loose_chosen.iter().map(|l| l.0.clone()).collect();
@@ -307,7 +308,7 @@ pub(super) async fn run(r: &Retention, dry_run: bool) -> Result<PassReport, Stor
             tokio::time::sleep(r.narinfo_linger).await;
         }
         let prints = sorted_prints(going.iter().filter_map(|g| g.1));
-        let users = heavy(|| r.graph().nar_users(Some(&prints)));
+        let users = off_worker(|| r.graph().nar_users(Some(&prints)));
         let removed = remove_rest(r, &going, &users, now, &why, &mut report).await;
         prune_activity(r, now);
         if let Some(e) = failed {

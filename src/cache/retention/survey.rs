@@ -9,7 +9,8 @@ use futures_util::StreamExt;
 
 use super::removal::read_intents;
 use super::uses::{self, Used};
-use super::{heavy, now_secs, Retention, ORPHAN_GRACE_SECS};
+use super::{now_secs, Retention, ORPHAN_GRACE_SECS};
+use crate::cache::graph::shared::off_worker;
 use crate::cache::graph::{path_hash, record, NarKey, PathHash};
 use crate::storage::{for_each_listed, read_whole, Listed, StorageError};
 
@@ -48,7 +49,7 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
     }
 
     let top = top_level(r, started).await?;
-    heavy(|| r.graph().shrink());
+    off_worker(|| r.graph().shrink());
     survey.total += top.bytes;
     survey.objects += top.objects;
     let listings = top.listings;
@@ -64,9 +65,9 @@ pub(super) async fn survey(r: &Retention, dry_run: bool) -> Result<Survey, Stora
             || (l.modified as u32).saturating_add(ORPHAN_GRACE_SECS) < started
     };
 
-    let users = heavy(|| r.graph().nar_users(None));
+    let users = off_worker(|| r.graph().nar_users(None));
     let journals = uses::read_journals(r.storage.as_ref(), |batch| {
-        heavy(|| {
+        off_worker(|| {
             let mut graph = r.graph();
             let mut loose_uses = r.loose_uses.lock().unwrap_or_else(|e| e.into_inner());
             for (used, secs) in batch {
@@ -207,7 +208,7 @@ pub(super) async fn top_level(r: &Retention, started: u32) -> Result<TopLevel, S
     let (listed, consumed) = tokio::join!(listing, consume);
     listed?;
     let (top, seen) = consumed?;
-    heavy(|| forget_vanished(r, &seen, started));
+    off_worker(|| forget_vanished(r, &seen, started));
     Ok(top)
 }
 

@@ -54,7 +54,7 @@ pub(super) fn render<'a>(
         ),
     ];
     for (name, help, field) in families {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        crate::prometheus::header(out, name, "counter", help);
         for (upstream, stats) in upstreams.clone() {
             let value = field(stats).load(Ordering::Relaxed);
             let label = upstream.replace('\\', "\\\\").replace('"', "\\\"");

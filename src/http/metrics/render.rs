@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::labels::{RejectReason, BUCKETS_US, METHODS, ROUTES, STATUSES};
 use super::{Metrics, N_BUCKETS, N_METHODS, N_STATUSES};
+use crate::prometheus::header;
 
 impl Metrics {
     /// The text exposition format (version 0.0.4). `stored` is (objects, bytes) once
@@ -190,8 +191,4 @@ impl Metrics {
         }
         out
     }
-}
-
-fn header(out: &mut String, name: &str, kind: &str, help: &str) {
-    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
 }
