@@ -9,9 +9,11 @@
 //! through a symbolic link (see [`beneath`]): a planted link reads as absent, an upload
 //! through a linked directory is refused, and the clean-up of `.tmp` never leaves it.
 //!
-//! Temporary files are named, not `O_TMPFILE`: `linkat` cannot replace an existing
-//! object, so an anonymous file would still need a named step before the `rename`
-//! that atomically replaces and reports creation; a leftover name is removed at start.
+//! Uploads are staged in unnamed files (`O_TMPFILE`, see [`unnamed`]) where the
+//! filesystem has them: a new object is given its name by `linkat`, which refuses to
+//! replace, so it also tells which of concurrent uploads created it; an object that
+//! exists is replaced by linking under a fresh name in `.tmp` and renaming. Elsewhere
+//! they are named files in `.tmp`, renamed into place; a leftover is removed at start.
 
 use std::fs::File;
 use std::io::ErrorKind;
@@ -27,6 +29,7 @@ mod beneath;
 mod dir;
 mod read;
 mod stream;
+mod unnamed;
 mod upload;
 mod walk;
 mod watch;
@@ -52,6 +55,8 @@ pub struct FsStorage {
     tmp: Arc<File>,
     reader: read::Reader,
     budget: Option<Arc<Budget>>,
+    /// Whether uploads are staged in unnamed files (see [`unnamed`]), tried at start.
+    unnamed: bool,
 }
 
 impl FsStorage {
@@ -73,6 +78,7 @@ impl FsStorage {
             0o666,
         )?);
         beneath::unlink_at(&tmp, probe, 0)?;
+        let unnamed = unnamed::usable(&tmp, probe);
         let info = c"nix-cache-info";
         if !beneath::exists_at(root.fd(), info)? {
             let written = write_new(&tmp, info, format!("StoreDir: {store_dir}\n").as_bytes())
@@ -98,6 +104,7 @@ impl FsStorage {
             root,
             tmp: Arc::new(tmp),
             budget: None,
+            unnamed,
         })
     }
 
@@ -227,7 +234,13 @@ impl Storage for FsStorage {
 
     async fn begin_upload(&self, key: &str) -> Result<Box<dyn Upload>> {
         Self::check_key(key)?;
-        let upload = upload::FsUpload::start(&self.root, &self.tmp, self.budget.as_ref(), key)?;
+        let upload = upload::FsUpload::start(
+            &self.root,
+            &self.tmp,
+            self.budget.as_ref(),
+            self.unnamed,
+            key,
+        )?;
         Ok(Box::new(upload))
     }
 

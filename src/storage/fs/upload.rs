@@ -1,5 +1,6 @@
-//! Uploads: staged in `<root>/.tmp/` in blocks written through the blocking pool,
-//! fdatasynced at commit, then renamed into place with the rename made durable too.
+//! Uploads: staged in `<root>/.tmp/` (an unnamed file where the filesystem allows,
+//! see [`super::unnamed`]) in blocks written through the blocking pool, fdatasynced at
+//! commit, then named or renamed into place with the directory entry made durable too.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 use super::beneath::{self, cstring, is_symlink_refusal, warn_symlink, Root};
+use super::unnamed;
 use crate::budget::{Budget, Reservation};
 use crate::storage::{Result, StorageError, Upload};
 
@@ -18,6 +20,18 @@ const WRITE_BLOCK: usize = 1024 * 1024;
 /// The block of an upload that found no room for a [`WRITE_BLOCK`] in the memory
 /// budget: more thread hops, but never a refusal for want of memory.
 const SMALL_WRITE_BLOCK: usize = 64 * 1024;
+/// The buffer's first size: most objects (narinfos, small NARs) are a few KiB, and a
+/// block's megabyte allocated for each would be a fresh mapping and unmapping per
+/// upload. It doubles up to the block.
+const FIRST_BUFFER: usize = 16 * 1024;
+
+/// Where an upload's bytes wait for its commit, in `.tmp`.
+enum Staging {
+    /// An unnamed file, named at commit.
+    Unnamed,
+    /// A file under this name, renamed at commit (and removed if the upload is not).
+    Named(CString),
+}
 
 /// An upload staged in `<root>/.tmp/`.
 pub(super) struct FsUpload {
@@ -30,8 +44,7 @@ pub(super) struct FsUpload {
     /// Bytes written to the file so far.
     written: u64,
     tmp: Arc<File>,
-    /// The temporary file's name in `tmp`.
-    temp: CString,
+    staging: Staging,
     root: Arc<Root>,
     key: String,
     committed: bool,
@@ -44,20 +57,29 @@ impl FsUpload {
         root: &Arc<Root>,
         tmp: &Arc<File>,
         budget: Option<&Arc<Budget>>,
+        unnamed: bool,
         key: &str,
     ) -> Result<Self> {
         // Checked (and created) before the body is read, so that a refused directory
         // costs no upload; opened again at commit, so that an upload holds one
         // descriptor, not two (see server::FDS_PER_CONNECTION).
         drop(open_parent(root, key)?);
-        let temp = beneath::random_name("upload-")?;
-        let file = beneath::open_raw(
-            tmp.as_raw_fd(),
-            &temp,
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
-            0o666,
-        )
-        .map_err(StorageError::from_io)?;
+        let (file, staging) = if unnamed {
+            (
+                unnamed::create(tmp).map_err(StorageError::from_io)?,
+                Staging::Unnamed,
+            )
+        } else {
+            let temp = beneath::random_name("upload-")?;
+            let file = beneath::open_raw(
+                tmp.as_raw_fd(),
+                &temp,
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL,
+                0o666,
+            )
+            .map_err(StorageError::from_io)?;
+            (File::from(file), Staging::Named(temp))
+        };
         // A full block per upload only while at most half the budget is in use: a
         // hundred concurrent uploads would otherwise hold a hundred blocks, and bodies
         // that must be held whole (narinfos) would find the budget taken.
@@ -69,13 +91,13 @@ impl FsUpload {
             },
         };
         Ok(FsUpload {
-            file: Some(File::from(file)),
+            file: Some(file),
             buf: Vec::new(),
             block,
             _memory: memory,
             written: 0,
             tmp: tmp.clone(),
-            temp,
+            staging,
             root: root.clone(),
             key: key.to_owned(),
             committed: false,
@@ -157,13 +179,18 @@ fn start_writeback(file: &std::fs::File, offset: u64, len: u64) {
 #[async_trait]
 impl Upload for FsUpload {
     async fn write(&mut self, mut chunk: &[u8]) -> Result<()> {
-        // Filled to the block exactly: a chunk crossing the block's end would make
-        // `extend` double the buffer.
+        // Filled to the block exactly, the buffer grown by hand: a chunk crossing the
+        // block's end would make `extend` double it past the block.
         while !chunk.is_empty() {
-            if self.buf.capacity() < self.block {
-                self.buf.reserve_exact(self.block - self.buf.len());
-            }
             let take = chunk.len().min(self.block - self.buf.len());
+            let needed = self.buf.len() + take;
+            if self.buf.capacity() < needed {
+                let grown = needed
+                    .max(2 * self.buf.capacity())
+                    .max(FIRST_BUFFER)
+                    .min(self.block);
+                self.buf.reserve_exact(grown - self.buf.len());
+            }
             self.buf.extend_from_slice(&chunk[..take]);
             chunk = &chunk[take..];
             if self.buf.len() >= self.block {
@@ -174,26 +201,34 @@ impl Upload for FsUpload {
     }
 
     async fn commit(mut self: Box<Self>) -> Result<bool> {
-        if !self.buf.is_empty() {
-            self.flush_block().await?;
-        }
-        let file = self
+        // The last block is written in the same trip to the blocking pool as the sync
+        // (one thread hop less per object, most objects being one block), with no
+        // write-back hint: the fdatasync follows at once.
+        let last = std::mem::take(&mut self.buf);
+        let mut file = self
             .file
             .take()
             .ok_or_else(|| std::io::Error::other("upload already finished"))?;
         let root = self.root.clone();
         let key = self.key.clone();
         let tmp = self.tmp.clone();
-        let temp = self.temp.clone();
+        let temp = match &self.staging {
+            Staging::Unnamed => None,
+            Staging::Named(temp) => Some(temp.clone()),
+        };
         let created = tokio::task::spawn_blocking(move || -> Result<bool> {
+            std::io::Write::write_all(&mut file, &last).map_err(StorageError::from_io)?;
             // fdatasync: the size and block map a new file needs to be read back are data
             // for it; timestamps are not worth a second journal write.
             file.sync_data().map_err(StorageError::from_io)?;
-            drop(file);
             let (parent, name) = open_parent(&root, &key)?;
-            let created = beneath::rename_reporting_creation(&tmp, &temp, &parent, &name)
-                .map_err(StorageError::from_io)?;
-            // Make the rename itself durable, not just the file's bytes.
+            let created = match temp {
+                Some(temp) => beneath::rename_reporting_creation(&tmp, &temp, &parent, &name),
+                None => name_unnamed(&file, &tmp, &parent, &name),
+            }
+            .map_err(StorageError::from_io)?;
+            drop(file);
+            // Make the new name itself durable, not just the file's bytes.
             parent.sync_all().map_err(StorageError::from_io)?;
             Ok(created)
         })
@@ -204,11 +239,35 @@ impl Upload for FsUpload {
     }
 }
 
+/// Names the unnamed `file` `name` in `parent`, reporting whether that created the
+/// object. `linkat` decides atomically among concurrent uploads which one created it,
+/// as `RENAME_NOREPLACE` does for named files; it cannot replace, so an object that
+/// exists is replaced by a rename from a fresh name in `tmp`.
+fn name_unnamed(
+    file: &File,
+    tmp: &File,
+    parent: &File,
+    name: &std::ffi::CStr,
+) -> std::io::Result<bool> {
+    match unnamed::link(file, parent, name) {
+        Ok(()) => return Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => return Err(e),
+    }
+    let temp = beneath::random_name("upload-")?;
+    unnamed::link(file, tmp, &temp)?;
+    let renamed = beneath::rename_reporting_creation(tmp, &temp, parent, name);
+    if renamed.is_err() {
+        let _ = beneath::unlink_at(tmp, &temp, 0);
+    }
+    renamed
+}
+
 impl Drop for FsUpload {
     fn drop(&mut self) {
-        if !self.committed {
+        if let (false, Staging::Named(temp)) = (self.committed, &self.staging) {
             // Best effort: a leftover is also removed at the next start.
-            let _ = beneath::unlink_at(&self.tmp, &self.temp, 0);
+            let _ = beneath::unlink_at(&self.tmp, temp, 0);
         }
     }
 }
@@ -220,35 +279,69 @@ mod tests {
     use super::*;
     use crate::storage::Storage;
 
+    /// The storage at `root` staging its uploads in unnamed files or not.
+    fn storage(root: &std::path::Path, unnamed: bool) -> FsStorage {
+        let mut fs = FsStorage::open(root, "/nix/store").unwrap();
+        assert!(fs.unnamed, "this test's filesystem has O_TMPFILE and /proc");
+        fs.unnamed = unnamed;
+        fs
+    }
+
     #[tokio::test]
     async fn uncommitted_upload_leaves_nothing() {
-        let root = temp_root("drop");
-        let fs = FsStorage::open(&root, "/nix/store").unwrap();
-        let mut up = fs.begin_upload("log/x").await.unwrap();
-        up.write(b"partial").await.unwrap();
-        drop(up);
-        assert!(fs.stat("log/x").await.unwrap().is_none());
-        assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 0);
+        for unnamed in [true, false] {
+            let root = temp_root("drop");
+            let fs = storage(&root, unnamed);
+            let mut up = fs.begin_upload("log/x").await.unwrap();
+            up.write(b"partial").await.unwrap();
+            drop(up);
+            assert!(fs.stat("log/x").await.unwrap().is_none());
+            assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 0);
+        }
     }
 
     #[tokio::test]
     async fn commit_replaces_atomically_and_reports_creation() {
-        let root = temp_root("commit");
-        let fs = FsStorage::open(&root, "/nix/store").unwrap();
-        let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
-        up.write(b"one").await.unwrap();
-        assert!(up.commit().await.unwrap());
-        let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
-        up.write(b"two!").await.unwrap();
-        assert!(!up.commit().await.unwrap());
-        let got = fs.open("nar/a.nar", 1).await.unwrap().unwrap();
-        let mut body = got.body.into_stream();
-        let bytes = futures_util::StreamExt::next(&mut body)
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(&bytes[..], b"wo!");
-        assert_eq!(fs.stat("nar/a.nar").await.unwrap().unwrap().size, 4);
+        for unnamed in [true, false] {
+            let root = temp_root("commit");
+            let fs = storage(&root, unnamed);
+            let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
+            up.write(b"one").await.unwrap();
+            assert!(up.commit().await.unwrap());
+            let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
+            up.write(b"two!").await.unwrap();
+            assert!(!up.commit().await.unwrap(), "replaced, not created");
+            let got = fs.open("nar/a.nar", 1).await.unwrap().unwrap();
+            let mut body = got.body.into_stream();
+            let bytes = futures_util::StreamExt::next(&mut body)
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(&bytes[..], b"wo!");
+            assert_eq!(fs.stat("nar/a.nar").await.unwrap().unwrap().size, 4);
+            assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn of_concurrent_uploads_of_one_key_exactly_one_created_it() {
+        for unnamed in [true, false] {
+            let root = temp_root("race");
+            let fs = Arc::new(storage(&root, unnamed));
+            let mut uploads = Vec::new();
+            for i in 0..8u8 {
+                let mut up = fs.begin_upload("nar/same.nar").await.unwrap();
+                up.write(&[i; 100]).await.unwrap();
+                uploads.push(tokio::spawn(up.commit()));
+            }
+            let mut created = 0;
+            for up in uploads {
+                created += usize::from(up.await.unwrap().unwrap());
+            }
+            assert_eq!(created, 1, "unnamed: {unnamed}");
+            let body = std::fs::read(root.join("nar/same.nar")).unwrap();
+            assert!(body.len() == 100 && body.iter().all(|b| *b == body[0]));
+        }
     }
 
     #[tokio::test]

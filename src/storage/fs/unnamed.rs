@@ -1,0 +1,107 @@
+//! Uploads staged in unnamed files (`O_TMPFILE`) and given their name at commit with
+//! `linkat`. Against a named file in `.tmp` renamed into place, the upload's
+//! fdatasync has no directory entry of `.tmp` to journal (ext4 makes it part of the
+//! new file's transaction), and a killed server leaves nothing behind. Not every
+//! filesystem has `O_TMPFILE`, and linking one needs `/proc/self/fd`: [`usable`]
+//! tries both once, at start, and the caller keeps named files where either fails.
+
+use std::ffi::{CStr, CString};
+use std::fs::File;
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// An unnamed file in the directory `dir`, open for writing, that [`link`] can name.
+pub fn create(dir: &File) -> std::io::Result<File> {
+    loop {
+        // SAFETY: a directory descriptor and a NUL-terminated name; the descriptor
+        // returned is owned here. Without O_EXCL, so that it can be linked.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c".".as_ptr(),
+                libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
+                0o666 as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: just opened, owned by nobody else.
+            return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Gives the unnamed `file` the name `name` in `dir`. Fails with `EEXIST` when the
+/// name is taken (by anything: a symlink there is not followed): `linkat` never
+/// replaces, so a caller that replaces links under a fresh name and renames.
+pub fn link(file: &File, dir: &File, name: &CStr) -> std::io::Result<()> {
+    // linkat(fd, "", AT_EMPTY_PATH) needs CAP_DAC_READ_SEARCH on most kernels; the
+    // descriptor's /proc link, followed, needs only /proc.
+    let path = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(|_| ErrorKind::InvalidInput)?;
+    loop {
+        // SAFETY: a NUL-terminated path, an open directory descriptor and a
+        // NUL-terminated name.
+        let r = unsafe {
+            libc::linkat(
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::AT_SYMLINK_FOLLOW,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Whether unnamed files can be made and named in `dir` (`.tmp`): tried once with a
+/// file of no bytes, linked under `probe` and unlinked at once.
+pub fn usable(dir: &File, probe: &CStr) -> bool {
+    let tried = create(dir).and_then(|file| link(&file, dir, probe));
+    if tried.is_ok() {
+        // SAFETY: an open directory descriptor and a NUL-terminated name.
+        unsafe { libc::unlinkat(dir.as_raw_fd(), probe.as_ptr(), 0) };
+    }
+    match tried {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::debug!("uploads staged in named files: unnamed files unusable here ({e})");
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::fs::tests::temp_root;
+    use std::io::Write;
+
+    #[test]
+    fn an_unnamed_file_gets_its_name_once_and_never_replaces() {
+        let root = temp_root("unnamed");
+        let dir = File::open(&*root).unwrap();
+        assert!(usable(&dir, c"probe"));
+        assert!(!root.join("probe").exists(), "the probe leaves nothing");
+        let mut file = create(&dir).unwrap();
+        file.write_all(b"bytes").unwrap();
+        assert_eq!(std::fs::read_dir(&*root).unwrap().count(), 0, "no name yet");
+        link(&file, &dir, c"object").unwrap();
+        assert_eq!(std::fs::read(root.join("object")).unwrap(), b"bytes");
+        std::fs::write(root.join("taken"), b"old").unwrap();
+        let other = create(&dir).unwrap();
+        let e = link(&other, &dir, c"taken").unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
+        assert_eq!(std::fs::read(root.join("taken")).unwrap(), b"old");
+    }
+}
