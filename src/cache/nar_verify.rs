@@ -8,6 +8,11 @@
 //! pool) would never start. Memory is the decoder's cap
 //! ([`compression::decoder_memory`]) plus [`PIPELINE_MEMORY`], whatever the size of
 //! the NAR.
+//!
+//! Most NAR files are a few KiB, though, and for those a thread (its stack mapped,
+//! then unmapped) and a parse buffer cost more than the decoding: a file that ends
+//! within [`HELD_LIMIT`] is held and verified in one go on the blocking pool, which
+//! it then occupies only while it decodes, never waiting for a client.
 
 use std::io::{self, BufRead, BufReader, Read};
 
@@ -26,6 +31,12 @@ const PARSE_BUFFER: usize = 256 << 10;
 /// body's chunks are at most a few hundred KiB), the parse buffer, and the parser's
 /// per-directory names ([`nar::MAX_DEPTH`] x [`nar::MAX_NAME_LEN`]).
 pub const PIPELINE_MEMORY: u64 = 8 << 20;
+/// Files up to this size are held and verified once they end (see the module doc);
+/// within [`PIPELINE_MEMORY`].
+const HELD_LIMIT: usize = 256 << 10;
+/// The parse buffer of a held file: its bytes are in memory already, so a small one
+/// serves (and comes from the heap, not a fresh mapping).
+const HELD_PARSE_BUFFER: usize = 16 << 10;
 
 /// Memory one NAR verification of `compression` takes at most, for a global budget.
 pub fn verify_memory(compression: Compression) -> u64 {
@@ -41,58 +52,126 @@ pub struct NarDigest {
     pub nar_size: u64,
 }
 
+type Verdict = Result<Option<NarDigest>, String>;
+
 /// A verification in progress; see the module doc.
 pub struct NarVerifier {
-    tx: mpsc::Sender<Bytes>,
-    verdict: oneshot::Receiver<Result<Option<NarDigest>, String>>,
+    compression: Compression,
+    hash: bool,
+    stage: Stage,
+}
+
+enum Stage {
+    /// The file so far, while it is within [`HELD_LIMIT`].
+    Held(Vec<u8>),
+    /// Streaming to the verifying thread.
+    Streaming {
+        tx: mpsc::Sender<Bytes>,
+        verdict: oneshot::Receiver<Verdict>,
+    },
+    /// The thread could not be started.
+    Failed(String),
 }
 
 impl NarVerifier {
     /// Starts verifying a file of `compression`. With `hash` false the uncompressed
     /// bytes are not hashed (for an uncompressed NAR the caller hashes the file
     /// anyway), and [`NarVerifier::finish`] returns no digest.
-    pub fn start(compression: Compression, hash: bool) -> io::Result<Self> {
-        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
-        let (done, verdict) = oneshot::channel();
-        std::thread::Builder::new()
-            .name("nar-verify".into())
-            .spawn(move || {
-                let _ = done.send(verify(compression, hash, rx));
-            })?;
-        Ok(NarVerifier { tx, verdict })
+    pub fn start(compression: Compression, hash: bool) -> Self {
+        NarVerifier {
+            compression,
+            hash,
+            stage: Stage::Held(Vec::new()),
+        }
     }
 
     /// Passes on the next chunk of the file. `false` when verification already
     /// failed: [`NarVerifier::finish`] says why.
     pub async fn feed(&mut self, chunk: Bytes) -> bool {
-        self.tx.send(chunk).await.is_ok()
+        if let Stage::Held(held) = &mut self.stage {
+            if held.len() + chunk.len() <= HELD_LIMIT {
+                held.extend_from_slice(&chunk);
+                return true;
+            }
+            let held = Bytes::from(std::mem::take(held));
+            self.stage = self.stream();
+            if !held.is_empty() && !self.send(held).await {
+                return false;
+            }
+        }
+        self.send(chunk).await
+    }
+
+    /// The verifying thread, started.
+    fn stream(&self) -> Stage {
+        let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+        let (done, verdict) = oneshot::channel();
+        let (compression, hash) = (self.compression, self.hash);
+        let started = std::thread::Builder::new()
+            .name("nar-verify".into())
+            .spawn(move || {
+                let input = ChunkReader {
+                    rx,
+                    cur: Bytes::new(),
+                };
+                let _ = done.send(verify(compression, hash, input, PARSE_BUFFER));
+            });
+        match started {
+            Ok(_) => Stage::Streaming { tx, verdict },
+            Err(e) => Stage::Failed(format!("cannot start the NAR verification: {e}")),
+        }
+    }
+
+    async fn send(&mut self, chunk: Bytes) -> bool {
+        match &self.stage {
+            Stage::Streaming { tx, .. } => tx.send(chunk).await.is_ok(),
+            Stage::Held(_) | Stage::Failed(_) => false,
+        }
     }
 
     /// Ends the file and waits for the verdict: the digest (with `hash`), or why
     /// the file is not a valid NAR, as one line.
-    pub async fn finish(self) -> Result<Option<NarDigest>, String> {
-        let NarVerifier { tx, verdict } = self;
-        // The end of the file, for the thread.
-        drop(tx);
-        verdict
+    pub async fn finish(self) -> Verdict {
+        let NarVerifier {
+            compression,
+            hash,
+            stage,
+        } = self;
+        match stage {
+            Stage::Held(held) => tokio::task::spawn_blocking(move || {
+                verify(compression, hash, io::Cursor::new(held), HELD_PARSE_BUFFER)
+            })
             .await
-            .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into()))
+            .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into())),
+            Stage::Streaming { tx, verdict } => {
+                // The end of the file, for the thread.
+                drop(tx);
+                verdict
+                    .await
+                    .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into()))
+            }
+            Stage::Failed(why) => Err(why),
+        }
     }
 }
 
-/// The thread's side: decode, hash and parse everything `rx` delivers.
-fn verify(
-    compression: Compression,
-    hash: bool,
-    rx: mpsc::Receiver<Bytes>,
-) -> Result<Option<NarDigest>, String> {
-    let input = ChunkReader {
-        rx,
-        cur: Bytes::new(),
-    };
+/// Where the verification reads the file from.
+trait Input: BufRead {
+    /// Reads to the end; whether nothing was left.
+    fn drained(&mut self) -> bool;
+}
+
+impl Input for io::Cursor<Vec<u8>> {
+    fn drained(&mut self) -> bool {
+        self.position() >= self.get_ref().len() as u64
+    }
+}
+
+/// Decodes, hashes and parses the whole of `input`.
+fn verify(compression: Compression, hash: bool, input: impl Input, parse_buffer: usize) -> Verdict {
     let decoder = Decoder::new(compression, input).map_err(|e| e.to_string())?;
     let mut reader = BufReader::with_capacity(
-        PARSE_BUFFER,
+        parse_buffer,
         Tee {
             inner: decoder,
             hasher: hash.then(Sha256::new),
@@ -155,8 +234,8 @@ struct ChunkReader {
     cur: Bytes,
 }
 
-impl ChunkReader {
-    /// Reads to the end; whether nothing but empty chunks came.
+impl Input for ChunkReader {
+    /// Whether nothing but empty chunks came.
     fn drained(&mut self) -> bool {
         self.cur.is_empty() && std::iter::from_fn(|| self.rx.blocking_recv()).all(|c| c.is_empty())
     }
@@ -195,7 +274,7 @@ mod tests {
     use std::io::Write;
 
     async fn run(c: Compression, file: &[u8], chunk: usize) -> Result<Option<NarDigest>, String> {
-        let mut v = NarVerifier::start(c, true).unwrap();
+        let mut v = NarVerifier::start(c, true);
         for part in file.chunks(chunk) {
             if !v.feed(Bytes::copy_from_slice(part)).await {
                 break;
@@ -217,6 +296,28 @@ mod tests {
         for chunk in [1, 7, 4096, 1 << 20] {
             assert_eq!(run(Compression::Xz, &xz, chunk).await, Ok(Some(want)));
             assert_eq!(run(Compression::None, &nar, chunk).await, Ok(Some(want)));
+        }
+    }
+
+    #[tokio::test]
+    async fn held_and_streamed_files_get_the_same_verdicts() {
+        // Around the limit, in chunks that cross it or land on it.
+        for len in [HELD_LIMIT - 200, HELD_LIMIT - 100, HELD_LIMIT + 1000] {
+            let nar = file_nar(&vec![b'n'; len - 200]);
+            let want = NarDigest {
+                nar_hash: Sha256::digest(&nar).into(),
+                nar_size: nar.len() as u64,
+            };
+            for chunk in [1000, HELD_LIMIT - 200, HELD_LIMIT] {
+                assert_eq!(run(Compression::None, &nar, chunk).await, Ok(Some(want)));
+                let mut bad = nar.clone();
+                bad[10] ^= 1;
+                assert!(run(Compression::None, &bad, chunk).await.is_err());
+                let mut tail = nar.clone();
+                tail.push(0);
+                let err = run(Compression::None, &tail, chunk).await.unwrap_err();
+                assert!(err.contains("after the end"), "{len} {chunk}: {err}");
+            }
         }
     }
 

@@ -42,8 +42,7 @@ impl Cache {
         };
         let mut upload = Some(self.storage.begin_upload(key.as_str()).await?);
         // An uncompressed NAR's NarHash is its file hash, computed here anyway.
-        let mut verifier = NarVerifier::start(compression, compression != Compression::None)
-            .map_err(StorageError::Io)?;
+        let mut verifier = NarVerifier::start(compression, compression != Compression::None);
         let mut hasher = Sha256::new();
         let mut received: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -131,7 +130,7 @@ impl Cache {
             .decoder_memory(compression, DECODER_MEMORY_WAIT)
             .await?;
         let mut stream = reader.body.into_stream();
-        let mut verifier = NarVerifier::start(compression, true).map_err(StorageError::Io)?;
+        let mut verifier = NarVerifier::start(compression, true);
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(StorageError::from_io)?;
             if !verifier.feed(chunk).await {
