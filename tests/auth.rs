@@ -292,7 +292,7 @@ fn matrix(setup: Setup, passfiles: bool) {
             }
         }
     }
-    assert!(dir.pending().is_empty());
+    assert!(s.pending().is_empty(), "{:?}", s.pending());
 
     // Secrets never reach the log, even at debug level.
     let log = s.log();

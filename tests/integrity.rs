@@ -122,7 +122,7 @@ fn a_nar_must_hash_to_its_name() {
         assert_eq!(head(&s, &right).status, 404, "{right}");
     }
     assert_only(&s, &[]);
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
     // The right body under its own name is accepted.
     let key = format!("/{}", nar_key(&plain));
     assert_eq!(put(&s, &key, &plain).status, 201);
@@ -138,7 +138,7 @@ fn nar_refused(s: &Server, key: &str, body: &[u8], why: &str) {
     assert!(text.contains(why), "{key}: {text:?} does not say {why:?}");
     assert_eq!(text.trim().lines().count(), 1, "{text:?}");
     assert_eq!(head(s, key).status, 404, "{key}");
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
 }
 
 fn key_of(file: &[u8], ext: &str) -> String {
@@ -418,9 +418,9 @@ fn more_nar_uploads_at_once_than_the_blocking_pool_has_threads() {
         })
         .collect();
     assert!(
-        eventually(Duration::from_secs(60), || s.store.pending().len() == N),
+        eventually(Duration::from_secs(60), || s.pending().len() == N),
         "{} uploads under way",
-        s.store.pending().len()
+        s.pending().len()
     );
     // Every upload now needs a write before its verifier can end.
     let statuses: Vec<u16> = std::thread::scope(|scope| {
@@ -461,7 +461,7 @@ fn a_cancelled_upload_leaves_nothing() {
         // Dropped: the client went away in the middle of the body.
     }
     assert!(
-        eventually(Duration::from_secs(10), || s.store.pending().is_empty()),
+        eventually(Duration::from_secs(10), || s.pending().is_empty()),
         "temporary file left behind: {:?}",
         s.store.files()
     );
@@ -515,7 +515,7 @@ fn narinfo_correct_variants_are_accepted() {
     lines.reverse();
     let reordered = lines.join("\n") + "\n";
     accepted(&s, &h, reordered.as_bytes(), "reordered fields");
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
 }
 
 #[test]
@@ -885,7 +885,7 @@ fn a_listing_broken_after_megabytes_changes_nothing() {
         valid.as_bytes(),
         "the stored listing is intact"
     );
-    assert!(s.store.pending().is_empty(), "{:?}", s.store.pending());
+    assert!(s.pending().is_empty(), "{:?}", s.pending());
 }
 
 #[test]
@@ -1230,7 +1230,7 @@ fn a_stalled_body_times_out_and_stores_nothing() {
         ),
     }
     assert!(
-        eventually(Duration::from_secs(10), || s.store.pending().is_empty()),
+        eventually(Duration::from_secs(10), || s.pending().is_empty()),
         "temporary file left: {:?}",
         s.store.files()
     );
@@ -1265,7 +1265,7 @@ fn concurrent_puts_of_one_nar() {
     let on_disk = s.store.read(&key).unwrap();
     assert!(on_disk == nar, "stored NAR differs from the upload");
     assert_eq!(get(&s, &key).body, nar);
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
     assert_only(&s, &[&key[1..]]);
 }
 
@@ -1305,7 +1305,7 @@ fn concurrent_re_signings_of_one_narinfo_keep_every_signature() {
         assert!(served.contains(&v.sigs[0]), "lost {}:\n{served}", v.sigs[0]);
     }
     assert_eq!(served.matches("Sig: ").count(), 50, "{served}");
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
     let narinfo_file = format!("{h}.narinfo");
     assert_only(&s, &[&nk, &narinfo_file]);
 }
@@ -1613,9 +1613,9 @@ fn a_large_upload_with_the_wrong_hash_is_discarded_whole() {
     let r = read_response(&mut BufReader::new(stream), false).unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
     assert!(
-        eventually(Duration::from_secs(10), || s.store.pending().is_empty()),
+        eventually(Duration::from_secs(10), || s.pending().is_empty()),
         "upload left behind: {:?}",
-        s.store.pending()
+        s.pending()
     );
     assert_eq!(head(&s, &wrong).status, 404);
     assert_only(&s, &[]);
@@ -1656,7 +1656,7 @@ fn a_large_upload_with_the_wrong_hash_is_discarded_whole() {
     );
     assert_eq!(r.status, 206);
     assert_eq!(r.body[..], whole.body[from..]);
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
 }
 
 #[test]
@@ -1750,5 +1750,5 @@ fn sigterm_lets_an_upload_in_flight_finish() {
     let status = s.wait();
     assert_eq!(status.code(), Some(0), "{status:?}\n{}", s.log());
     assert_eq!(s.store.read(&key).unwrap(), nar);
-    assert!(s.store.pending().is_empty());
+    assert!(s.pending().is_empty());
 }

@@ -753,7 +753,7 @@ fn directory_layout_is_a_file_cache() {
     for name in &top {
         assert!(allowed.contains(&name.as_str()), "unexpected entry {name}");
     }
-    assert!(store.pending().is_empty(), ".tmp empty after uploads");
+    assert!(s.pending().is_empty(), ".tmp empty after uploads");
     drop(s);
 
     // A store written this way is served as it is by a new process.

@@ -135,7 +135,7 @@ fn a_symlinked_nar_directory_is_neither_read_nor_written() {
     );
     assert!(r.text().contains("symbolic link"), "{}", r.text());
     assert_eq!(snapshot(&outside), before, "nothing written outside");
-    assert!(s.store.pending().is_empty(), "{:?}", s.store.pending());
+    assert!(s.pending().is_empty(), "{:?}", s.pending());
     assert!(
         eventually(Duration::from_secs(5), || s
             .log()

@@ -608,7 +608,7 @@ fn tampered_upstream_narinfos_and_nars_are_refused_and_not_stored(client: Client
             s.store.files()
         );
     }
-    assert_eq!(s.store.pending(), Vec::<String>::new());
+    assert_eq!(s.pending(), Vec::<String>::new());
     // Each of the four was asked for (the NARs of 2-4 downloaded), and refused.
     assert_eq!(up.count(&format!("GET /{}", url_of(&text3))), 1);
     let errors = format!(
@@ -1068,7 +1068,7 @@ fn a_pending_narinfo_is_answered_and_its_nar_streams_while_the_upstream_sends_it
     assert_eq!(get(&s, &nar_path).body, nar);
     assert_eq!(up.count(&format!("GET {nar_path}")), 1);
     assert_eq!(up.count(&format!("GET {narinfo}")), 1);
-    assert_eq!(s.store.pending(), Vec::<String>::new());
+    assert_eq!(s.pending(), Vec::<String>::new());
 }
 
 /// Two servers sharing a bucket, a client's narinfo request answered by one and its
@@ -1230,7 +1230,7 @@ fn a_tampered_nar_streamed_to_a_client_fails_its_download_and_is_not_stored() {
     }
     assert!(narinfos(&s.store).is_empty(), "{:?}", s.store.files());
     assert!(s.store.nars().is_empty(), "{:?}", s.store.files());
-    assert_eq!(s.store.pending(), Vec::<String>::new());
+    assert_eq!(s.pending(), Vec::<String>::new());
     assert_eq!(up.count(&format!("GET /{}", wrong.url)), 1);
     assert_eq!(up.count(&format!("GET /{}", short.url)), 1);
 }

@@ -429,6 +429,28 @@ impl Server {
         self.child.as_ref().map_or(0, Child::id)
     }
 
+    /// Uploads in progress: what [`Store::pending`] lists, and for a directory also
+    /// the unnamed files (`O_TMPFILE`) in its `.tmp` that the server holds open, which
+    /// no listing shows (so a descriptor an upload leaks is seen too).
+    pub fn pending(&self) -> Vec<String> {
+        let mut pending = self.store.pending();
+        if let (Store::Dir(dir), pid @ 1..) = (&self.store, self.pid()) {
+            let tmp = dir.join(".tmp");
+            let tmp = std::fs::canonicalize(&tmp).unwrap_or(tmp);
+            let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+                .into_iter()
+                .flatten();
+            for fd in fds.flatten() {
+                if let Ok(target) = std::fs::read_link(fd.path()) {
+                    if target.starts_with(&tmp) && target != tmp {
+                        pending.push(format!("open: {}", target.display()));
+                    }
+                }
+            }
+        }
+        pending
+    }
+
     /// Every stderr line so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
@@ -1043,7 +1065,7 @@ pub fn wait_for_upload_start(s: &Server, large: bool) -> bool {
         std::thread::sleep(Duration::from_millis(500));
         return true;
     }
-    eventually(Duration::from_secs(30), || !s.store.pending().is_empty())
+    eventually(Duration::from_secs(30), || !s.pending().is_empty())
 }
 
 /// Polls `f` every 50 ms for at most `limit` (waits for a state, never asserts timing).
