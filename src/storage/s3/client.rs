@@ -50,6 +50,12 @@ impl S3Storage {
         let plain_http = endpoint
             .as_deref()
             .is_some_and(|e| e.to_ascii_lowercase().starts_with("http://"));
+        if let Some(unsigned) = unsigned_payload(
+            plain_http,
+            std::env::var_os("AWS_UNSIGNED_PAYLOAD").is_some(),
+        ) {
+            builder = builder.with_unsigned_payload(unsigned);
+        }
         builder = builder
             .with_client_options(
                 ClientOptions::new()
@@ -143,6 +149,16 @@ impl S3Storage {
     }
 }
 
+/// Whether to leave request bodies out of their SigV4 signatures (`None`: as
+/// `AWS_UNSIGNED_PAYLOAD`, which the user set, says). Over HTTPS, TLS already makes
+/// sure the store receives the bytes sent, so hashing every part for its signature
+/// (and the store hashing it again to check) only costs CPU on both sides; AWS's own
+/// SDKs leave uploads unsigned over HTTPS for that reason. Over `http://` the
+/// signature is the only check that the body arrived as the server verified it: kept.
+fn unsigned_payload(plain_http: bool, set_by_user: bool) -> Option<bool> {
+    (!set_by_user).then_some(!plain_http)
+}
+
 /// `https://s3.example.com` → `https://bucket.s3.example.com`.
 fn virtual_hosted(endpoint: &str, bucket: &str) -> std::result::Result<String, String> {
     let (scheme, host) = endpoint.split_once("://").ok_or_else(|| {
@@ -162,5 +178,13 @@ mod tests {
             "https://cache.s3.example.com"
         );
         assert!(virtual_hosted("s3.example.com", "cache").is_err());
+    }
+
+    #[test]
+    fn payloads_are_signed_over_http_only_unless_the_user_chose() {
+        assert_eq!(unsigned_payload(false, false), Some(true));
+        assert_eq!(unsigned_payload(true, false), Some(false));
+        assert_eq!(unsigned_payload(true, true), None);
+        assert_eq!(unsigned_payload(false, true), None);
     }
 }
