@@ -437,7 +437,11 @@ class NixStoredS3(NixStored):
         env = dict(os.environ, NIX_STORED_S3_BUCKET=b.bucket, NIX_STORED_S3_PREFIX=prefix,
                    NIX_STORED_S3_ENDPOINT=b.endpoint, NIX_STORED_S3_REGION=b.region, AWS_ACCESS_KEY_ID=b.key_id,
                    AWS_SECRET_ACCESS_KEY=b.secret, NIX_STORED_LISTEN_INTERFACE=f"127.0.0.1:{port}",
-                   NIX_STORED_LOG_LEVEL="info", NIX_STORED_ANONYMOUS_WRITES="true")
+                   NIX_STORED_LOG_LEVEL="info", NIX_STORED_ANONYMOUS_WRITES="true",
+                   # What nix-stored does over HTTPS (every S3 service but a local one): this Garage
+                   # is http:// only to spare the bench a certificate; garage-direct's presigned
+                   # uploads are unsigned too.
+                   AWS_UNSIGNED_PAYLOAD="true")
         if self.redirect:
             env.update(NIX_STORED_S3_REDIRECT="true", NIX_STORED_S3_REDIRECT_EXPIRY="3600")
         srv = Server(self.name, [NIX_STORED], env, port, os.path.join(self.work, "logs", f"{self.name}.log"), probe)
@@ -1283,7 +1287,10 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
         L.append("- S3: a single-node Garage (`scripts/garage.sh`, sqlite metadata, data on the same disk) holds a "
                  "copy of the cache directory and runs on core 0 with whichever column uses it, so the serving side "
                  "has one core in every column. **nix-stored-s3**: nix-stored on the S3 backend (narinfo memo "
-                 "`NIX_STORED_S3_NARINFO_TTL` at its default). **garage-direct**: the same objects asked of Garage "
+                 "`NIX_STORED_S3_NARINFO_TTL` at its default), with `AWS_UNSIGNED_PAYLOAD=true`: uploads as "
+                 "nix-stored makes them over HTTPS, which any S3 service but a local one uses (this Garage speaks "
+                 "http:// only to spare the bench a certificate; over http:// nix-stored signs upload bodies, "
+                 "which costs it and Garage a SHA-256 of every part). **garage-direct**: the same objects asked of Garage "
                  "itself, by the same load generators on core 1, with presigned URLs (SigV4 in the query string, "
                  "made by bench.py before the run, one per key, valid 7 days, so the client signs nothing; misses "
                  f"are {'2 000' if cfg.quick else '20 000'} random absent keys, each presigned for GET or HEAD); its "
