@@ -52,12 +52,25 @@ pub struct NarDigest {
     pub nar_size: u64,
 }
 
-type Verdict = Result<Option<NarDigest>, String>;
+/// Why a verification gave no digest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    /// The file is not a valid NAR (of its compression): the uploader's doing.
+    #[error("{0}")]
+    Invalid(String),
+    /// The server could not finish verifying it (no thread for it, or it stopped).
+    #[error("NAR verification failed on the server: {0}")]
+    Internal(String),
+}
+
+type Verdict = Result<Option<NarDigest>, VerifyError>;
 
 /// A verification in progress; see the module doc.
 pub struct NarVerifier {
     compression: Compression,
     hash: bool,
+    /// Files up to this size are held (see the module doc).
+    held_limit: usize,
     stage: Stage,
 }
 
@@ -81,6 +94,7 @@ impl NarVerifier {
         NarVerifier {
             compression,
             hash,
+            held_limit: HELD_LIMIT,
             stage: Stage::Held(Vec::new()),
         }
     }
@@ -89,7 +103,7 @@ impl NarVerifier {
     /// failed: [`NarVerifier::finish`] says why.
     pub async fn feed(&mut self, chunk: Bytes) -> bool {
         if let Stage::Held(held) = &mut self.stage {
-            if held.len() + chunk.len() <= HELD_LIMIT {
+            if held.len() + chunk.len() <= self.held_limit {
                 held.extend_from_slice(&chunk);
                 return true;
             }
@@ -114,11 +128,12 @@ impl NarVerifier {
                     rx,
                     cur: Bytes::new(),
                 };
-                let _ = done.send(verify(compression, hash, input, PARSE_BUFFER));
+                let verdict = verify(compression, hash, input, PARSE_BUFFER);
+                let _ = done.send(verdict.map_err(VerifyError::Invalid));
             });
         match started {
             Ok(_) => Stage::Streaming { tx, verdict },
-            Err(e) => Stage::Failed(format!("cannot start the NAR verification: {e}")),
+            Err(e) => Stage::Failed(format!("no thread for it: {e}")),
         }
     }
 
@@ -136,21 +151,22 @@ impl NarVerifier {
             compression,
             hash,
             stage,
+            ..
         } = self;
+        let stopped = || VerifyError::Internal("it stopped without a verdict".into());
         match stage {
             Stage::Held(held) => tokio::task::spawn_blocking(move || {
                 verify(compression, hash, io::Cursor::new(held), HELD_PARSE_BUFFER)
+                    .map_err(VerifyError::Invalid)
             })
             .await
-            .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into())),
+            .unwrap_or_else(|_| Err(stopped())),
             Stage::Streaming { tx, verdict } => {
                 // The end of the file, for the thread.
                 drop(tx);
-                verdict
-                    .await
-                    .unwrap_or_else(|_| Err("NAR verification stopped without a verdict".into()))
+                verdict.await.unwrap_or_else(|_| Err(stopped()))
             }
-            Stage::Failed(why) => Err(why),
+            Stage::Failed(why) => Err(VerifyError::Internal(why)),
         }
     }
 }
@@ -168,7 +184,12 @@ impl Input for io::Cursor<Vec<u8>> {
 }
 
 /// Decodes, hashes and parses the whole of `input`.
-fn verify(compression: Compression, hash: bool, input: impl Input, parse_buffer: usize) -> Verdict {
+fn verify(
+    compression: Compression,
+    hash: bool,
+    input: impl Input,
+    parse_buffer: usize,
+) -> Result<Option<NarDigest>, String> {
     let decoder = Decoder::new(compression, input).map_err(|e| e.to_string())?;
     let mut reader = BufReader::with_capacity(
         parse_buffer,
@@ -273,14 +294,31 @@ mod tests {
     use crate::cache::nar::tests::file_nar;
     use std::io::Write;
 
-    async fn run(c: Compression, file: &[u8], chunk: usize) -> Result<Option<NarDigest>, String> {
+    /// The verdict on `file` fed in chunks of `chunk` bytes, held or streamed as its
+    /// size says, or streamed from the first byte with `streamed`.
+    async fn verdict(
+        c: Compression,
+        file: &[u8],
+        chunk: usize,
+        streamed: bool,
+    ) -> Result<Option<NarDigest>, String> {
         let mut v = NarVerifier::start(c, true);
+        if streamed {
+            v.held_limit = 0;
+        }
         for part in file.chunks(chunk) {
             if !v.feed(Bytes::copy_from_slice(part)).await {
                 break;
             }
         }
-        v.finish().await
+        v.finish().await.map_err(|e| e.to_string())
+    }
+
+    /// The verdict, which must be the same held and streamed.
+    async fn run(c: Compression, file: &[u8], chunk: usize) -> Result<Option<NarDigest>, String> {
+        let held = verdict(c, file, chunk, false).await;
+        assert_eq!(held, verdict(c, file, chunk, true).await, "{c:?}, {chunk}");
+        held
     }
 
     #[tokio::test]

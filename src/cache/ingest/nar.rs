@@ -9,7 +9,7 @@ use super::{within_limit, BodyError, PutOutcome};
 use crate::budget::Reservation;
 use crate::cache::compression::Compression;
 use crate::cache::key::ObjectKey;
-use crate::cache::nar_verify::{NarDigest, NarVerifier};
+use crate::cache::nar_verify::{NarDigest, NarVerifier, VerifyError};
 use crate::cache::narinfo::CheckedNarInfo;
 use crate::cache::{Cache, CacheError};
 use crate::storage::StorageError;
@@ -60,7 +60,10 @@ impl Cache {
             }
             pending.write(&chunk).await?;
         }
-        let digest = verifier.finish().await.map_err(CacheError::Rejected)?;
+        let digest = verifier.finish().await.map_err(|e| match e {
+            VerifyError::Invalid(why) => CacheError::Rejected(why),
+            e @ VerifyError::Internal(_) => StorageError::Io(std::io::Error::other(e)).into(),
+        })?;
         let Some(upload) = upload else {
             return Err(CacheError::Rejected(
                 "NAR verification stopped without a reason".into(),
@@ -139,8 +142,11 @@ impl Cache {
         }
         let verdict = verifier.finish().await;
         let digest = verdict
-            .map_err(|e| {
-                CacheError::Rejected(format!("the stored {} is not valid: {e}", key.as_str()))
+            .map_err(|e| match e {
+                VerifyError::Invalid(why) => {
+                    CacheError::Rejected(format!("the stored {} is not valid: {why}", key.as_str()))
+                }
+                e @ VerifyError::Internal(_) => StorageError::Io(std::io::Error::other(e)).into(),
             })?
             .ok_or_else(|| CacheError::Rejected("the stored NAR was not hashed".into()))?;
         self.verified.insert(key.as_str(), digest);
