@@ -71,14 +71,14 @@ impl FsStorage {
         // An empty file: writability is about permissions, and a full disk still
         // allows reads.
         let probe = c"write-probe";
-        drop(beneath::open_raw(
+        let named = File::from(beneath::open_raw(
             tmp.as_raw_fd(),
             probe,
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC,
             0o666,
         )?);
         beneath::unlink_at(&tmp, probe, 0)?;
-        let unnamed = unnamed::usable(&tmp, probe);
+        let unnamed = unnamed::usable(&tmp, probe, &named.metadata()?);
         let info = c"nix-cache-info";
         if !beneath::exists_at(root.fd(), info)? {
             let written = write_new(&tmp, info, format!("StoreDir: {store_dir}\n").as_bytes())

@@ -65,9 +65,22 @@ pub fn link(file: &File, dir: &File, name: &CStr) -> std::io::Result<()> {
 }
 
 /// Whether unnamed files can be made and named in `dir` (`.tmp`): tried once with a
-/// file of no bytes, linked under `probe` and unlinked at once.
-pub fn usable(dir: &File, probe: &CStr) -> bool {
-    let tried = create(dir).and_then(|file| link(&file, dir, probe));
+/// file of no bytes, linked under `probe` and unlinked at once. Its permissions must
+/// be those of `named`, a file created there by name: some kernels left the umask
+/// out of `O_TMPFILE` on filesystems without POSIX ACLs, which would make every
+/// object writable by anyone.
+pub fn usable(dir: &File, probe: &CStr, named: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let tried = create(dir).and_then(|file| {
+        let mode = file.metadata()?.permissions().mode() & 0o7777;
+        let wanted = named.permissions().mode() & 0o7777;
+        if mode != wanted {
+            return Err(std::io::Error::other(format!(
+                "created with mode {mode:o}, not {wanted:o} as a named file"
+            )));
+        }
+        link(&file, dir, probe)
+    });
     if tried.is_ok() {
         // SAFETY: an open directory descriptor and a NUL-terminated name.
         unsafe { libc::unlinkat(dir.as_raw_fd(), probe.as_ptr(), 0) };
@@ -91,7 +104,11 @@ mod tests {
     fn an_unnamed_file_gets_its_name_once_and_never_replaces() {
         let root = temp_root("unnamed");
         let dir = File::open(&*root).unwrap();
-        assert!(usable(&dir, c"probe"));
+        let named = root.join("named");
+        std::fs::write(&named, b"").unwrap();
+        let meta = std::fs::metadata(&named).unwrap();
+        std::fs::remove_file(&named).unwrap();
+        assert!(usable(&dir, c"probe", &meta));
         assert!(!root.join("probe").exists(), "the probe leaves nothing");
         let mut file = create(&dir).unwrap();
         file.write_all(b"bytes").unwrap();
@@ -103,5 +120,19 @@ mod tests {
         let e = link(&other, &dir, c"taken").unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::EEXIST));
         assert_eq!(std::fs::read(root.join("taken")).unwrap(), b"old");
+    }
+
+    #[test]
+    fn unnamed_files_of_other_permissions_than_named_ones_are_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = temp_root("unnamed-mode");
+        let dir = File::open(&*root).unwrap();
+        let named = root.join("named");
+        std::fs::write(&named, b"").unwrap();
+        let mode = std::fs::metadata(&named).unwrap().permissions().mode();
+        // As if the umask had been left out of one of the two.
+        std::fs::set_permissions(&named, std::fs::Permissions::from_mode(mode ^ 0o002)).unwrap();
+        assert!(!usable(&dir, c"probe", &std::fs::metadata(&named).unwrap()));
+        assert!(!root.join("probe").exists());
     }
 }

@@ -279,24 +279,47 @@ mod tests {
     use super::*;
     use crate::storage::Storage;
 
-    /// The storage at `root` staging its uploads in unnamed files or not.
-    fn storage(root: &std::path::Path, unnamed: bool) -> FsStorage {
+    /// The storage at `root` staging its uploads in unnamed files or not; `None` for
+    /// unnamed files where the filesystem has none.
+    fn storage(root: &std::path::Path, unnamed: bool) -> Option<FsStorage> {
         let mut fs = FsStorage::open(root, "/nix/store").unwrap();
-        assert!(fs.unnamed, "this test's filesystem has O_TMPFILE and /proc");
+        if unnamed && !fs.unnamed {
+            eprintln!("no unnamed files in {}: not tested", root.display());
+            return None;
+        }
         fs.unnamed = unnamed;
-        fs
+        Some(fs)
+    }
+
+    /// Files in `root`'s `.tmp` this process holds open, named or not.
+    fn open_in_tmp(root: &std::path::Path) -> usize {
+        let tmp = std::fs::canonicalize(root.join(TMP_DIR)).unwrap();
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(&tmp) && *target != tmp)
+            .count()
     }
 
     #[tokio::test]
     async fn uncommitted_upload_leaves_nothing() {
         for unnamed in [true, false] {
             let root = temp_root("drop");
-            let fs = storage(&root, unnamed);
+            let Some(fs) = storage(&root, unnamed) else {
+                continue;
+            };
             let mut up = fs.begin_upload("log/x").await.unwrap();
             up.write(b"partial").await.unwrap();
+            assert_eq!(
+                open_in_tmp(&root),
+                1,
+                "the upload's file, unnamed: {unnamed}"
+            );
             drop(up);
             assert!(fs.stat("log/x").await.unwrap().is_none());
             assert_eq!(std::fs::read_dir(root.join(TMP_DIR)).unwrap().count(), 0);
+            assert_eq!(open_in_tmp(&root), 0, "closed, unnamed: {unnamed}");
         }
     }
 
@@ -304,7 +327,9 @@ mod tests {
     async fn commit_replaces_atomically_and_reports_creation() {
         for unnamed in [true, false] {
             let root = temp_root("commit");
-            let fs = storage(&root, unnamed);
+            let Some(fs) = storage(&root, unnamed) else {
+                continue;
+            };
             let mut up = fs.begin_upload("nar/a.nar").await.unwrap();
             up.write(b"one").await.unwrap();
             assert!(up.commit().await.unwrap());
@@ -327,7 +352,10 @@ mod tests {
     async fn of_concurrent_uploads_of_one_key_exactly_one_created_it() {
         for unnamed in [true, false] {
             let root = temp_root("race");
-            let fs = Arc::new(storage(&root, unnamed));
+            let Some(fs) = storage(&root, unnamed) else {
+                continue;
+            };
+            let fs = Arc::new(fs);
             let mut uploads = Vec::new();
             for i in 0..8u8 {
                 let mut up = fs.begin_upload("nar/same.nar").await.unwrap();
