@@ -1406,7 +1406,7 @@ def report(cfg, main: dict | None, results: dict, gres: dict, eres: dict, kinds:
               f"client cache per call; a fresh cache directory and server per run, the servers taking turns in an "
               f"order that alternates from run to run, write-back flushed (sync) before each copy; wall clock, median "
               f"of {cfg.runs}, each run's copy time in brackets. Ratio = peer time ÷ nix-stored time (above 1, "
-              f"nix-stored is faster). nix-stored makes every upload durable (fdatasync, rename, directory fsync) "
+              f"nix-stored is faster). nix-stored makes every upload durable (fdatasync, then linkat or rename, then a directory fsync) "
               f"before its 201; nginx's WebDAV module syncs nothing.", "",
               "| step | " + " | ".join(["nix-stored", *e2e_peers]) + " | " + " | ".join(f"ratio vs {p}" for p in e2e_peers)
               + " | nix-stored peak RSS MiB |",
