@@ -20,7 +20,10 @@ pub fn anonymous() -> std::io::Result<File> {
     anonymous_at(&dir)
 }
 
-fn open_tmpfile(dir: RawFd) -> std::io::Result<File> {
+/// `openat(dir, ".", O_TMPFILE | flags, mode)`, retried on `EINTR`: an unnamed file
+/// in `dir` (linkable unless `flags` has `O_EXCL`). No fallback: where the filesystem
+/// has no `O_TMPFILE` this fails (`EOPNOTSUPP`, or `EISDIR` on kernels before it).
+pub fn tmpfile_at(dir: RawFd, flags: libc::c_int, mode: libc::mode_t) -> std::io::Result<File> {
     loop {
         // SAFETY: a directory descriptor and a NUL-terminated name; the descriptor
         // returned is owned here.
@@ -28,8 +31,8 @@ fn open_tmpfile(dir: RawFd) -> std::io::Result<File> {
             libc::openat(
                 dir,
                 c".".as_ptr(),
-                libc::O_TMPFILE | libc::O_RDWR | libc::O_CLOEXEC,
-                0o600 as libc::c_uint,
+                libc::O_TMPFILE | libc::O_CLOEXEC | flags,
+                mode as libc::c_uint,
             )
         };
         if fd >= 0 {
@@ -37,15 +40,25 @@ fn open_tmpfile(dir: RawFd) -> std::io::Result<File> {
             return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
         }
         let e = std::io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            // A filesystem without O_TMPFILE (NFS, older overlayfs), or a kernel
-            // that predates it (which reports EISDIR).
-            Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL) => {
-                return named_then_unlinked(dir)
-            }
-            _ => return Err(e),
+        if e.kind() != ErrorKind::Interrupted {
+            return Err(e);
         }
+    }
+}
+
+fn open_tmpfile(dir: RawFd) -> std::io::Result<File> {
+    match tmpfile_at(dir, libc::O_RDWR, 0o600) {
+        // A filesystem without O_TMPFILE (NFS, older overlayfs), or a kernel that
+        // predates it (which reports EISDIR).
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+            ) =>
+        {
+            named_then_unlinked(dir)
+        }
+        opened => opened,
     }
 }
 

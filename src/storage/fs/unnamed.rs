@@ -8,30 +8,12 @@
 use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::ErrorKind;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 
-/// An unnamed file in the directory `dir`, open for writing, that [`link`] can name.
+/// An unnamed file in the directory `dir`, open for writing, that [`link`] can name
+/// (no `O_EXCL`).
 pub fn create(dir: &File) -> std::io::Result<File> {
-    loop {
-        // SAFETY: a directory descriptor and a NUL-terminated name; the descriptor
-        // returned is owned here. Without O_EXCL, so that it can be linked.
-        let fd = unsafe {
-            libc::openat(
-                dir.as_raw_fd(),
-                c".".as_ptr(),
-                libc::O_TMPFILE | libc::O_WRONLY | libc::O_CLOEXEC,
-                0o666 as libc::c_uint,
-            )
-        };
-        if fd >= 0 {
-            // SAFETY: just opened, owned by nobody else.
-            return Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }));
-        }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
+    crate::storage::scratch::tmpfile_at(dir.as_raw_fd(), libc::O_WRONLY, 0o666)
 }
 
 /// Gives the unnamed `file` the name `name` in `dir`. Fails with `EEXIST` when the
@@ -100,15 +82,23 @@ mod tests {
     use crate::storage::fs::tests::temp_root;
     use std::io::Write;
 
+    /// The metadata of a file created by name in `root`, changed by `mode_xor`.
+    fn named(root: &std::path::Path, mode_xor: u32) -> std::fs::Metadata {
+        use std::os::unix::fs::PermissionsExt;
+        let named = root.join("named");
+        std::fs::write(&named, b"").unwrap();
+        let mode = std::fs::metadata(&named).unwrap().permissions().mode();
+        std::fs::set_permissions(&named, std::fs::Permissions::from_mode(mode ^ mode_xor)).unwrap();
+        let meta = std::fs::metadata(&named).unwrap();
+        std::fs::remove_file(&named).unwrap();
+        meta
+    }
+
     #[test]
     fn an_unnamed_file_gets_its_name_once_and_never_replaces() {
         let root = temp_root("unnamed");
         let dir = File::open(&*root).unwrap();
-        let named = root.join("named");
-        std::fs::write(&named, b"").unwrap();
-        let meta = std::fs::metadata(&named).unwrap();
-        std::fs::remove_file(&named).unwrap();
-        assert!(usable(&dir, c"probe", &meta));
+        assert!(usable(&dir, c"probe", &named(&root, 0)));
         assert!(!root.join("probe").exists(), "the probe leaves nothing");
         let mut file = create(&dir).unwrap();
         file.write_all(b"bytes").unwrap();
@@ -124,15 +114,10 @@ mod tests {
 
     #[test]
     fn unnamed_files_of_other_permissions_than_named_ones_are_not_used() {
-        use std::os::unix::fs::PermissionsExt;
         let root = temp_root("unnamed-mode");
         let dir = File::open(&*root).unwrap();
-        let named = root.join("named");
-        std::fs::write(&named, b"").unwrap();
-        let mode = std::fs::metadata(&named).unwrap().permissions().mode();
         // As if the umask had been left out of one of the two.
-        std::fs::set_permissions(&named, std::fs::Permissions::from_mode(mode ^ 0o002)).unwrap();
-        assert!(!usable(&dir, c"probe", &std::fs::metadata(&named).unwrap()));
+        assert!(!usable(&dir, c"probe", &named(&root, 0o002)));
         assert!(!root.join("probe").exists());
     }
 }
